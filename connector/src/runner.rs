@@ -137,21 +137,49 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
 
     let heartbeat = (cfg.heartbeat_interval_ms > 0).then(|| {
         let hb_cfg = cfg.clone();
+        let interval = Duration::from_millis(hb_cfg.heartbeat_interval_ms);
         tokio::spawn(async move {
-            match pg::connect(&hb_cfg).await {
-                Ok(c) => {
-                    let _ = stream::spawn_heartbeat(
-                        c,
-                        Duration::from_millis(hb_cfg.heartbeat_interval_ms),
-                    )
-                    .await;
+            // Reconnects after a server restart; a missed beat only delays the slot.
+            loop {
+                match pg::connect(&hb_cfg).await {
+                    Ok(c) => {
+                        let _ = stream::spawn_heartbeat(c, interval).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "heartbeat connection failed"),
                 }
-                Err(e) => tracing::warn!(error = %e, "heartbeat disabled"),
+                tokio::time::sleep(interval).await;
             }
         })
     });
 
-    let result = stream::run(&emitter, &pg_client, &mut stream, &tracker, shutdown).await;
+    let feedback = stream.shared_lsn_feedback.clone();
+    let mut pg_client = pg_client;
+    let result = loop {
+        let result = stream::run(
+            &emitter,
+            &pg_client,
+            &mut stream,
+            &tracker,
+            shutdown.clone(),
+        )
+        .await;
+        let Err(Error::Replication(reason)) = &result else {
+            break result;
+        };
+        if *shutdown.borrow() {
+            break result;
+        }
+        // The replication connection dropped (server restart, network, or
+        // wal_sender_timeout while Kafka was down and the queue full). Publish
+        // what is in flight, then resume right after the last acknowledged
+        // commit; only a transaction cut in the middle is sent again.
+        tracing::warn!(%reason, "replication stream lost; reconnecting");
+        tracker.drain().await?;
+        let from = tracker.acked.load(std::sync::atomic::Ordering::SeqCst);
+        let (new_client, new_stream) = reconnect(&cfg, from, &feedback, shutdown.clone()).await?;
+        pg_client = new_client;
+        stream = new_stream;
+    };
     if let Some(h) = heartbeat {
         h.abort();
     }
@@ -165,6 +193,44 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
     drop(tracker);
     let _ = tracker_task.await;
     result
+}
+
+/// Reopens the catalog connection and the replication stream, retrying
+/// with back-off until PostgreSQL answers (or shutdown is requested).
+async fn reconnect(
+    cfg: &Config,
+    from: u64,
+    feedback: &std::sync::Arc<pg_walstream::SharedLsnFeedback>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(tokio_postgres::Client, LogicalReplicationStream)> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let client = pg::connect(cfg).await?;
+            let mut s = LogicalReplicationStream::new(
+                &cfg.replication_url(),
+                replication_config(cfg, false),
+            )
+            .await
+            .map_err(|e| stream::classify(e, &cfg.slot_name))?;
+            // Keep acknowledging through the tracker's handle.
+            s.shared_lsn_feedback = feedback.clone();
+            s.start((from > 0).then_some(from))
+                .await
+                .map_err(|e| stream::classify(e, &cfg.slot_name))?;
+            Ok::<_, Error>((client, s))
+        };
+        match attempt.await {
+            Ok(pair) => return Ok(pair),
+            Err(e @ Error::SlotInvalidated { .. }) => return Err(e),
+            Err(e) if *shutdown.borrow() => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "reconnect failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
 
 /// Prints the slot and offset state, including slot lag in bytes.

@@ -381,3 +381,59 @@ async fn bad_input_gives_one_line_errors() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_connection_loss_is_survived_without_loss() {
+    let env = TestEnv::new().await;
+    env.client
+        .batch_execute("CREATE TABLE r (id bigint PRIMARY KEY, v int)")
+        .await
+        .unwrap();
+    let mut conn = env.spawn(&["r"], &[]);
+    let active = || async {
+        env.client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&env.slot],
+            )
+            .await
+            .unwrap()
+            .is_some()
+    };
+    wait_for(60, "connector streaming", active).await;
+    for i in 0..50 {
+        env.client
+            .batch_execute(&format!("INSERT INTO r VALUES ({i}, {i})"))
+            .await
+            .unwrap();
+    }
+    // Cut the walsender, as a server restart or network failure would.
+    env.client
+        .execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&env.slot],
+        )
+        .await
+        .unwrap();
+    for i in 50..100 {
+        env.client
+            .batch_execute(&format!("INSERT INTO r VALUES ({i}, {i})"))
+            .await
+            .unwrap();
+    }
+    let expected: HashMap<String, Json> = (0..100i64)
+        .map(|i| (json!({"id": i}).to_string(), json!({"id": i, "v": i})))
+        .collect();
+    let mut reader = TopicReader::new(&env.kafka, &env.topic("r")).await;
+    reader
+        .until(60, "all rows after the reconnect", |r| {
+            materialize(r) == expected
+        })
+        .await;
+    assert!(
+        conn.child.try_wait().unwrap().is_none(),
+        "connector exited instead of reconnecting"
+    );
+    conn.stop();
+    env.cleanup().await;
+}
