@@ -274,3 +274,25 @@ pub async fn reset(cfg: &Config) -> Result<()> {
     offsets::store(&publisher, cfg, None).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_slot_is_refused_with_reset_hint() {
+        let cfg = Config::load(None).unwrap();
+        let slot = Some(pg::SlotInfo {
+            confirmed_flush_lsn: Some(0x1_0000_0010),
+            wal_status: Some("lost".into()),
+            active: false,
+            lag_bytes: None,
+        });
+        let msg = check_slot(&cfg, &slot).unwrap_err().to_string();
+        assert!(
+            msg.contains("1/10") && msg.contains("connector reset"),
+            "{msg}"
+        );
+        check_slot(&cfg, &None).unwrap();
+    }
+}

@@ -360,3 +360,21 @@ pub fn spawn_heartbeat(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidated_slot_error_names_the_way_out() {
+        // What START_REPLICATION answers on a slot whose WAL was removed;
+        // the shared test server cannot be made to invalidate a slot.
+        let e = pg_walstream::ReplicationError::ReplicationSlot(
+            "ERROR: can no longer get changes from replication slot \"s\"".into(),
+        );
+        let msg = classify(e, "s").to_string();
+        assert!(msg.contains("was invalidated"), "{msg}");
+        assert!(msg.contains("connector reset"), "{msg}");
+        assert!(!msg.contains('\n'));
+    }
+}

@@ -437,3 +437,71 @@ async fn replication_connection_loss_is_survived_without_loss() {
     conn.stop();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_modes_initial_only_and_never() {
+    let env = TestEnv::new().await;
+    env.client
+        .batch_execute(
+            "CREATE TABLE m (id int PRIMARY KEY); INSERT INTO m SELECT generate_series(1, 3);",
+        )
+        .await
+        .unwrap();
+
+    // initial_only: publish the snapshot and exit, leaving no slot behind.
+    let mut vars = env.connector_env(&["m"]);
+    vars.push(("CONNECTOR_SNAPSHOT_MODE".into(), "initial_only".into()));
+    let (ok, out) = run_to_end(&vars, &[]);
+    assert!(ok, "{out}");
+    let mut reader = TopicReader::new(&env.kafka, &env.topic("m")).await;
+    reader
+        .until(30, "three snapshot rows", |r| r.len() >= 3)
+        .await;
+    assert!(reader.records.iter().all(|r| r.op() == Some("r")));
+    let slots = env
+        .client
+        .query(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&env.slot],
+        )
+        .await
+        .unwrap();
+    assert!(slots.is_empty(), "initial_only must not keep a slot");
+
+    // never: a fresh connector name streams only new changes.
+    let mut vars = env.connector_env(&["m"]);
+    let prefix2 = format!("{}n", env.prefix);
+    for (k, v) in vars.iter_mut() {
+        match k.as_str() {
+            "CONNECTOR_NAME" => *v = prefix2.clone(),
+            "CONNECTOR_OFFSETS_TOPIC" => *v = format!("{prefix2}.offsets"),
+            _ => {}
+        }
+    }
+    vars.push(("CONNECTOR_SNAPSHOT_MODE".into(), "never".into()));
+    let mut conn = Connector::spawn(&vars);
+    wait_for(60, "connector streaming", || async {
+        env.client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&env.slot],
+            )
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    env.client
+        .batch_execute("INSERT INTO m VALUES (4)")
+        .await
+        .unwrap();
+    let mut reader = TopicReader::new(&env.kafka, &format!("{prefix2}.public.m")).await;
+    reader
+        .until(30, "the streamed insert", |r| !r.is_empty())
+        .await;
+    assert_eq!(reader.records.len(), 1);
+    assert_eq!(reader.records[0].op(), Some("c"));
+    assert_eq!(reader.records[0].key, Some(json!({"id": 4})));
+    conn.stop();
+    env.cleanup().await;
+}
