@@ -160,10 +160,10 @@ async fn seed(client: &Client, rows: u64) -> Result<()> {
         .batch_execute(&format!(
             "DROP TABLE IF EXISTS bench;
              CREATE TABLE bench (id bigint PRIMARY KEY, v int NOT NULL, s text, n numeric(12,2), ts timestamptz);
-             INSERT INTO bench SELECT g, g, 'row ' || g, g / 100.0, now() FROM generate_series(1, {rows}) g;
-             VACUUM ANALYZE bench;"
+             INSERT INTO bench SELECT g, g, 'row ' || g, g / 100.0, now() FROM generate_series(1, {rows}) g;"
         ))
         .await?;
+    client.batch_execute("VACUUM ANALYZE bench").await?;
     Ok(())
 }
 
