@@ -1,0 +1,56 @@
+//! The error domain of the contracts crate.
+
+use rdkafka::error::KafkaError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(#[from] config::ConfigError),
+
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+
+    #[error("kafka at {bootstrap} did not answer: {source}")]
+    KafkaUnreachable {
+        bootstrap: String,
+        source: KafkaError,
+    },
+
+    #[error("schema registry at {url}: {message}")]
+    Registry { url: String, message: String },
+
+    #[error("schema for subject {subject} breaks BACKWARD compatibility: {reason}")]
+    IncompatibleSchema { subject: String, reason: String },
+
+    #[error("avro: {0}")]
+    Avro(#[from] Box<apache_avro::Error>),
+
+    #[error("not in the Confluent wire format: {0}")]
+    WireFormat(String),
+
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+}
+
+impl From<apache_avro::Error> for Error {
+    fn from(e: apache_avro::Error) -> Self {
+        Error::Avro(Box::new(e))
+    }
+}
+
+impl Error {
+    /// Whether trying again later can succeed (a service was unreachable or busy), as opposed
+    /// to input that will never be accepted. Consumers use this to choose retry vs dead-letter.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Kafka(_) | Error::KafkaUnreachable { .. } | Error::Registry { .. } => true,
+            Error::Config(_)
+            | Error::IncompatibleSchema { .. }
+            | Error::Avro(_)
+            | Error::WireFormat(_)
+            | Error::UnknownTopic(_) => false,
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Client settings every producer and consumer of the platform shares, so delivery semantics
+//! are decided once: idempotent acks=all producers, manually committing consumers.
+
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+
+use crate::error::Result;
+use crate::settings::KafkaSettings;
+
+/// The header carrying an event's unique id.
+pub const EVENT_ID_HEADER: &str = "event-id";
+
+/// An idempotent producer that waits for all in-sync replicas, so a retried send neither
+/// duplicates nor reorders records of a partition.
+pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.kafka_bootstrap_servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5");
+    config
+}
+
+/// A consumer-group member that never commits on its own: callers store and commit offsets
+/// only after the effect of a record is durable.
+pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.kafka_bootstrap_servers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // A dead member is noticed within seconds, so its partitions move quickly.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .set("fetch.wait.max.ms", "10");
+    config
+}
+
+pub fn admin_client(settings: &KafkaSettings) -> Result<AdminClient<DefaultClientContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka_bootstrap_servers)
+        .create()?)
+}

@@ -1,0 +1,223 @@
+//! A client of a Confluent-compatible schema registry.
+//!
+//! Fetching by id, registering and listing go through `schema_registry_converter`. Look-ups
+//! whose "not found" is an answer rather than a failure (is this schema registered, is it
+//! compatible, what is the latest version) are plain HTTP calls here, because the converter
+//! folds every non-2xx status into one opaque error, and its compatibility helper calls an
+//! endpoint some registries lack.
+
+use reqwest::StatusCode;
+use schema_registry_converter::async_impl::schema_registry::{
+    get_all_subjects, get_schema_by_id, post_schema, SrSettings,
+};
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::{Error, Result};
+
+const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+/// A schema as the registry stores it under a subject.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RegisteredVersion {
+    pub id: u32,
+    pub version: u32,
+    #[serde(default)]
+    pub schema: String,
+}
+
+/// The registry's verdict on a candidate schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compatibility {
+    Compatible,
+    Incompatible { reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Registry {
+    base_url: String,
+    converter: SrSettings,
+    http: reqwest::Client,
+}
+
+impl Registry {
+    pub fn new(base_url: &str) -> Self {
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        Self {
+            converter: SrSettings::new(base_url.clone()),
+            base_url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The schema text registered under `id`.
+    pub async fn schema_by_id(&self, id: u32) -> Result<String> {
+        let registered = get_schema_by_id(id, &self.converter)
+            .await
+            .map_err(|e| self.converter_error(e))?;
+        Ok(registered.schema)
+    }
+
+    /// Registers an Avro schema under `subject` and returns its id; registering a schema the
+    /// subject already has returns the existing id.
+    pub async fn register(&self, subject: &str, schema: &str) -> Result<u32> {
+        let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.to_owned());
+        let registered = post_schema(&self.converter, subject.to_owned(), supplied)
+            .await
+            .map_err(|e| self.converter_error(e))?;
+        Ok(registered.id)
+    }
+
+    pub async fn subjects(&self) -> Result<Vec<String>> {
+        get_all_subjects(&self.converter)
+            .await
+            .map_err(|e| self.converter_error(e))
+    }
+
+    /// The version of `subject` whose schema is `schema`, if it has one.
+    pub async fn lookup(&self, subject: &str, schema: &str) -> Result<Option<RegisteredVersion>> {
+        let url = format!("{}/subjects/{}", self.base_url, encode(subject));
+        let response = self.post(&url, &json!({ "schema": schema })).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            status if status.is_success() => Ok(Some(self.json(response).await?)),
+            _ => Err(self.status_error(response).await),
+        }
+    }
+
+    /// The newest version of `subject`, if the subject exists.
+    pub async fn latest(&self, subject: &str) -> Result<Option<RegisteredVersion>> {
+        let url = format!(
+            "{}/subjects/{}/versions/latest",
+            self.base_url,
+            encode(subject)
+        );
+        let response = self.send(self.http.get(&url)).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            status if status.is_success() => Ok(Some(self.json(response).await?)),
+            _ => Err(self.status_error(response).await),
+        }
+    }
+
+    /// Asks the registry whether `schema` may follow the latest version of `subject` under the
+    /// subject's compatibility level. A subject without versions accepts anything.
+    pub async fn check_compatibility(&self, subject: &str, schema: &str) -> Result<Compatibility> {
+        #[derive(Deserialize)]
+        struct Verdict {
+            is_compatible: bool,
+            #[serde(default)]
+            messages: Vec<String>,
+        }
+        let url = format!(
+            "{}/compatibility/subjects/{}/versions/latest?verbose=true",
+            self.base_url,
+            encode(subject)
+        );
+        let response = self.post(&url, &json!({ "schema": schema })).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(Compatibility::Compatible),
+            status if status.is_success() => {
+                let verdict: Verdict = self.json(response).await?;
+                Ok(if verdict.is_compatible {
+                    Compatibility::Compatible
+                } else {
+                    let reason = if verdict.messages.is_empty() {
+                        "the registry gave no detail".to_owned()
+                    } else {
+                        verdict.messages.join("; ")
+                    };
+                    Compatibility::Incompatible { reason }
+                })
+            }
+            // Some registries answer an incompatible schema with 409 rather than a verdict.
+            StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY => {
+                Ok(Compatibility::Incompatible {
+                    reason: error_message(response).await,
+                })
+            }
+            _ => Err(self.status_error(response).await),
+        }
+    }
+
+    /// Sets the compatibility level the registry enforces for `subject` (e.g. `BACKWARD`).
+    pub async fn set_compatibility(&self, subject: &str, level: &str) -> Result<()> {
+        let url = format!("{}/config/{}", self.base_url, encode(subject));
+        let request = self
+            .http
+            .put(&url)
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+            .body(json!({ "compatibility": level }).to_string());
+        let response = self.send(request).await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.status_error(response).await)
+        }
+    }
+
+    async fn post(&self, url: &str, body: &serde_json::Value) -> Result<reqwest::Response> {
+        let request = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+            .body(body.to_string());
+        self.send(request).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        request
+            .send()
+            .await
+            .map_err(|e| self.error(format!("unreachable: {e}")))
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(&self, response: reqwest::Response) -> Result<T> {
+        response
+            .json()
+            .await
+            .map_err(|e| self.error(format!("unexpected answer: {e}")))
+    }
+
+    async fn status_error(&self, response: reqwest::Response) -> Error {
+        let status = response.status();
+        self.error(format!("HTTP {status}: {}", error_message(response).await))
+    }
+
+    fn converter_error(&self, e: SRCError) -> Error {
+        let detail = match &e.cause {
+            Some(cause) => format!("{} ({cause})", e.error),
+            None => e.error.clone(),
+        };
+        self.error(detail)
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::Registry {
+            url: self.base_url.clone(),
+            message,
+        }
+    }
+}
+
+/// The `message` of a Confluent-style error body, or the raw body.
+async fn error_message(response: reqwest::Response) -> String {
+    #[derive(Deserialize)]
+    struct Body {
+        message: String,
+    }
+    let text = response.text().await.unwrap_or_default();
+    serde_json::from_str::<Body>(&text)
+        .map(|b| b.message)
+        .unwrap_or(text)
+}
+
+fn encode(subject: &str) -> String {
+    subject.replace('/', "%2F")
+}

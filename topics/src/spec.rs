@@ -1,0 +1,144 @@
+//! Topic specs as data: the one place that says which topics exist and what they carry.
+
+use std::fmt;
+use std::time::Duration;
+
+/// How the broker discards old records of a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CleanupPolicy {
+    Delete,
+    Compact,
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    /// The value of the topic config `cleanup.policy`.
+    pub fn as_config(self) -> &'static str {
+        match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+            CleanupPolicy::CompactDelete => "compact,delete",
+        }
+    }
+
+    pub fn from_config(value: &str) -> Option<Self> {
+        let mut parts: Vec<&str> = value.split(',').map(str::trim).collect();
+        parts.sort_unstable();
+        match parts.as_slice() {
+            ["delete"] => Some(CleanupPolicy::Delete),
+            ["compact"] => Some(CleanupPolicy::Compact),
+            ["compact", "delete"] => Some(CleanupPolicy::CompactDelete),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CleanupPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_config())
+    }
+}
+
+/// How long records are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    Forever,
+    For(Duration),
+}
+
+impl Retention {
+    /// The value of the topic config `retention.ms`.
+    pub fn as_config(self) -> String {
+        match self {
+            Retention::Forever => "-1".to_owned(),
+            Retention::For(d) => d.as_millis().to_string(),
+        }
+    }
+}
+
+/// How record keys are serialized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFormat {
+    /// The key is a UTF-8 string (an entity id), so partitioning is stable across languages.
+    Utf8String,
+}
+
+/// Everything the platform promises about one topic.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicSpec {
+    pub name: &'static str,
+    pub partitions: i32,
+    /// Wanted replication factor; `apply` lowers it to the broker count on smaller clusters.
+    pub replication_factor: i32,
+    pub cleanup_policy: CleanupPolicy,
+    pub retention: Retention,
+    pub key: KeyFormat,
+    /// The Avro schema of record values, registered under subject `<name>-value`.
+    pub value_schema: &'static str,
+}
+
+impl TopicSpec {
+    /// The registry subject of the value schema (Confluent's TopicNameStrategy).
+    pub fn value_subject(&self) -> String {
+        value_subject(self.name)
+    }
+}
+
+/// The registry subject of a topic's value schema (Confluent's TopicNameStrategy).
+pub fn value_subject(topic: &str) -> String {
+    format!("{topic}-value")
+}
+
+pub const CONNECTION_MANDATES: TopicSpec = TopicSpec {
+    name: "connection-mandates",
+    partitions: 4,
+    replication_factor: 2,
+    // Compaction keeps the newest mandate per connection forever, so a read model can always
+    // be rebuilt from the topic without keeping every historical change.
+    cleanup_policy: CleanupPolicy::Compact,
+    retention: Retention::Forever,
+    key: KeyFormat::Utf8String,
+    value_schema: include_str!("../schemas/connection-mandate-changed.avsc"),
+};
+
+/// Every topic of the platform.
+pub const CATALOGUE: &[TopicSpec] = &[CONNECTION_MANDATES];
+
+/// Looks a topic up by name in the catalogue.
+pub fn find(name: &str) -> Option<&'static TopicSpec> {
+    CATALOGUE.iter().find(|spec| spec.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_schema_parses() {
+        for spec in CATALOGUE {
+            apache_avro::Schema::parse_str(spec.value_schema)
+                .unwrap_or_else(|e| panic!("schema of {} does not parse: {e}", spec.name));
+        }
+    }
+
+    #[test]
+    fn cleanup_policy_reads_what_the_broker_reports() {
+        assert_eq!(
+            CleanupPolicy::from_config("delete,compact"),
+            Some(CleanupPolicy::CompactDelete)
+        );
+        assert_eq!(
+            CleanupPolicy::from_config("compact"),
+            Some(CleanupPolicy::Compact)
+        );
+        assert_eq!(CleanupPolicy::from_config("bogus"), None);
+    }
+
+    #[test]
+    fn topic_names_are_unique() {
+        let mut names: Vec<_> = CATALOGUE.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CATALOGUE.len());
+    }
+}
