@@ -32,6 +32,8 @@ impl Op {
 pub enum SnapshotMarker {
     /// A streamed change.
     False,
+    /// The first row of the initial snapshot.
+    First,
     True,
     /// The last row of the initial snapshot.
     Last,
@@ -41,6 +43,7 @@ impl SnapshotMarker {
     fn as_str(self) -> &'static str {
         match self {
             SnapshotMarker::False => "false",
+            SnapshotMarker::First => "first",
             SnapshotMarker::True => "true",
             SnapshotMarker::Last => "last",
         }
@@ -51,8 +54,8 @@ impl SnapshotMarker {
 pub struct Source<'a> {
     pub name: &'a str,
     pub db: &'a str,
-    /// Commit time of the transaction (snapshot start for `r` events).
-    pub ts_ms: i64,
+    /// Commit time of the transaction in µs (snapshot start for `r` events).
+    pub ts_us: i64,
     pub snapshot: SnapshotMarker,
     pub tx_id: Option<i64>,
     pub lsn: Option<u64>,
@@ -67,7 +70,8 @@ pub struct Event<'a> {
     pub before: Option<&'a [Datum]>,
     pub after: Option<&'a [Datum]>,
     pub source: Source<'a>,
-    pub ts_ms: i64,
+    /// When the connector processed the change, in µs.
+    pub ts_us: i64,
 }
 
 /// Confluent wire format: magic byte 0, schema id (big-endian), Avro datum.
@@ -99,11 +103,13 @@ impl Event<'_> {
         avro_str(&mut out, VERSION);
         avro_str(&mut out, "postgresql");
         avro_str(&mut out, s.name);
-        avro_long(&mut out, s.ts_ms);
+        avro_long(&mut out, s.ts_us.div_euclid(1000));
         out.push(0); // snapshot: branch 0 (string) of [string, null]
         avro_str(&mut out, s.snapshot.as_str());
         avro_str(&mut out, s.db);
         opt_str(&mut out, s.sequence.as_deref());
+        opt_long(&mut out, Some(s.ts_us));
+        opt_long(&mut out, Some(s.ts_us.saturating_mul(1000)));
         avro_str(&mut out, &self.table.schema);
         avro_str(&mut out, &self.table.table);
         opt_long(&mut out, s.tx_id);
@@ -111,7 +117,9 @@ impl Event<'_> {
         opt_long(&mut out, None); // xmin
         out.push(0); // transaction: null
         avro_str(&mut out, self.op.code());
-        opt_long(&mut out, Some(self.ts_ms));
+        opt_long(&mut out, Some(self.ts_us.div_euclid(1000)));
+        opt_long(&mut out, Some(self.ts_us));
+        opt_long(&mut out, Some(self.ts_us.saturating_mul(1000)));
         out
     }
 
@@ -124,10 +132,12 @@ impl Event<'_> {
                 "version": VERSION,
                 "connector": "postgresql",
                 "name": s.name,
-                "ts_ms": s.ts_ms,
+                "ts_ms": s.ts_us.div_euclid(1000),
                 "snapshot": s.snapshot.as_str(),
                 "db": s.db,
                 "sequence": s.sequence,
+                "ts_us": s.ts_us,
+                "ts_ns": s.ts_us.saturating_mul(1000),
                 "schema": self.table.schema,
                 "table": self.table.table,
                 "txId": s.tx_id,
@@ -136,7 +146,9 @@ impl Event<'_> {
             },
             "transaction": null,
             "op": self.op.code(),
-            "ts_ms": self.ts_ms,
+            "ts_ms": self.ts_us.div_euclid(1000),
+            "ts_us": self.ts_us,
+            "ts_ns": self.ts_us.saturating_mul(1000),
         });
         serde_json::to_vec(&v).expect("JSON values always serialise")
     }
@@ -288,13 +300,13 @@ mod tests {
             source: Source {
                 name: "shop",
                 db: "db",
-                ts_ms: 5,
+                ts_us: 5_000,
                 snapshot: SnapshotMarker::False,
                 tx_id: Some(42),
                 lsn: Some(1234),
                 sequence: Some("[\"1\",\"1234\"]".into()),
             },
-            ts_ms: 6,
+            ts_us: 6_001,
         };
         let schema = t.value_schema("shop", DecimalHandling::Precise);
         let v = decode(&schema, &ev.avro_value(9));
@@ -307,6 +319,9 @@ mod tests {
         assert_eq!(v["source"]["snapshot"], "false");
         assert_eq!(v["source"]["connector"], "postgresql");
         assert_eq!(v["ts_ms"], 6);
+        assert_eq!(v["ts_us"], 6_001);
+        assert_eq!(v["source"]["ts_ms"], 5);
+        assert_eq!(v["source"]["ts_ns"], 5_000_000);
 
         let key_schema = t.key_schema("shop", DecimalHandling::Precise).unwrap();
         let k = decode(&key_schema, &avro_key(&t, &after, 3).unwrap());
@@ -335,13 +350,13 @@ mod tests {
             source: Source {
                 name: "shop",
                 db: "db",
-                ts_ms: 5,
+                ts_us: 5_000,
                 snapshot: SnapshotMarker::False,
                 tx_id: None,
                 lsn: None,
                 sequence: None,
             },
-            ts_ms: 6,
+            ts_us: 6_000,
         };
         let v = decode(
             &t.value_schema("shop", DecimalHandling::String),

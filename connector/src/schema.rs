@@ -214,6 +214,8 @@ impl TableSchema {
                 }], "default": null},
                 {"name": "op", "type": "string"},
                 {"name": "ts_ms", "type": ["null", "long"], "default": null},
+                {"name": "ts_us", "type": ["null", "long"], "default": null},
+                {"name": "ts_ns", "type": ["null", "long"], "default": null},
             ],
             "connect.version": 1,
             "connect.name": format!("{ns}.Envelope"),
@@ -234,12 +236,16 @@ fn source_schema() -> Json {
             {"name": "snapshot", "type": [{
                 "type": "string",
                 "connect.version": 1,
-                "connect.parameters": {"allowed": "true,last,false,incremental"},
+                "connect.parameters": {
+                    "allowed": "true,first,first_in_data_collection,last_in_data_collection,last,false,incremental"
+                },
                 "connect.default": "false",
                 "connect.name": "io.debezium.data.Enum",
             }, "null"], "default": "false"},
             {"name": "db", "type": "string"},
             {"name": "sequence", "type": ["null", "string"], "default": null},
+            {"name": "ts_us", "type": ["null", "long"], "default": null},
+            {"name": "ts_ns", "type": ["null", "long"], "default": null},
             {"name": "schema", "type": "string"},
             {"name": "table", "type": "string"},
             {"name": "txId", "type": ["null", "long"], "default": null},

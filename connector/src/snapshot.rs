@@ -34,7 +34,7 @@ pub async fn run(
             snapshot_name.replace('\'', "")
         ))
         .await?;
-    let ts_ms = chrono::Utc::now().timestamp_millis();
+    let ts_us = chrono::Utc::now().timestamp_micros();
     let mut total = 0u64;
     let mut batch = Vec::new();
     // The previous row is held back so the very last one can say snapshot=last.
@@ -82,16 +82,12 @@ pub async fn run(
                     });
                 }
                 if let Some((t, prev)) = held.replace((idx, datums)) {
-                    emit(
-                        emitter,
-                        &states[t],
-                        &prev,
-                        ts_ms,
-                        lsn,
-                        SnapshotMarker::True,
-                        &mut batch,
-                    )
-                    .await?;
+                    let marker = if total == 0 {
+                        SnapshotMarker::First
+                    } else {
+                        SnapshotMarker::True
+                    };
+                    emit(emitter, &states[t], &prev, ts_us, lsn, marker, &mut batch).await?;
                     total += 1;
                 }
             }
@@ -114,7 +110,7 @@ pub async fn run(
             emitter,
             &states[t],
             &last,
-            ts_ms,
+            ts_us,
             lsn,
             SnapshotMarker::Last,
             &mut batch,
@@ -137,7 +133,7 @@ async fn emit(
     emitter: &Emitter,
     ts: &TableState,
     row: &[Datum],
-    ts_ms: i64,
+    ts_us: i64,
     lsn: u64,
     marker: SnapshotMarker,
     out: &mut Vec<rdkafka::producer::DeliveryFuture>,
@@ -145,11 +141,11 @@ async fn emit(
     let source = Source {
         name: &emitter.cfg.name,
         db: &emitter.db,
-        ts_ms,
+        ts_us,
         snapshot: marker,
         tx_id: None,
         lsn: Some(lsn),
-        sequence: None,
+        sequence: Some(format!("[null,\"{lsn}\"]")),
     };
     emitter
         .emit(ts, Op::Read, None, Some(row), source, out)

@@ -84,7 +84,7 @@ impl Emitter {
             before,
             after,
             source,
-            ts_ms: chrono::Utc::now().timestamp_millis(),
+            ts_us: chrono::Utc::now().timestamp_micros(),
         };
         let (key, value) = match self.cfg.format {
             Format::Avro => (
@@ -107,7 +107,7 @@ impl Emitter {
 
 struct Txn {
     xid: u32,
-    ts_ms: i64,
+    ts_us: i64,
     deliveries: Vec<DeliveryFuture>,
 }
 
@@ -206,7 +206,7 @@ pub async fn run(
             } => {
                 txn = Some(Txn {
                     xid: transaction_id,
-                    ts_ms: commit_timestamp.timestamp_millis(),
+                    ts_us: commit_timestamp.timestamp_micros(),
                     deliveries: Vec::new(),
                 });
             }
@@ -329,7 +329,7 @@ fn source<'a>(emitter: &'a Emitter, t: &Txn, lsn: u64, last_commit: u64) -> Sour
     Source {
         name: &emitter.cfg.name,
         db: &emitter.db,
-        ts_ms: t.ts_ms,
+        ts_us: t.ts_us,
         snapshot: SnapshotMarker::False,
         tx_id: Some(t.xid as i64),
         lsn: Some(lsn),

@@ -75,6 +75,10 @@ async fn snapshot_under_concurrent_writes_then_streaming_reproduces_the_table() 
         snapshot.last().unwrap().value.as_ref().unwrap()["source"]["snapshot"],
         "last"
     );
+    assert_eq!(
+        snapshot[0].value.as_ref().unwrap()["source"]["snapshot"],
+        "first"
+    );
     let snap_lsn = snapshot[0].lsn().unwrap();
     let mut seen = HashSet::new();
     for r in recs
@@ -144,6 +148,11 @@ async fn envelope_delete_tombstone_and_update_before_after() {
     assert!(src["txId"].as_i64().unwrap() > 0);
     assert!(src["lsn"].as_i64().unwrap() > 0);
     assert!(src["ts_ms"].as_i64().unwrap() > 0);
+    assert_eq!(
+        src["ts_us"].as_i64().unwrap() / 1000,
+        src["ts_ms"].as_i64().unwrap()
+    );
+    assert!(v(1)["ts_ns"].as_i64().unwrap() > 0);
     assert!(v(1)["ts_ms"].as_i64().unwrap() > 0);
 
     assert_eq!(v(2)["op"], "d");
