@@ -244,7 +244,7 @@ fn spawn(cfg: &Config, system: &System) -> Result<Run> {
         System::Ours => Command::new(std::env::current_exe().map_err(|e| Error::Config(e.to_string()))?)
             .current_dir(&dir)
             .env_remove("CONNECTOR_CONFIG")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("CONNECTOR_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
             .env("POSTGRES_URL", &cfg.postgres_url)
             .env("KAFKA_BOOTSTRAP_SERVERS", &cfg.kafka_bootstrap_servers)
             .env("CONNECTOR_NAME", &prefix)
@@ -389,6 +389,10 @@ async fn measure(cfg: &Config, args: &BenchArgs, system: System) -> Result<Figur
         // Latency: paced single-row transactions.
         let n = args.latency_rate * args.latency_secs;
         let lat_client = pg::connect(cfg).await?;
+        // The dev server runs with synchronous_commit=off, which leaves a commit
+        // invisible to walsenders until the WAL writer's next round (up to
+        // wal_writer_delay); a production-like session flushes at commit.
+        lat_client.batch_execute("SET synchronous_commit = on").await?;
         let lo = base + txns * 100 + 1;
         let rate = args.latency_rate;
         let pacer = tokio::spawn(async move {

@@ -216,6 +216,10 @@ pub async fn run(
                 ..
             } => {
                 let t = txn.take();
+                if let Some(t) = &t {
+                    let lag_us = chrono::Utc::now().timestamp_micros() - t.ts_us;
+                    tracing::debug!(xid = t.xid, lag_us, "commit received");
+                }
                 tracker
                     .push(Pending {
                         deliveries: t.map(|t| t.deliveries).unwrap_or_default(),
