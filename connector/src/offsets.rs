@@ -152,7 +152,8 @@ impl Tracker {
         let acked = Arc::new(AtomicU64::new(0));
         let acked2 = acked.clone();
         let handle = tokio::spawn(async move {
-            let interval = Duration::from_millis(1000);
+            // Short, so that a crash replays little; the write is tiny and async.
+            let interval = Duration::from_millis(200);
             let mut last_store = Instant::now();
             let mut stored = 0u64;
             while let Some(p) = rx.recv().await {

@@ -252,9 +252,11 @@ pub async fn status(cfg: &Config) -> Result<String> {
                 .unwrap_or_else(|| "?".into()),
         )),
     }
-    match offsets::load(cfg).await? {
-        None => out.push_str(&format!("offset {}: none\n", cfg.name)),
-        Some(o) => out.push_str(&format!(
+    // The slot line is the one that matters during a Kafka outage; still show it.
+    match offsets::load(cfg).await {
+        Err(e) => out.push_str(&format!("offset {}: unavailable ({e})\n", cfg.name)),
+        Ok(None) => out.push_str(&format!("offset {}: none\n", cfg.name)),
+        Ok(Some(o)) => out.push_str(&format!(
             "offset {}: lsn={} snapshot_completed={} stored_at_ms={}\n",
             cfg.name,
             format_lsn(o.lsn),
