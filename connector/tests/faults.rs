@@ -60,9 +60,10 @@ async fn kill_9_under_load_and_kafka_outage_lose_nothing() {
     let mut conn = env.spawn(&tables, &extra);
     wait_for(60, "connector streaming", || slot_active(&env)).await;
 
-    // Bounded load: each transaction inserts one row and updates an older one.
+    // Bounded load: each transaction inserts 5 rows and updates 5 older
+    // ones, so several records are in flight when the connector is killed.
     let done = Arc::new(AtomicUsize::new(0));
-    let total = 1200usize;
+    let total = 800usize;
     let writer = {
         let url = env.url.clone();
         let done = done.clone();
@@ -70,8 +71,12 @@ async fn kill_9_under_load_and_kafka_outage_lose_nothing() {
             let c = connect(&url).await;
             for i in 0..total as i64 {
                 c.batch_execute(&format!(
-                    "BEGIN; INSERT INTO load VALUES ({i}, 0); UPDATE load SET v = v + 1 WHERE id = {}; COMMIT;",
-                    i / 2
+                    "BEGIN;
+                     INSERT INTO load SELECT g, 0 FROM generate_series({lo}, {lo} + 4) g;
+                     UPDATE load SET v = v + 1 WHERE id BETWEEN {half} AND {half} + 4;
+                     COMMIT;",
+                    lo = i * 5,
+                    half = i * 5 / 2
                 ))
                 .await
                 .unwrap();
@@ -145,7 +150,7 @@ async fn kill_9_under_load_and_kafka_outage_lose_nothing() {
             seen.insert(id, v);
         }
     }
-    let changes = total * 2 + 200;
+    let changes = total * 10 + 200;
     assert_eq!(
         seen.len(),
         changes,
