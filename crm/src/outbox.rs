@@ -224,7 +224,12 @@ impl Relay {
                     // A producer that failed may be in a fatal state (idempotence); a new one
                     // costs nothing next to the backoff, and nothing is in flight any more.
                     match self.producer() {
-                        Ok(fresh) => producer = fresh,
+                        Ok(fresh) => {
+                            let old = std::mem::replace(&mut producer, fresh);
+                            // Dropping a producer joins its thread and flushes for up to
+                            // half a second: not on a runtime worker.
+                            tokio::task::spawn_blocking(move || drop(old));
+                        }
                         Err(e) => tracing::warn!(error = %e, "keeping the old producer"),
                     }
                     if self.sleep(delay).await.is_err() {

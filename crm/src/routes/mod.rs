@@ -52,8 +52,15 @@ where
 
 fn rejection_message(rejection: &JsonRejection) -> String {
     match rejection {
-        JsonRejection::JsonSyntaxError(e) => format!("malformed JSON: {}", e.body_text()),
-        JsonRejection::JsonDataError(e) => format!("invalid customer: {}", e.body_text()),
+        JsonRejection::JsonSyntaxError(e) => match std::error::Error::source(e) {
+            Some(source) => format!("malformed JSON: {source}"),
+            None => format!("malformed JSON: {}", e.body_text()),
+        },
+        // The source says which field is wrong and why, without axum's generic preamble.
+        JsonRejection::JsonDataError(e) => match std::error::Error::source(e) {
+            Some(source) => format!("invalid customer: {source}"),
+            None => format!("invalid customer: {}", e.body_text()),
+        },
         JsonRejection::MissingJsonContentType(_) => {
             "expected a body with Content-Type: application/json".to_owned()
         }

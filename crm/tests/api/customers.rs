@@ -146,6 +146,18 @@ async fn bad_bodies_are_400_with_a_message() {
     missing.as_object_mut().unwrap().remove("city");
     assert_400(app.post_customer(&missing).await, "missing field", "city").await;
 
+    let refused = app
+        .post_customer(&customer_body(&connection_id(), json!(3)))
+        .await;
+    let message: Value = refused.json().await.unwrap();
+    let message = message["error"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "invalid customer: connectionMandate: connectionMandate must be 0, 1 or 2, not 3"
+        ),
+        "{message}"
+    );
+
     for mandate in [json!(3), json!("3"), json!(-1), json!("two")] {
         let body = customer_body(&connection_id(), mandate.clone());
         assert_400(
