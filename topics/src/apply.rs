@@ -103,8 +103,11 @@ pub async fn apply(
 
     let mut to_register = Vec::new();
     for spec in specs {
+        let Some(schema) = spec.value_schema else {
+            continue;
+        };
         let subject = spec.value_subject();
-        match registry.lookup(&subject, spec.value_schema).await? {
+        match registry.lookup(&subject, schema).await? {
             Some(existing) => report.schemas.push((
                 subject,
                 SchemaOutcome::Unchanged {
@@ -113,13 +116,12 @@ pub async fn apply(
                 },
             )),
             None => {
-                if let Compatibility::Incompatible { reason } = registry
-                    .check_compatibility(&subject, spec.value_schema)
-                    .await?
+                if let Compatibility::Incompatible { reason } =
+                    registry.check_compatibility(&subject, schema).await?
                 {
                     return Err(Error::IncompatibleSchema { subject, reason });
                 }
-                to_register.push((subject, spec.value_schema));
+                to_register.push((subject, schema));
             }
         }
     }

@@ -43,7 +43,7 @@ impl<E: Event> Encoder<E> {
     pub async fn connect(registry: &Registry) -> Result<Self> {
         let subject = E::TOPIC.value_subject();
         let registered = registry
-            .lookup(&subject, E::TOPIC.value_schema)
+            .lookup(&subject, E::TOPIC.value_schema.unwrap_or_default())
             .await?
             .ok_or_else(|| Error::Registry {
                 url: registry.base_url().to_owned(),

@@ -24,10 +24,13 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn event_id(&self) -> Uuid;
 }
 
-fn parse_once(cell: &'static OnceLock<Schema>, text: &str) -> &'static Schema {
-    // The catalogue's schemas are compiled in and checked by `spec::tests`, so a parse
-    // failure here is a build defect, not a runtime condition.
-    cell.get_or_init(|| Schema::parse_str(text).expect("catalogue schema parses"))
+fn parse_once(cell: &'static OnceLock<Schema>, spec: &TopicSpec) -> &'static Schema {
+    // The catalogue's schemas are compiled in and checked by `spec::tests`, so a missing or
+    // unparsable schema here is a build defect, not a runtime condition.
+    cell.get_or_init(|| {
+        let text = spec.value_schema.expect("event topics have a value schema");
+        Schema::parse_str(text).expect("catalogue schema parses")
+    })
 }
 
 /// The mandate a customer gives on a grid connection.
@@ -79,7 +82,7 @@ impl Event for ConnectionMandateChanged {
 
     fn schema() -> &'static Schema {
         static SCHEMA: OnceLock<Schema> = OnceLock::new();
-        parse_once(&SCHEMA, Self::TOPIC.value_schema)
+        parse_once(&SCHEMA, Self::TOPIC)
     }
 
     fn key(&self) -> &str {

@@ -35,6 +35,7 @@ pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
+        // Adding an instance moves only the partitions it takes; the others keep flowing.
         .set("partition.assignment.strategy", "cooperative-sticky")
         // A dead member is noticed within seconds, so its partitions move quickly.
         .set("session.timeout.ms", "6000")

@@ -133,7 +133,7 @@ fn with_proposed_schemas(overrides: &[String]) -> anyhow::Result<Vec<TopicSpec>>
         apache_avro::Schema::parse_str(&text)
             .with_context(|| format!("{} is not a valid Avro schema", path.display()))?;
         // The CLI applies once and exits; the spec wants the schema for the whole run.
-        spec.value_schema = Box::leak(text.into_boxed_str());
+        spec.value_schema = Some(Box::leak(text.into_boxed_str()));
     }
     Ok(specs)
 }

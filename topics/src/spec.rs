@@ -73,8 +73,10 @@ pub struct TopicSpec {
     pub cleanup_policy: CleanupPolicy,
     pub retention: Retention,
     pub key: KeyFormat,
-    /// The Avro schema of record values, registered under subject `<name>-value`.
-    pub value_schema: &'static str,
+    /// The Avro schema of record values, registered under subject `<name>-value`; `None` for
+    /// topics whose values are opaque bytes, like dead-letter topics that keep records as
+    /// they came.
+    pub value_schema: Option<&'static str>,
 }
 
 impl TopicSpec {
@@ -98,11 +100,23 @@ pub const CONNECTION_MANDATES: TopicSpec = TopicSpec {
     cleanup_policy: CleanupPolicy::Compact,
     retention: Retention::Forever,
     key: KeyFormat::Utf8String,
-    value_schema: include_str!("../schemas/connection-mandate-changed.avsc"),
+    value_schema: Some(include_str!("../schemas/connection-mandate-changed.avsc")),
+};
+
+/// Events the IoT platform's projector can never apply, with headers saying why and where
+/// they came from.
+pub const IOT_PLATFORM_DEAD_LETTERS: TopicSpec = TopicSpec {
+    name: "iot-platform.dead-letter",
+    partitions: 1,
+    replication_factor: 2,
+    cleanup_policy: CleanupPolicy::Delete,
+    retention: Retention::For(Duration::from_secs(30 * 24 * 3600)),
+    key: KeyFormat::Utf8String,
+    value_schema: None,
 };
 
 /// Every topic of the platform.
-pub const CATALOGUE: &[TopicSpec] = &[CONNECTION_MANDATES];
+pub const CATALOGUE: &[TopicSpec] = &[CONNECTION_MANDATES, IOT_PLATFORM_DEAD_LETTERS];
 
 /// Looks a topic up by name in the catalogue.
 pub fn find(name: &str) -> Option<&'static TopicSpec> {
@@ -115,8 +129,8 @@ mod tests {
 
     #[test]
     fn every_value_schema_parses() {
-        for spec in CATALOGUE {
-            apache_avro::Schema::parse_str(spec.value_schema)
+        for spec in CATALOGUE.iter().filter(|s| s.value_schema.is_some()) {
+            apache_avro::Schema::parse_str(spec.value_schema.unwrap_or_default())
                 .unwrap_or_else(|e| panic!("schema of {} does not parse: {e}", spec.name));
         }
     }

@@ -1,0 +1,35 @@
+# Platform services (crm, iot-platform) and the `topics` CLI in one image.
+# Used by docker-compose.kafka.yml; without Docker use scripts/infra + cargo run.
+
+# ---- build ------------------------------------------------------------------
+FROM rust:1-bookworm AS builder
+# rdkafka's `cmake-build` compiles the bundled librdkafka (cmake, C/C++ toolchain);
+# `curl-static` builds libcurl, which links OpenSSL (libssl-dev, pkg-config).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake build-essential pkg-config libssl-dev zlib1g-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin crm --bin iot-platform --bin topics \
+ && mkdir -p /out/bin /out/crm-data \
+ && cp target/release/crm target/release/iot-platform target/release/topics /out/bin/ \
+ && if [ -d crm/data ]; then cp -r crm/data/. /out/crm-data/; fi
+
+# ---- runtime ----------------------------------------------------------------
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin app
+COPY --from=builder /out/bin/ /usr/local/bin/
+# The CRM's seed file; the compiled-in default path points into the build tree.
+COPY --from=builder /out/crm-data/ /app/crm/data/
+ENV CRM_SEED_CSV=/app/crm/data/customers.csv \
+    CRM_LISTEN_ADDR=0.0.0.0:3005 \
+    IOT_LISTEN_ADDR=0.0.0.0:3008 \
+    RUST_LOG=info
+WORKDIR /app
+USER app
+EXPOSE 3005 3008
+# Pick the binary with the service's command: crm | iot-platform | topics apply
+CMD ["crm"]

@@ -1,0 +1,68 @@
+//! With Kafka down, writes still succeed; their events wait in the outbox and arrive, in
+//! order, once Kafka is back.
+
+use std::time::Duration;
+
+use serde_json::json;
+use topics::events::MandateLevel;
+
+use crate::helpers::{
+    apply_topics, connection_id, customer_body, spawn_with, test_settings, EventProbe,
+    IsolatedKafka,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_succeed_while_kafka_is_down_and_their_events_arrive_after_it_returns() {
+    let kafka = IsolatedKafka::new();
+    let mut settings = test_settings();
+    settings.kafka = kafka.settings(&settings.kafka.schema_registry_url);
+    // The topic must exist on this broker before it goes down, as it would in production.
+    kafka.up().await;
+    apply_topics(&settings.kafka).await;
+    kafka.down().await;
+
+    let app = spawn_with(settings.clone()).await;
+    let (first, second) = (connection_id(), connection_id());
+    let id = app.create(&customer_body(&first, json!(2))).await["id"]
+        .as_i64()
+        .unwrap();
+    let response = app.put_customer(id, &customer_body(&first, json!(1))).await;
+    assert_eq!(response.status(), 200);
+    let response = app
+        .put_customer(id, &customer_body(&second, json!(1)))
+        .await;
+    assert_eq!(response.status(), 200);
+
+    let mut db = app.database().await;
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(waiting, 4, "the events wait in the outbox");
+
+    kafka.up().await;
+    let probe = EventProbe::from_beginning(&settings.kafka).await;
+    let events = probe
+        .expect(&[&first, &second], 4, Duration::from_secs(90))
+        .await;
+
+    let for_key = |key: &str| -> Vec<MandateLevel> {
+        events
+            .iter()
+            .filter(|r| r.key == key)
+            .map(|r| r.event.mandate)
+            .collect()
+    };
+    assert_eq!(
+        for_key(&first),
+        [
+            MandateLevel::RealTime,
+            MandateLevel::BillingOnly,
+            MandateLevel::None
+        ]
+    );
+    assert_eq!(for_key(&second), [MandateLevel::BillingOnly]);
+    assert!(events.iter().all(|r| r.event.customer_id == id));
+    drop(db);
+    app.stop().await;
+}

@@ -1,0 +1,39 @@
+//! The IoT platform's settings. Env names: `IOT_LISTEN_ADDR`, `IOT_GROUP`, `IOT_NAMESPACE`,
+//! `IOT_MAX_BATCH`, `REDIS_URL`, plus the platform-wide Kafka settings.
+
+use serde::{Deserialize, Serialize};
+use topics::settings::KafkaSettings;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    #[serde(flatten)]
+    pub kafka: KafkaSettings,
+    pub redis_url: String,
+    pub iot_listen_addr: String,
+    /// Instances sharing the group split the topic's partitions and share the store.
+    pub iot_group: String,
+    /// The read model's key space in the store; a rebuild writes a new one.
+    pub iot_namespace: String,
+    pub iot_max_batch: usize,
+    pub iot_dead_letter_topic: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaSettings::default(),
+            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            iot_listen_addr: "127.0.0.1:3008".to_owned(),
+            iot_group: "iot-platform".to_owned(),
+            iot_namespace: "iot:mandates".to_owned(),
+            iot_max_batch: 2000,
+            iot_dead_letter_topic: topics::spec::IOT_PLATFORM_DEAD_LETTERS.name.to_owned(),
+        }
+    }
+}
+
+impl Settings {
+    pub fn load() -> topics::Result<Self> {
+        topics::settings::load("iot-platform")
+    }
+}

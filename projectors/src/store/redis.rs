@@ -1,0 +1,96 @@
+//! Read models in Redis: one string key per document (`<namespace>:doc:<key>`, JSON) and one
+//! hash of applied offsets per read model (`<namespace>:offsets`, field `<topic>:<partition>`).
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::projection::Change;
+use crate::store::{PartitionBatch, Store};
+
+/// Applies a batch and its offset in one script run, which Redis executes atomically.
+/// ARGV: offsets field, document key prefix, last offset, then (offset, op, key, value)
+/// quadruples. Changes at or below the recorded offset were applied by an earlier delivery.
+const APPLY_BATCH: &str = r"
+local applied = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+local prefix = ARGV[2]
+for i = 4, #ARGV, 4 do
+  if tonumber(ARGV[i]) > applied then
+    if ARGV[i + 1] == 'put' then
+      redis.call('SET', prefix .. ARGV[i + 2], ARGV[i + 3])
+    else
+      redis.call('DEL', prefix .. ARGV[i + 2])
+    end
+  end
+end
+local last = tonumber(ARGV[3])
+if last > applied then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return last
+end
+return applied
+";
+
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    offsets_key: String,
+    document_prefix: String,
+    script: Script,
+}
+
+impl RedisStore {
+    /// A store for the read model `namespace` (e.g. `iot:mandates`).
+    pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
+        let client = redis::Client::open(url)?;
+        let connection = ConnectionManager::new(client).await?;
+        Ok(Self {
+            connection,
+            offsets_key: format!("{namespace}:offsets"),
+            document_prefix: format!("{namespace}:doc:"),
+            script: Script::new(APPLY_BATCH),
+        })
+    }
+}
+
+impl Store for RedisStore {
+    async fn write(&self, batch: &PartitionBatch) -> Result<i64> {
+        let mut invocation = self.script.key(&self.offsets_key);
+        invocation
+            .arg(format!("{}:{}", batch.topic, batch.partition))
+            .arg(&self.document_prefix)
+            .arg(batch.last_offset);
+        for (offset, change) in &batch.changes {
+            match change {
+                Change::Put { key, document } => invocation
+                    .arg(offset)
+                    .arg("put")
+                    .arg(key)
+                    .arg(document.to_string()),
+                Change::Delete { key } => invocation.arg(offset).arg("del").arg(key).arg(""),
+            };
+        }
+        let mut connection = self.connection.clone();
+        Ok(invocation.invoke_async(&mut connection).await?)
+    }
+
+    async fn applied_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+        let mut connection = self.connection.clone();
+        let field = format!("{topic}:{partition}");
+        Ok(connection.hget(&self.offsets_key, field).await?)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Value>> {
+        let mut connection = self.connection.clone();
+        let text: Option<String> = connection
+            .get(format!("{}{key}", self.document_prefix))
+            .await?;
+        text.map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| Error::Store {
+                backend: "redis",
+                message: format!("document {key}: {e}"),
+            })
+    }
+}

@@ -1,0 +1,13 @@
+#!/bin/sh
+# docker-compose.kafka.yml: give the fresh (in-memory) Apicurio registry the same
+# rules `scripts/infra up` sets: global BACKWARD compatibility + VALIDITY FULL.
+# See scripts/README.md for why this goes through the API and not a -D default.
+set -eu
+base="${REGISTRY_BASE:-http://schema-registry:8080}"
+curl -fsS --retry 90 --retry-delay 2 --retry-connrefused -o /dev/null "$base/apis/ccompat/v7/subjects"
+code=$(curl -sS -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+  -d '{"ruleType":"VALIDITY","config":"FULL"}' "$base/apis/registry/v3/admin/rules")
+case "$code" in 204|409) ;; *) echo "registry-init: VALIDITY rule failed: HTTP $code" >&2; exit 1 ;; esac
+curl -fsS -X PUT -H 'Content-Type: application/vnd.schemaregistry.v1+json' \
+  -d "{\"compatibility\":\"${REGISTRY_COMPATIBILITY:-BACKWARD}\"}" "$base/apis/ccompat/v7/config"
+echo
