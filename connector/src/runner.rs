@@ -163,8 +163,11 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
             shutdown.clone(),
         )
         .await;
-        let Err(Error::Replication(reason)) = &result else {
-            break result;
+        // A dropped catalog connection is as recoverable as a dropped stream.
+        let reason = match &result {
+            Err(Error::Replication(r)) => r.clone(),
+            Err(Error::Postgres(r)) if pg_client.is_closed() => r.clone(),
+            _ => break result,
         };
         if *shutdown.borrow() {
             break result;
