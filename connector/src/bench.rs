@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value as Json;
@@ -29,6 +31,8 @@ pub struct BenchArgs {
     pub changes: u64,
     pub latency_rate: u64,
     pub latency_secs: u64,
+    /// Rounds per system; the table shows medians.
+    pub rounds: u32,
     /// Directory with `connect-lib/` and `plugins/` (see `bench/run.sh`);
     /// `None` benchmarks only this connector.
     pub debezium_home: Option<PathBuf>,
@@ -69,17 +73,53 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<String> {
         .await?;
     let mut bench_cfg = cfg.clone();
     bench_cfg.postgres_url = replace_db(&cfg.postgres_url, DB);
-    let ours = measure(&bench_cfg, args, System::Ours).await;
-    let theirs = match &args.debezium_home {
-        Some(home) => Some(measure(&bench_cfg, args, System::Debezium(home.clone())).await),
-        None => None,
-    };
+    // Alternate the systems round by round so that background load on the
+    // shared machine hits both alike; report the median of each metric.
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    let mut failure = None;
+    for round in 1..=args.rounds.max(1) {
+        eprintln!("round {round}/{}", args.rounds.max(1));
+        match measure(&bench_cfg, args, System::Ours).await {
+            Ok(f) => ours.push(f),
+            Err(e) => failure = Some(e),
+        }
+        if let Some(home) = &args.debezium_home {
+            match measure(&bench_cfg, args, System::Debezium(home.clone())).await {
+                Ok(f) => theirs.push(f),
+                Err(e) => failure = Some(e),
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
     drop(admin);
     let admin = pg::connect(cfg).await?;
     let _ = admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
         .await;
-    Ok(table(args, &ours?, theirs.transpose()?.as_ref()))
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let theirs = (!theirs.is_empty()).then(|| median(&theirs));
+    Ok(table(args, &median(&ours), theirs.as_ref()))
+}
+
+fn median(runs: &[Figures]) -> Figures {
+    let m = |get: fn(&Figures) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(get).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    Figures {
+        snapshot_rows_per_s: m(|f| f.snapshot_rows_per_s),
+        snapshot_wall_s: m(|f| f.snapshot_wall_s),
+        changes_per_s: m(|f| f.changes_per_s),
+        latency_p50_ms: m(|f| f.latency_p50_ms),
+        latency_p99_ms: m(|f| f.latency_p99_ms),
+        peak_rss_mib: m(|f| f.peak_rss_mib),
+    }
 }
 
 fn replace_db(url: &str, db: &str) -> String {
@@ -95,8 +135,13 @@ fn replace_db(url: &str, db: &str) -> String {
 
 fn table(args: &BenchArgs, ours: &Figures, theirs: Option<&Figures>) -> String {
     let mut out = format!(
-        "workload: snapshot {} rows; streaming {} changes (txns of 200); latency {} txn/s for {} s\n\n",
-        args.rows, args.changes, args.latency_rate, args.latency_secs
+        "workload: snapshot {} rows; streaming {} changes (txns of 200); latency {} txn/s for {} s; \
+         median of {} round(s)\n\n",
+        args.rows,
+        args.changes,
+        args.latency_rate,
+        args.latency_secs,
+        args.rounds.max(1)
     );
     out.push_str(
         "| metric | connector | Debezium 2.7 (Connect standalone) | ratio |\n|---|---|---|---|\n",
@@ -458,7 +503,27 @@ async fn measure(cfg: &Config, args: &BenchArgs, system: System) -> Result<Figur
             pg::quote_ident(&run.publication)
         ))
         .await;
+    delete_topics(
+        &cfg.kafka_bootstrap_servers,
+        &[
+            format!("{}.public.bench", run.prefix),
+            format!("{}.offsets", run.prefix),
+        ],
+    )
+    .await;
     result
+}
+
+/// The broker is shared: do not leave benchmark topics behind.
+async fn delete_topics(bootstrap: &str, topics: &[String]) {
+    let admin: std::result::Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "0")
+        .create();
+    if let Ok(admin) = admin {
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let _ = admin.delete_topics(&names, &AdminOptions::new()).await;
+    }
 }
 
 /// Waits until the slot is being streamed from (Debezium snapshots first).

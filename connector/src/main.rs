@@ -41,6 +41,9 @@ enum Command {
         latency_rate: u64,
         #[arg(long, default_value_t = 10)]
         latency_secs: u64,
+        /// Rounds per system (alternating); the table shows medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
         /// Directory holding connect-lib/ and plugins/ (bench/run.sh fills it).
         #[arg(long)]
         debezium_home: Option<PathBuf>,
@@ -90,6 +93,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             changes,
             latency_rate,
             latency_secs,
+            rounds,
             debezium_home,
         } => {
             let args = connector::bench::BenchArgs {
@@ -97,6 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 changes,
                 latency_rate,
                 latency_secs,
+                rounds,
                 debezium_home,
             };
             print!("{}", connector::bench::run(&cfg, &args).await?);

@@ -156,6 +156,7 @@ impl TestEnv {
         let _ = admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db))
             .await;
+        delete_topics(&self.kafka, &self.prefix).await;
     }
 }
 
@@ -390,5 +391,31 @@ where
     while !check().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The broker is shared: remove every topic this test's prefix created.
+pub async fn delete_topics(bootstrap: &str, prefix: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let Ok(admin) = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "0")
+        .create::<AdminClient<DefaultClientContext>>()
+    else {
+        return;
+    };
+    let Ok(md) = admin.inner().fetch_metadata(None, Duration::from_secs(5)) else {
+        return;
+    };
+    let names: Vec<String> = md
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    if !names.is_empty() {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let _ = admin.delete_topics(&refs, &AdminOptions::new()).await;
     }
 }
