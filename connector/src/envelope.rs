@@ -333,6 +333,55 @@ mod tests {
     }
 
     #[test]
+    #[allow(deprecated)] // one-call datum reader with schema resolution
+    fn added_column_schema_reads_old_records() {
+        // Backward compatibility, checked the way a consumer experiences it:
+        // a record written with the old schema, read with the new one.
+        let old = table();
+        let mut new = table();
+        new.columns.push(Column {
+            name: "note".into(),
+            ty: PgType::Text,
+            key: false,
+        });
+        let row = vec![
+            Datum::Int(1),
+            Datum::Null,
+            Datum::Null,
+            Datum::Null,
+            Datum::Array(vec![]),
+        ];
+        let ev = Event {
+            table: &old,
+            op: Op::Create,
+            before: None,
+            after: Some(&row),
+            source: Source {
+                name: "shop",
+                db: "db",
+                ts_us: 1,
+                snapshot: SnapshotMarker::False,
+                tx_id: None,
+                lsn: None,
+                sequence: None,
+            },
+            ts_us: 1,
+        };
+        let parse = |t: &TableSchema| {
+            apache_avro::Schema::parse_str(
+                &t.value_schema("shop", DecimalHandling::Precise).to_string(),
+            )
+            .unwrap()
+        };
+        let bytes = ev.avro_value(1);
+        let mut r = &bytes[5..];
+        let v = apache_avro::from_avro_datum(&parse(&old), &mut r, Some(&parse(&new))).unwrap();
+        let v = Json::try_from(v).unwrap();
+        assert_eq!(v["after"]["id"], 1);
+        assert_eq!(v["after"]["note"], Json::Null);
+    }
+
+    #[test]
     fn delete_has_no_after() {
         let t = table();
         let before = vec![

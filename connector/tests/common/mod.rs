@@ -157,6 +157,7 @@ impl TestEnv {
             .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db))
             .await;
         delete_topics(&self.kafka, &self.prefix).await;
+        delete_subjects(&self.prefix).await;
     }
 }
 
@@ -417,5 +418,19 @@ pub async fn delete_topics(bootstrap: &str, prefix: &str) {
     if !names.is_empty() {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let _ = admin.delete_topics(&refs, &AdminOptions::new()).await;
+    }
+}
+
+/// Removes the registry subjects of this test's topics (soft, then hard delete).
+pub async fn delete_subjects(prefix: &str) {
+    let http = reqwest::Client::new();
+    let Ok(resp) = http.get(format!("{}/subjects", registry())).send().await else {
+        return;
+    };
+    let subjects: Vec<String> = resp.json().await.unwrap_or_default();
+    for s in subjects.iter().filter(|s| s.starts_with(prefix)) {
+        let url = format!("{}/subjects/{s}", registry());
+        let _ = http.delete(&url).send().await;
+        let _ = http.delete(format!("{url}?permanent=true")).send().await;
     }
 }
