@@ -1,10 +1,8 @@
 //! Debezium's change-event envelope (`before`, `after`, `source`, `op`,
 //! `ts_ms`) and key, encoded as Confluent-framed Avro or as plain JSON.
 
-use serde_json::{json, Map, Value as Json};
-
 use crate::schema::{avro_name, TableSchema};
-use crate::value::{avro_long, avro_str, to_json, write_avro, Datum};
+use crate::value::{avro_long, avro_str, json_str, write_avro, write_json, Datum};
 
 /// Reported as `source.version`.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-connector");
@@ -123,34 +121,63 @@ impl Event<'_> {
         out
     }
 
+    /// The envelope as JSON, fields in Debezium's order.
     pub fn json_value(&self) -> Vec<u8> {
+        use std::io::Write as _;
         let s = &self.source;
-        let v = json!({
-            "before": self.before.map(|r| row_json(self.table, r)),
-            "after": self.after.map(|r| row_json(self.table, r)),
-            "source": {
-                "version": VERSION,
-                "connector": "postgresql",
-                "name": s.name,
-                "ts_ms": s.ts_us.div_euclid(1000),
-                "snapshot": s.snapshot.as_str(),
-                "db": s.db,
-                "sequence": s.sequence,
-                "ts_us": s.ts_us,
-                "ts_ns": s.ts_us.saturating_mul(1000),
-                "schema": self.table.schema,
-                "table": self.table.table,
-                "txId": s.tx_id,
-                "lsn": s.lsn,
-                "xmin": null,
-            },
-            "transaction": null,
-            "op": self.op.code(),
-            "ts_ms": self.ts_us.div_euclid(1000),
-            "ts_us": self.ts_us,
-            "ts_ns": self.ts_us.saturating_mul(1000),
-        });
-        serde_json::to_vec(&v).expect("JSON values always serialise")
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(b"{\"before\":");
+        row_json(&mut out, self.table, self.before);
+        out.extend_from_slice(b",\"after\":");
+        row_json(&mut out, self.table, self.after);
+        out.extend_from_slice(b",\"source\":{\"version\":");
+        json_str(&mut out, VERSION);
+        out.extend_from_slice(b",\"connector\":\"postgresql\",\"name\":");
+        json_str(&mut out, s.name);
+        let _ = write!(
+            out,
+            ",\"ts_ms\":{},\"snapshot\":\"{}\",\"db\":",
+            s.ts_us.div_euclid(1000),
+            s.snapshot.as_str()
+        );
+        json_str(&mut out, s.db);
+        out.extend_from_slice(b",\"sequence\":");
+        match &s.sequence {
+            Some(seq) => json_str(&mut out, seq),
+            None => out.extend_from_slice(b"null"),
+        }
+        let _ = write!(
+            out,
+            ",\"ts_us\":{},\"ts_ns\":{},\"schema\":",
+            s.ts_us,
+            s.ts_us.saturating_mul(1000)
+        );
+        json_str(&mut out, &self.table.schema);
+        out.extend_from_slice(b",\"table\":");
+        json_str(&mut out, &self.table.table);
+        out.extend_from_slice(b",\"txId\":");
+        opt_json_long(&mut out, s.tx_id);
+        out.extend_from_slice(b",\"lsn\":");
+        opt_json_long(&mut out, s.lsn.map(|l| l as i64));
+        let _ = write!(
+            out,
+            ",\"xmin\":null}},\"transaction\":null,\"op\":\"{}\",\"ts_ms\":{},\"ts_us\":{},\"ts_ns\":{}}}",
+            self.op.code(),
+            self.ts_us.div_euclid(1000),
+            self.ts_us,
+            self.ts_us.saturating_mul(1000)
+        );
+        out
+    }
+}
+
+fn opt_json_long(out: &mut Vec<u8>, v: Option<i64>) {
+    use std::io::Write as _;
+    match v {
+        Some(v) => {
+            let _ = write!(out, "{v}");
+        }
+        None => out.extend_from_slice(b"null"),
     }
 }
 
@@ -174,12 +201,21 @@ fn opt_long(out: &mut Vec<u8>, v: Option<i64>) {
     }
 }
 
-fn row_json(table: &TableSchema, row: &[Datum]) -> Json {
-    let mut m = Map::with_capacity(row.len());
-    for (col, d) in table.columns.iter().zip(row) {
-        m.insert(avro_name(&col.name), to_json(d));
+fn row_json(out: &mut Vec<u8>, table: &TableSchema, row: Option<&[Datum]>) {
+    let Some(row) = row else {
+        out.extend_from_slice(b"null");
+        return;
+    };
+    out.push(b'{');
+    for (i, (col, d)) in table.columns.iter().zip(row).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_str(out, &avro_name(&col.name));
+        out.push(b':');
+        write_json(out, d);
     }
-    Json::Object(m)
+    out.push(b'}');
 }
 
 /// The message key: the primary-key columns of `row`; `None` without a key.
@@ -198,11 +234,18 @@ pub fn json_key(table: &TableSchema, row: &[Datum]) -> Option<Vec<u8>> {
     if !table.has_key() {
         return None;
     }
-    let mut m = Map::new();
-    for (i, col) in table.key_columns() {
-        m.insert(avro_name(&col.name), to_json(&row[i]));
+    let mut out = Vec::with_capacity(32);
+    out.push(b'{');
+    for (n, (i, col)) in table.key_columns().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        json_str(&mut out, &avro_name(&col.name));
+        out.push(b':');
+        write_json(&mut out, &row[i]);
     }
-    Some(serde_json::to_vec(&Json::Object(m)).expect("JSON values always serialise"))
+    out.push(b'}');
+    Some(out)
 }
 
 /// Whether the key columns differ between two versions of a row, which
@@ -217,6 +260,7 @@ mod tests {
     use crate::config::DecimalHandling;
     use crate::schema::{Column, PgType};
     use apache_avro::types::Value;
+    use serde_json::{json, Value as Json};
 
     fn table() -> TableSchema {
         TableSchema {

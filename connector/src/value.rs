@@ -179,9 +179,55 @@ fn bc(text: &str) -> (&str, bool) {
     }
 }
 
+fn digits(b: &[u8]) -> Option<u32> {
+    b.iter().try_fold(0u32, |acc, c| {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        acc.checked_mul(10)?.checked_add((c - b'0') as u32)
+    })
+}
+
+/// `YYYY-MM-DD` (years up to PostgreSQL's 294276) without chrono's
+/// format-string interpreter, which is slow and refuses 5-digit years.
+fn fast_date(s: &str) -> Option<NaiveDate> {
+    let (y, md) = s.split_once('-')?;
+    let md = md.as_bytes();
+    if y.len() < 4 || md.len() != 5 || md[2] != b'-' {
+        return None;
+    }
+    let year = i32::try_from(digits(y.as_bytes())?).ok()?;
+    NaiveDate::from_ymd_opt(year, digits(&md[..2])?, digits(&md[3..])?)
+}
+
+/// `HH:MM:SS[.f]` (hot path).
+fn fast_time(s: &str) -> Option<NaiveTime> {
+    let b = s.as_bytes();
+    if b.len() < 8 || b[2] != b':' || b[5] != b':' {
+        return None;
+    }
+    let mut nanos = 0;
+    if b.len() > 8 {
+        let frac = b[8..].strip_prefix(b".")?;
+        if frac.is_empty() || frac.len() > 9 {
+            return None;
+        }
+        nanos = digits(frac)? * 10u32.pow(9 - frac.len() as u32);
+    }
+    NaiveTime::from_hms_nano_opt(
+        digits(&b[..2])?,
+        digits(&b[3..5])?,
+        digits(&b[6..8])?,
+        nanos,
+    )
+}
+
 fn parse_naive_date(text: &str) -> Option<NaiveDate> {
     let (t, is_bc) = bc(text);
-    let d = NaiveDate::parse_from_str(t, "%Y-%m-%d").ok()?;
+    let d = match fast_date(t) {
+        Some(d) => d,
+        None => NaiveDate::parse_from_str(t, "%Y-%m-%d").ok()?,
+    };
     if is_bc {
         use chrono::Datelike;
         d.with_year(1 - d.year())
@@ -202,15 +248,19 @@ fn parse_time(text: &str) -> Option<i64> {
     if text == "24:00:00" {
         return Some(86_400_000_000);
     }
-    let t = NaiveTime::parse_from_str(text, "%H:%M:%S%.f").ok()?;
+    let t = fast_time(text).or_else(|| NaiveTime::parse_from_str(text, "%H:%M:%S%.f").ok())?;
     (t - NaiveTime::MIN).num_microseconds()
 }
 
 fn naive_ts(text: &str) -> Option<NaiveDateTime> {
     let (t, is_bc) = bc(text);
     let (date, time) = t.split_once(' ')?;
-    let date = parse_naive_date(&format!("{date}{}", if is_bc { " BC" } else { "" }))?;
-    let time = NaiveTime::parse_from_str(time, "%H:%M:%S%.f").ok()?;
+    let date = if is_bc {
+        parse_naive_date(&format!("{date} BC"))?
+    } else {
+        parse_naive_date(date)?
+    };
+    let time = fast_time(time).or_else(|| NaiveTime::parse_from_str(time, "%H:%M:%S%.f").ok())?;
     Some(date.and_time(time))
 }
 
@@ -238,10 +288,15 @@ fn parse_timestamptz(text: &str) -> Option<String> {
         let v: i64 = part.parse().ok()?;
         secs += v * [3600, 60, 1].get(i)?;
     }
-    let local = naive_ts(&format!("{local}{}", if is_bc { " BC" } else { "" }))?;
+    let local = if is_bc {
+        naive_ts(&format!("{local} BC"))?
+    } else {
+        naive_ts(local)?
+    };
     let utc = local - chrono::Duration::seconds(sign * secs);
     let utc: DateTime<Utc> = DateTime::from_naive_utc_and_offset(utc, Utc);
-    Some(utc.format("%Y-%m-%dT%H:%M:%S%.fZ").to_string())
+    // AutoSi prints 0, 3, 6 or 9 fraction digits, like Debezium's formatter.
+    Some(utc.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
 }
 
 fn parse_bytea(text: &str) -> Option<Vec<u8>> {
@@ -367,28 +422,60 @@ pub fn write_avro(out: &mut Vec<u8>, d: &Datum, optional: bool) {
 
 // ---- JSON ------------------------------------------------------------------
 
-pub fn to_json(d: &Datum) -> Json {
+/// Appends `d` as JSON. Written directly (no `serde_json::Value` tree):
+/// building maps per event dominated the connector's CPU profile.
+pub fn write_json(out: &mut Vec<u8>, d: &Datum) {
+    use std::io::Write as _;
     match d {
-        Datum::Null => Json::Null,
-        Datum::Bool(b) => Json::Bool(*b),
-        Datum::Int(v) => Json::from(*v),
-        Datum::Long(v) => Json::from(*v),
-        // JSON has no NaN/Infinity: Kafka Connect's JsonConverter writes them as strings too.
-        Datum::Float(v) => finite_or_string(*v as f64),
-        Datum::Double(v) => finite_or_string(*v),
-        Datum::Str(s) => Json::String(s.clone()),
-        Datum::Bytes(b) => Json::String(base64(b)),
-        Datum::VarDecimal { scale, unscaled } => {
-            serde_json::json!({"scale": scale, "value": base64(unscaled)})
+        Datum::Null => out.extend_from_slice(b"null"),
+        Datum::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Datum::Int(v) => {
+            let _ = write!(out, "{v}");
         }
-        Datum::Array(items) => Json::Array(items.iter().map(to_json).collect()),
+        Datum::Long(v) => {
+            let _ = write!(out, "{v}");
+        }
+        // JSON has no NaN/Infinity: Kafka Connect's JsonConverter writes them as strings too.
+        Datum::Float(v) => write_float(out, *v as f64),
+        Datum::Double(v) => write_float(out, *v),
+        Datum::Str(s) => json_str(out, s),
+        Datum::Bytes(b) => json_str(out, &base64(b)),
+        Datum::VarDecimal { scale, unscaled } => {
+            let _ = write!(out, "{{\"scale\":{scale},\"value\":");
+            json_str(out, &base64(unscaled));
+            out.push(b'}');
+        }
+        Datum::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json(out, item);
+            }
+            out.push(b']');
+        }
     }
 }
 
-fn finite_or_string(v: f64) -> Json {
-    serde_json::Number::from_f64(v)
-        .map(Json::Number)
-        .unwrap_or_else(|| Json::String(v.to_string()))
+/// A JSON string literal, escaped.
+pub fn json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+}
+
+fn write_float(out: &mut Vec<u8>, v: f64) {
+    if v.is_finite() {
+        serde_json::to_writer(&mut *out, &v).expect("writing to a Vec cannot fail");
+    } else {
+        json_str(out, &v.to_string());
+    }
+}
+
+/// `d` as a `serde_json::Value` (tests and diagnostics).
+pub fn to_json(d: &Datum) -> Json {
+    let mut out = Vec::new();
+    write_json(&mut out, d);
+    serde_json::from_slice(&out).expect("write_json emits valid JSON")
 }
 
 pub fn base64(bytes: &[u8]) -> String {
@@ -485,6 +572,18 @@ mod tests {
             p(PgType::Time { micros: true }, "00:00:01.000002"),
             Datum::Long(1_000_002)
         );
+        assert_eq!(
+            p(PgType::Date, "0044-03-15 BC"),
+            p(PgType::Date, "-0043-03-15")
+        );
+        assert_eq!(
+            p(PgType::Timestamp { micros: true }, "10000-01-01 00:00:00"),
+            Datum::Long(253_402_300_800_000_000)
+        );
+        assert_eq!(
+            p(PgType::TimestampTz, "2024-01-02 03:04:05.000001+00"),
+            Datum::Str("2024-01-02T03:04:05.000001Z".into())
+        );
     }
 
     #[test]
@@ -522,6 +621,22 @@ mod tests {
         assert_eq!(
             unavailable(&PgType::Bytea, DecimalHandling::String),
             Datum::Bytes(UNAVAILABLE.as_bytes().to_vec())
+        );
+    }
+
+    #[test]
+    fn json_escapes_and_non_finite_floats() {
+        let d = Datum::Array(vec![
+            Datum::Str("a\"b\\c\n".into()),
+            Datum::Double(f64::NAN),
+            Datum::Float(1.5),
+            Datum::Long(-7),
+            Datum::Null,
+            Datum::Bytes(vec![0xff]),
+        ]);
+        assert_eq!(
+            to_json(&d),
+            serde_json::json!(["a\"b\\c\n", "NaN", 1.5, -7, null, "/w=="])
         );
     }
 
