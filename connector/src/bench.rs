@@ -81,12 +81,18 @@ pub async fn run(cfg: &Config, args: &BenchArgs) -> Result<String> {
     for round in 1..=args.rounds.max(1) {
         eprintln!("round {round}/{}", args.rounds.max(1));
         match measure(&bench_cfg, args, System::Ours).await {
-            Ok(f) => ours.push(f),
+            Ok(f) => {
+                eprintln!("round {round} connector: {f:?}");
+                ours.push(f)
+            }
             Err(e) => failure = Some(e),
         }
         if let Some(home) = &args.debezium_home {
             match measure(&bench_cfg, args, System::Debezium(home.clone())).await {
-                Ok(f) => theirs.push(f),
+                Ok(f) => {
+                    eprintln!("round {round} debezium: {f:?}");
+                    theirs.push(f)
+                }
                 Err(e) => failure = Some(e),
             }
         }
