@@ -32,6 +32,9 @@ pub const CHANNEL: &str = "crm_outbox";
 /// publishes and per-key order holds across instances.
 const RELAY_LOCK: i64 = 0x0063_726d_5f6f_7574; // "crm_out"
 
+/// The first half of the two-int advisory lock key writers take per connection id.
+const KEY_LOCK_SPACE: i32 = 0x0063_726d; // "crm"
+
 const BATCH_SIZE: i64 = 500;
 /// The fallback when a notification is missed (listener reconnecting, another instance's
 /// relay had the lock when it fired).
@@ -55,7 +58,10 @@ pub async fn enqueue(
     keys.sort_unstable();
     keys.dedup();
     for key in keys {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        // The two-int form lives apart from the single-bigint space of RELAY_LOCK; a hash
+        // collision between connections only serializes two unrelated writers.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(KEY_LOCK_SPACE)
             .bind(key)
             .execute(&mut **tx)
             .await?;
