@@ -7,7 +7,7 @@
 //! offset or by the `event-id` header. Per connection, events are never skipped and arrive
 //! in the order they were committed: see [`enqueue`] and [`Relay`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -43,6 +43,8 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// retried; without it librdkafka would wait forever for a broker that is down.
 const MESSAGE_TIMEOUT_MS: &str = "10000";
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the relay looks its schema id up again (see `Relay::recheck_encoder`).
+const SCHEMA_RECHECK: Duration = Duration::from_secs(60);
 
 /// Writes `events` to the outbox of the transaction `tx` and notifies the relay on commit.
 ///
@@ -175,9 +177,10 @@ impl Relay {
             }
         }
 
-        let Some(encoder) = self.connect_encoder().await else {
+        let Some(mut encoder) = self.connect_encoder().await else {
             return Stop::Shutdown;
         };
+        let mut encoder_checked = Instant::now();
         let mut producer = match self.producer() {
             Ok(producer) => producer,
             // librdkafka only refuses a configuration, which retrying cannot fix.
@@ -202,6 +205,10 @@ impl Relay {
                     return Stop::Shutdown;
                 }
                 continue;
+            }
+            if encoder_checked.elapsed() >= SCHEMA_RECHECK {
+                encoder = self.recheck_encoder(encoder).await;
+                encoder_checked = Instant::now();
             }
             let outcome = tokio::select! {
                 outcome = publish(&producer, &encoder, &batch) => outcome,
@@ -289,6 +296,41 @@ impl Relay {
         tokio::select! {
             encoder = connect => encoder.ok(),
             _ = self.shutdown.wait_for(|stop| *stop) => None,
+        }
+    }
+
+    /// The registry of this platform keeps schemas in memory: after a restart `topics apply`
+    /// registers them again, possibly under another id. Looking the id up again now and then
+    /// keeps the relay from writing an id the registry no longer knows; when the registry
+    /// does not answer, the id that worked so far is kept.
+    async fn recheck_encoder(
+        &self,
+        current: Encoder<ConnectionMandateChanged>,
+    ) -> Encoder<ConnectionMandateChanged> {
+        let registry = Registry::new(&self.kafka.schema_registry_url);
+        let lookup = Encoder::<ConnectionMandateChanged>::connect(&registry);
+        match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+            Ok(Ok(fresh)) => {
+                if fresh.schema_id() != current.schema_id() {
+                    tracing::warn!(
+                        old = current.schema_id(),
+                        new = fresh.schema_id(),
+                        "the registry has the mandate schema under a new id; using it"
+                    );
+                }
+                fresh
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, schema_id = current.schema_id(), "schema id not rechecked; keeping it");
+                current
+            }
+            Err(_) => {
+                tracing::warn!(
+                    schema_id = current.schema_id(),
+                    "schema registry did not answer in time; keeping the schema id"
+                );
+                current
+            }
         }
     }
 
