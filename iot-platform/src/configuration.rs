@@ -1,4 +1,4 @@
-//! The IoT platform's settings. Env names: `IOT_LISTEN_ADDR`, `IOT_GROUP`, `IOT_NAMESPACE`,
+//! The IoT platform's settings. Env names: `IOT_LISTEN_ADDR`, `IOT_GROUP`, `IOT_TOPIC`, `IOT_NAMESPACE`,
 //! `IOT_MAX_BATCH`, `REDIS_URL`, plus the platform-wide Kafka settings.
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,8 @@ pub struct Settings {
     pub iot_listen_addr: String,
     /// Instances sharing the group split the topic's partitions and share the store.
     pub iot_group: String,
+    /// The topic folded; the platform's contract says `connection-mandates`.
+    pub iot_topic: String,
     /// The read model's key space in the store; a rebuild writes a new one.
     pub iot_namespace: String,
     pub iot_max_batch: usize,
@@ -25,6 +27,7 @@ impl Default for Settings {
             redis_url: "redis://127.0.0.1:6379".to_owned(),
             iot_listen_addr: "127.0.0.1:3008".to_owned(),
             iot_group: "iot-platform".to_owned(),
+            iot_topic: topics::spec::CONNECTION_MANDATES.name.to_owned(),
             iot_namespace: "iot:mandates".to_owned(),
             iot_max_batch: 2000,
             iot_dead_letter_topic: topics::spec::IOT_PLATFORM_DEAD_LETTERS.name.to_owned(),
