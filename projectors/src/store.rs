@@ -2,6 +2,8 @@
 //! applied offset in one atomic step, and ignores changes at or below that offset: this is
 //! what makes redelivery after a crash or a rebalance harmless.
 
+pub mod any;
+pub mod mysql;
 pub mod redis;
 
 use std::future::Future;
