@@ -1,6 +1,7 @@
-//! The IoT platform's settings. Env names: `IOT_LISTEN_ADDR`, `IOT_GROUP`, `IOT_TOPIC`, `IOT_NAMESPACE`,
+//! The IoT platform's settings. Env names: `IOT_STORE` (redis|mysql), `MYSQL_URL`, `IOT_LISTEN_ADDR`, `IOT_GROUP`, `IOT_TOPIC`, `IOT_NAMESPACE`,
 //! `IOT_MAX_BATCH`, `REDIS_URL`, plus the platform-wide Kafka settings.
 
+use projectors::store::any::StoreKind;
 use serde::{Deserialize, Serialize};
 use topics::settings::KafkaSettings;
 
@@ -8,7 +9,11 @@ use topics::settings::KafkaSettings;
 pub struct Settings {
     #[serde(flatten)]
     pub kafka: KafkaSettings,
+    /// Where the read model lives: `redis` or `mysql`. Changing it means a rebuild into the
+    /// new store (`iot-platform rebuild`), since the consumer group's offsets belong to the old.
+    pub iot_store: StoreKind,
     pub redis_url: String,
+    pub mysql_url: String,
     pub iot_listen_addr: String,
     /// Instances sharing the group split the topic's partitions and share the store.
     pub iot_group: String,
@@ -24,7 +29,9 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             kafka: KafkaSettings::default(),
+            iot_store: StoreKind::Redis,
             redis_url: "redis://127.0.0.1:6379".to_owned(),
+            mysql_url: "mysql://platform:platform@127.0.0.1:3306/platform".to_owned(),
             iot_listen_addr: "127.0.0.1:3008".to_owned(),
             iot_group: "iot-platform".to_owned(),
             iot_topic: topics::spec::CONNECTION_MANDATES.name.to_owned(),

@@ -5,7 +5,7 @@
 //! Generation 1 keeps the plain names (group `iot-platform`, namespace `iot:mandates`), so a
 //! platform that never rebuilt looks exactly as configured.
 
-use projectors::store::redis::RedisStore;
+use projectors::store::any::AnyStore;
 use projectors::{Projector, ProjectorSettings, Store};
 
 use crate::configuration::Settings;
@@ -13,8 +13,8 @@ use crate::mandates::MandatesProjection;
 
 pub const FIRST: u32 = 1;
 
-/// The store backend the read model lives in.
-pub type ReadStore = RedisStore;
+/// The store backend the read model lives in, chosen by configuration.
+pub type ReadStore = AnyStore;
 
 pub type MandatesProjector = Projector<MandatesProjection, ReadStore>;
 
@@ -35,7 +35,13 @@ pub fn namespace(settings: &Settings, generation: u32) -> String {
 }
 
 pub async fn open_store(settings: &Settings, generation: u32) -> projectors::Result<ReadStore> {
-    RedisStore::connect(&settings.redis_url, &namespace(settings, generation)).await
+    AnyStore::connect(
+        settings.iot_store,
+        &settings.redis_url,
+        &settings.mysql_url,
+        &namespace(settings, generation),
+    )
+    .await
 }
 
 /// The generation reads are served from.

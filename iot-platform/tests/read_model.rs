@@ -22,7 +22,10 @@ async fn wait_for_mandate(url: &str, expected: u64) -> Value {
                 return body;
             }
         }
-        assert!(Instant::now() < deadline, "{url} never showed mandate {expected}");
+        assert!(
+            Instant::now() < deadline,
+            "{url} never showed mandate {expected}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

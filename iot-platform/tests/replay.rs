@@ -11,6 +11,7 @@ use common::{
 use iot_platform::generations;
 use iot_platform::rebuild::rebuild;
 use projectors::runtime::{DEAD_LETTER_OFFSET, DEAD_LETTER_REASON, DEAD_LETTER_TOPIC};
+use projectors::store::any::StoreKind;
 use projectors::Store;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -192,4 +193,124 @@ async fn a_poison_event_is_dead_lettered_and_the_projector_keeps_going() {
     );
     assert_eq!(header(DEAD_LETTER_OFFSET).as_deref(), Some("1"));
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_replay_waits_out_a_redis_outage_and_skips_nothing() {
+    let redis = common::IsolatedService::start("redis");
+    let mut settings = test_settings();
+    settings.redis_url = format!("redis://127.0.0.1:{}", redis.port());
+    settings.iot_topic = private_topic(&settings, "test-redis-outage").await;
+    let published = events(&format!("outage-{}", Uuid::new_v4()), 500, 30_000);
+    publish_to(&settings, &settings.iot_topic, &published).await;
+
+    let app = ChildApp::start(&settings);
+    let applied = || async {
+        app.health()
+            .await
+            .and_then(|h| h["applied"].as_u64())
+            .unwrap_or(0)
+    };
+    eventually("the replay is under way", MINUTE, || async {
+        applied().await > 0
+    })
+    .await;
+    redis.stop();
+    // The projector pauses on the store: what it has applied stops moving.
+    let deadline = std::time::Instant::now() + MINUTE;
+    let mut previous = applied().await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = applied().await;
+        if now == previous {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the projector never paused"
+        );
+        previous = now;
+    }
+    assert!(
+        (previous as usize) < published.len(),
+        "the replay finished before the outage; nothing was tested"
+    );
+    redis.resume();
+    await_fold(&app.base_url, &fold(&published), MINUTE).await;
+}
+
+/// Folds a topic, then empties the store and rewinds the group with `topics reset`: the
+/// replay must rebuild exactly the same read model.
+async fn reset_and_replay_gives_the_fold(store: StoreKind) {
+    let mut settings = test_settings();
+    settings.iot_store = store;
+    settings.iot_topic = private_topic(&settings, "test-replay").await;
+    let published = events(&format!("replay-{}", Uuid::new_v4()), 100, 2000);
+    publish_to(&settings, &settings.iot_topic, &published).await;
+    let expected = fold(&published);
+
+    let app = spawn(settings.clone()).await;
+    await_fold(&app.base_url, &expected, MINUTE).await;
+    app.stop().await;
+
+    let read_model = generations::open_store(&settings, 1).await.unwrap();
+    read_model.clear().await.unwrap();
+    let rewound = topics::groups::reset(
+        &settings.kafka,
+        &settings.iot_group,
+        Some(&settings.iot_topic),
+        topics::groups::ResetTarget::Earliest,
+    )
+    .unwrap();
+    assert!(!rewound.is_empty());
+
+    let app = spawn(settings.clone()).await;
+    await_fold(&app.base_url, &expected, MINUTE).await;
+    app.stop().await;
+    read_model.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn reset_and_replay_into_an_empty_redis_gives_the_fold() {
+    reset_and_replay_gives_the_fold(StoreKind::Redis).await;
+}
+
+#[tokio::test]
+async fn reset_and_replay_into_an_empty_mysql_gives_the_fold() {
+    reset_and_replay_gives_the_fold(StoreKind::Mysql).await;
+}
+
+#[tokio::test]
+async fn moving_the_read_model_from_redis_to_mysql_by_config_and_a_rebuild_loses_nothing() {
+    let mut settings = test_settings();
+    settings.iot_topic = private_topic(&settings, "test-move").await;
+    let published = events(&format!("move-{}", Uuid::new_v4()), 100, 2000);
+    publish_to(&settings, &settings.iot_topic, &published).await;
+    let on_redis = spawn(settings.clone()).await;
+    await_fold(&on_redis.base_url, &fold(&published), MINUTE).await;
+    on_redis.stop().await;
+
+    settings.iot_store = StoreKind::Mysql;
+    let report = rebuild(&settings, false).await.unwrap();
+    assert_eq!(report.to, 2, "{report:?}");
+    let on_mysql = spawn(settings.clone()).await;
+    await_fold(&on_mysql.base_url, &fold(&published), MINUTE).await;
+    let later = events(&format!("move-later-{}", Uuid::new_v4()), 10, 100);
+    publish_to(&settings, &settings.iot_topic, &later).await;
+    await_fold(&on_mysql.base_url, &fold(&later), MINUTE).await;
+    on_mysql.stop().await;
+
+    generations::open_store(&settings, 2)
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    settings.iot_store = StoreKind::Redis;
+    generations::open_store(&settings, 1)
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
 }

@@ -108,6 +108,8 @@ impl ChildApp {
             .env("IOT_TOPIC", &settings.iot_topic)
             .env("IOT_DEAD_LETTER_TOPIC", &settings.iot_dead_letter_topic)
             .env("REDIS_URL", &settings.redis_url)
+            .env("MYSQL_URL", &settings.mysql_url)
+            .env("IOT_STORE", settings.iot_store.to_string())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -246,5 +248,69 @@ where
     while !condition().await {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A second instance of one infrastructure service, started by `scripts/infra` under a home
+/// and port of its own, so a test can stop it without disturbing other tests.
+pub struct IsolatedService {
+    service: &'static str,
+    home: std::path::PathBuf,
+    port: u16,
+}
+
+impl IsolatedService {
+    pub fn start(service: &'static str) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let home = std::env::temp_dir().join(format!("iot-{service}-{}", Uuid::new_v4().simple()));
+        let isolated = Self {
+            service,
+            home,
+            port,
+        };
+        isolated.infra("up");
+        isolated
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn stop(&self) {
+        self.infra("down");
+    }
+
+    pub fn resume(&self) {
+        self.infra("up");
+    }
+
+    fn infra(&self, action: &str) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/infra");
+        let status = Command::new(script)
+            .args([action, self.service])
+            .env("INFRA_HOME", &self.home)
+            .env(
+                format!("{}_PORT", self.service.to_uppercase()),
+                self.port.to_string(),
+            )
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "scripts/infra {action} {} failed",
+            self.service
+        );
+    }
+}
+
+impl Drop for IsolatedService {
+    fn drop(&mut self) {
+        self.infra("down");
+        let _ = std::fs::remove_dir_all(&self.home);
     }
 }
