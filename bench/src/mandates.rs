@@ -2,29 +2,19 @@
 //! with the POST/PUT-to-visible latency distribution; (b) the IoT projector folding a
 //! pre-filled topic vs a bare rdkafka consumer reading the same topic without decoding.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::stream::{self, StreamExt};
 use hdrhistogram::Histogram;
-use iot_platform::mandates::MandatesProjection;
-use projectors::store::redis::RedisStore;
-use projectors::{Projector, ProjectorSettings};
-use rdkafka::admin::AdminOptions;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use projectors::store::any::StoreKind;
 use serde_json::{json, Value};
 use sqlx::Connection;
 use tokio::sync::oneshot;
-use topics::cluster::Cluster;
-use topics::codec::Encoder;
-use topics::events::{ConnectionMandateChanged, MandateLevel};
-use topics::registry::Registry;
 use topics::settings::KafkaSettings;
-use topics::spec::{CleanupPolicy, TopicSpec, CONNECTION_MANDATES};
 use uuid::Uuid;
+
+use crate::workload::{throughput_row, Workload, THROUGHPUT_HEADER};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -65,27 +55,26 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         "\n(b) folding a pre-filled topic of {} events ({} connections, 4 partitions)",
         options.events, options.connections
     );
-    let topic = format!("bench-mandates-{run_id}");
-    let filled = prefill(&kafka, &topic, &options).await?;
-    println!("pre-filled in {:.1} s", filled.as_secs_f64());
-    let bare = bare_consumer(&kafka, &topic, options.events).await?;
-    let fold = projector(&kafka, &topic, &run_id, options.events).await?;
-    println!("| consumer | events | seconds | events/s | vs bare |");
-    println!("|---|---|---|---|---|");
-    for (name, took) in [
-        ("bare rdkafka StreamConsumer, no decoding", bare),
-        ("IoT projector: decode + fold + Redis + commit", fold),
-    ] {
-        println!(
-            "| {name} | {} | {:.2} | {:.0} | {:.2} |",
-            options.events,
-            took.as_secs_f64(),
-            options.events as f64 / took.as_secs_f64(),
-            bare.as_secs_f64() / took.as_secs_f64(),
-        );
-    }
-    let admin = topics::kafka::admin_client(&kafka)?;
-    admin.delete_topics(&[&topic], &AdminOptions::new()).await?;
+    let workload = Workload::prefill(&kafka, options.events, options.connections).await?;
+    println!("pre-filled in {:.1} s", workload.fill_time.as_secs_f64());
+    let bare = workload.bare_consumer(&kafka).await?;
+    let fold = workload
+        .projector(&workload.iot_settings(StoreKind::Redis)?)
+        .await?;
+    println!("{THROUGHPUT_HEADER}");
+    throughput_row(
+        "bare rdkafka StreamConsumer, no decoding",
+        options.events,
+        bare,
+        bare,
+    );
+    throughput_row(
+        "IoT projector: decode + fold + Redis + commit",
+        options.events,
+        fold,
+        bare,
+    );
+    workload.delete(&kafka).await?;
     Ok(())
 }
 
@@ -246,118 +235,4 @@ async fn await_mandate(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     bail!("{connection} did not show mandate {mandate} within 60 s")
-}
-
-/// Fills a fresh 4-partition topic with encoded mandate events; returns how long it took.
-async fn prefill(
-    kafka: &KafkaSettings,
-    topic: &str,
-    options: &Options,
-) -> anyhow::Result<Duration> {
-    let spec = TopicSpec {
-        name: Box::leak(topic.to_owned().into_boxed_str()),
-        cleanup_policy: CleanupPolicy::Delete,
-        ..CONNECTION_MANDATES
-    };
-    Cluster::connect(kafka)?.create(&spec, 1).await?;
-    let encoder =
-        Encoder::<ConnectionMandateChanged>::connect(&Registry::new(&kafka.schema_registry_url))
-            .await?;
-    let producer: BaseProducer = topics::kafka::producer_config(kafka)
-        .set("queue.buffering.max.messages", "500000")
-        .create()?;
-    let started = Instant::now();
-    for i in 0..options.events {
-        let event = ConnectionMandateChanged {
-            event_id: Uuid::new_v4(),
-            connection_id: format!("bench-{}", i % options.connections),
-            customer_id: (i % options.connections) as i64,
-            mandate: MandateLevel::from_level((i % 3) as u8).unwrap_or(MandateLevel::None),
-            occurred_at: 1_763_750_000_000 + i as i64,
-        };
-        let payload = encoder.encode(&event)?;
-        let mut record = BaseRecord::to(topic)
-            .key(&event.connection_id)
-            .payload(&payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    record = returned;
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(120))?;
-    Ok(started.elapsed())
-}
-
-/// Reads every record of the topic with the platform's consumer settings, decoding nothing.
-async fn bare_consumer(
-    kafka: &KafkaSettings,
-    topic: &str,
-    events: usize,
-) -> anyhow::Result<Duration> {
-    let consumer: StreamConsumer =
-        topics::kafka::consumer_config(kafka, &format!("{topic}-bare")).create()?;
-    let started = Instant::now();
-    consumer.subscribe(&[topic])?;
-    let mut seen = 0;
-    let deadline = started + Duration::from_secs(600);
-    while seen < events {
-        if Instant::now() > deadline {
-            bail!("bare consumer read only {seen} of {events} records in 600 s");
-        }
-        match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
-            Ok(Ok(_)) => seen += 1,
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => bail!("bare consumer stalled at {seen} of {events}"),
-        }
-    }
-    Ok(started.elapsed())
-}
-
-/// Runs the IoT platform's projector over the topic into a fresh Redis key space.
-async fn projector(
-    kafka: &KafkaSettings,
-    topic: &str,
-    run_id: &str,
-    events: usize,
-) -> anyhow::Result<Duration> {
-    let iot = iot_platform::configuration::Settings::load()?;
-    let store = RedisStore::connect(&iot.redis_url, &format!("bench:fold:{run_id}")).await?;
-    let projector = Projector::new(
-        MandatesProjection,
-        store,
-        ProjectorSettings {
-            kafka: kafka.clone(),
-            group_id: format!("{topic}-projector"),
-            topic: topic.to_owned(),
-            dead_letter_topic: iot.iot_dead_letter_topic.clone(),
-            max_batch: iot.iot_max_batch,
-        },
-    )?;
-    let status = projector.status();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let started = Instant::now();
-    let task = tokio::spawn(projector.run(async move {
-        let _ = stopped.await;
-    }));
-    let deadline = started + Duration::from_secs(600);
-    let done = loop {
-        let applied = status.applied.load(Ordering::Relaxed) as usize
-            + status.dead_lettered.load(Ordering::Relaxed) as usize;
-        if applied >= events {
-            break started.elapsed();
-        }
-        if Instant::now() > deadline || task.is_finished() {
-            bail!("projector applied only {applied} of {events} events");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let _ = stop.send(());
-    task.await??;
-    Ok(done)
 }
