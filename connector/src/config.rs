@@ -1,0 +1,187 @@
+//! One layered configuration: built-in defaults, then the TOML file, then the
+//! environment. `KAFKA_BOOTSTRAP_SERVERS`, `SCHEMA_REGISTRY_URL` and
+//! `POSTGRES_URL` are the platform-wide names; everything else specific to
+//! the connector is `CONNECTOR_<FIELD>` (for example `CONNECTOR_SLOT_NAME`).
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Snapshot the tables once (consistent with the slot), then stream.
+    Initial,
+    /// Stream only; rows that existed before the slot are never emitted.
+    Never,
+    /// Snapshot, record the offset, and exit without streaming.
+    InitialOnly,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Avro,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecimalHandling {
+    /// Lossless: the value as PostgreSQL prints it, NaN and Infinity included.
+    String,
+    /// Debezium's `precise`: Avro decimal (or VariableScaleDecimal when the
+    /// column has no declared scale). NaN/Infinity cannot be represented and
+    /// become null.
+    Precise,
+    /// Debezium's `double`: lossy for large or very precise values.
+    Double,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    /// Logical server name: topic prefix and `source.name`.
+    pub name: String,
+    pub postgres_url: String,
+    pub kafka_bootstrap_servers: String,
+    pub schema_registry_url: String,
+    pub slot_name: String,
+    pub publication_name: String,
+    /// `schema.table` names; empty means every table (`FOR ALL TABLES`).
+    pub tables: Vec<String>,
+    pub snapshot_mode: SnapshotMode,
+    pub format: Format,
+    pub decimal_handling: DecimalHandling,
+    /// 0 disables heartbeats.
+    pub heartbeat_interval_ms: u64,
+    pub offsets_topic: String,
+    pub topic_partitions: i32,
+    pub topic_replication_factor: i32,
+    pub tombstones_on_delete: bool,
+    pub linger_ms: u64,
+    pub snapshot_fetch_size: u32,
+    /// How long startup waits for Kafka before failing with a one-line error.
+    pub kafka_connect_timeout_ms: u64,
+}
+
+const DEFAULTS: &str = r#"
+name = "connector"
+postgres_url = "postgres://platform:platform@127.0.0.1:5432/platform"
+kafka_bootstrap_servers = "127.0.0.1:9092"
+schema_registry_url = "http://127.0.0.1:8081/apis/ccompat/v7"
+slot_name = "connector"
+publication_name = "connector"
+tables = []
+snapshot_mode = "initial"
+format = "avro"
+decimal_handling = "string"
+heartbeat_interval_ms = 10000
+offsets_topic = "connector-offsets"
+topic_partitions = 1
+topic_replication_factor = 1
+tombstones_on_delete = true
+linger_ms = 5
+snapshot_fetch_size = 10000
+kafka_connect_timeout_ms = 10000
+"#;
+
+impl Config {
+    /// Loads defaults, then `file` (required when given explicitly, else
+    /// `connector.toml` in the working directory if present), then the env.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        builder = match file {
+            Some(path) => builder.add_source(config::File::from(path).required(true)),
+            None => builder.add_source(config::File::with_name("connector.toml").required(false)),
+        };
+        builder = builder.add_source(
+            config::Environment::with_prefix("CONNECTOR")
+                .prefix_separator("_")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("tables"),
+        );
+        for (var, key) in [
+            ("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
+            ("SCHEMA_REGISTRY_URL", "schema_registry_url"),
+            ("POSTGRES_URL", "postgres_url"),
+        ] {
+            if let Ok(value) = std::env::var(var) {
+                builder = builder
+                    .set_override(key, value)
+                    .map_err(|e| Error::Config(e.to_string()))?;
+            }
+        }
+        let cfg: Config = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| Error::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.name.is_empty() {
+            return Err(Error::Config(
+                "name (topic prefix) must not be empty".into(),
+            ));
+        }
+        for t in &self.tables {
+            if !t.contains('.') {
+                return Err(Error::Config(format!(
+                    "table {t:?} must be written schema.table"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn topic_for(&self, schema: &str, table: &str) -> String {
+        format!("{}.{}.{}", self.name, schema, table)
+    }
+
+    /// The database name, for `source.db`.
+    pub fn database(&self) -> Result<String> {
+        let pg: tokio_postgres::Config = self
+            .postgres_url
+            .parse()
+            .map_err(|e| Error::Config(format!("postgres_url: {e}")))?;
+        Ok(pg.get_dbname().unwrap_or("postgres").to_string())
+    }
+
+    /// pg_walstream needs `replication=database` to open a walsender.
+    pub fn replication_url(&self) -> String {
+        let sep = if self.postgres_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        format!("{}{sep}replication=database", self.postgres_url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_then_file() {
+        let dir = std::env::temp_dir().join(format!("connector-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "name = \"shop\"\ntables = [\"public.orders\"]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&path)).unwrap();
+        assert_eq!(cfg.name, "shop");
+        assert_eq!(cfg.format, Format::Json);
+        assert_eq!(cfg.snapshot_mode, SnapshotMode::Initial);
+        assert_eq!(cfg.topic_for("public", "orders"), "shop.public.orders");
+        assert!(cfg.replication_url().ends_with("replication=database"));
+    }
+}

@@ -1,0 +1,226 @@
+//! The connector's durable offset and the acknowledgement tracker.
+//!
+//! The offset is the end LSN of the last transaction whose every record Kafka
+//! acknowledged. It is kept in two places: as the replication slot's
+//! `confirmed_flush_lsn` (the server keeps WAL from there on) and in a
+//! compacted Kafka topic keyed by the connector name, which also records
+//! whether the initial snapshot completed. Both only ever move to positions
+//! that are durably published, so a restart never skips a committed change.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pg_walstream::SharedLsnFeedback;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::DeliveryFuture;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::Config;
+use crate::error::{one_line, Error, Result};
+use crate::publisher::Publisher;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredOffset {
+    /// Everything committed before this LSN is in Kafka.
+    pub lsn: u64,
+    pub snapshot_completed: bool,
+    pub ts_ms: i64,
+}
+
+/// Reads the last offset record for `cfg.name`; `None` if there is none or it
+/// was reset (a tombstone).
+pub async fn load(cfg: &Config) -> Result<Option<StoredOffset>> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || load_blocking(&cfg))
+        .await
+        .map_err(|e| Error::Kafka(e.to_string()))?
+}
+
+fn load_blocking(cfg: &Config) -> Result<Option<StoredOffset>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka_bootstrap_servers)
+        .set("group.id", format!("{}-offsets-reader", cfg.name))
+        .set("enable.auto.commit", "false")
+        .set("log_level", "3")
+        .create()?;
+    let timeout = Duration::from_millis(cfg.kafka_connect_timeout_ms.max(5000));
+    let (low, high) = match consumer.fetch_watermarks(&cfg.offsets_topic, 0, timeout) {
+        Ok(w) => w,
+        // No offsets topic yet: a first start.
+        Err(rdkafka::error::KafkaError::MetadataFetch(_)) => return Ok(None),
+        Err(e)
+            if e.to_string().contains("Unknown topic")
+                || e.to_string().contains("UnknownTopic") =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if high <= low {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&cfg.offsets_topic, 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let mut last = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if Instant::now() > deadline {
+            return Err(Error::Kafka(format!(
+                "timed out reading {}",
+                cfg.offsets_topic
+            )));
+        }
+        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let msg = msg?;
+        if msg.key() == Some(cfg.name.as_bytes()) {
+            last = match msg.payload() {
+                None => None,
+                Some(p) => Some(serde_json::from_slice::<StoredOffset>(p).map_err(|e| {
+                    Error::Kafka(format!("bad offset record in {}: {e}", cfg.offsets_topic))
+                })?),
+            };
+        }
+        if msg.offset() + 1 >= high {
+            return Ok(last);
+        }
+    }
+}
+
+/// Writes an offset record (or a tombstone with `None`) and waits for Kafka.
+pub async fn store(pub_: &Publisher, cfg: &Config, offset: Option<StoredOffset>) -> Result<()> {
+    pub_.ensure_topic(&cfg.offsets_topic, true).await?;
+    let value = offset.map(|o| serde_json::to_vec(&o).expect("serialisable"));
+    let fut = pub_
+        .send(
+            &cfg.offsets_topic,
+            Some(cfg.name.as_bytes()),
+            value.as_deref(),
+        )
+        .await?;
+    wait_delivery(fut).await
+}
+
+pub async fn wait_delivery(fut: DeliveryFuture) -> Result<()> {
+    match fut.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(Error::Kafka(one_line(&e))),
+        Err(_) => Err(Error::Kafka("producer dropped a delivery".into())),
+    }
+}
+
+/// A unit of work handed to the tracker, in WAL order.
+pub struct Pending {
+    pub deliveries: Vec<DeliveryFuture>,
+    pub ack: Ack,
+}
+
+pub enum Ack {
+    /// Nothing to record (a batch of snapshot rows).
+    None,
+    /// All earlier work is published: the offset may move to this LSN.
+    Lsn(u64),
+    /// Tell the sender once everything before is published.
+    Notify(oneshot::Sender<()>),
+}
+
+/// Awaits deliveries strictly in order and only then advances the offset:
+/// the slot feedback (sent by the replication stream) and, at most once per
+/// `interval`, the offsets topic.
+pub struct Tracker {
+    pub tx: mpsc::Sender<Pending>,
+    /// Highest LSN known durably published.
+    pub acked: Arc<AtomicU64>,
+    /// Set when a record could not be delivered: the stream must stop.
+    pub failed: watch::Receiver<Option<String>>,
+}
+
+impl Tracker {
+    pub fn spawn(
+        publisher: Arc<Publisher>,
+        cfg: Config,
+        feedback: Option<Arc<SharedLsnFeedback>>,
+        snapshot_completed: bool,
+    ) -> (Tracker, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<Pending>(4096);
+        let (fail_tx, failed) = watch::channel(None);
+        let acked = Arc::new(AtomicU64::new(0));
+        let acked2 = acked.clone();
+        let handle = tokio::spawn(async move {
+            // Short, so that a crash replays little; the write is tiny and async.
+            let interval = Duration::from_millis(200);
+            let mut last_store = Instant::now();
+            let mut stored = 0u64;
+            while let Some(p) = rx.recv().await {
+                for d in p.deliveries {
+                    if let Err(e) = wait_delivery(d).await {
+                        let _ = fail_tx.send(Some(e.to_string()));
+                        return;
+                    }
+                }
+                match p.ack {
+                    Ack::None => {}
+                    Ack::Notify(done) => {
+                        let _ = done.send(());
+                    }
+                    Ack::Lsn(lsn) => {
+                        acked2.fetch_max(lsn, Ordering::SeqCst);
+                        if let Some(f) = &feedback {
+                            f.update_flushed_lsn(lsn);
+                            f.update_applied_lsn(lsn);
+                        }
+                        if lsn > stored && (last_store.elapsed() >= interval || rx.is_empty()) {
+                            let rec = StoredOffset {
+                                lsn,
+                                snapshot_completed,
+                                ts_ms: chrono::Utc::now().timestamp_millis(),
+                            };
+                            let value = serde_json::to_vec(&rec).expect("serialisable");
+                            // Not awaited: ordering on the partition keeps the
+                            // newest record last, and the slot is the backstop.
+                            match publisher
+                                .send(&cfg.offsets_topic, Some(cfg.name.as_bytes()), Some(&value))
+                                .await
+                            {
+                                Ok(_) => {
+                                    stored = lsn;
+                                    last_store = Instant::now();
+                                }
+                                Err(e) => tracing::warn!(error = %e, "could not write offset"),
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        (Tracker { tx, acked, failed }, handle)
+    }
+
+    pub async fn push(&self, p: Pending) -> Result<()> {
+        self.tx
+            .send(p)
+            .await
+            .map_err(|_| Error::Kafka(self.failure().unwrap_or_else(|| "tracker stopped".into())))
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failed.borrow().clone()
+    }
+
+    /// Waits until everything pushed so far is published.
+    pub async fn drain(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.push(Pending {
+            deliveries: Vec::new(),
+            ack: Ack::Notify(tx),
+        })
+        .await?;
+        rx.await
+            .map_err(|_| Error::Kafka(self.failure().unwrap_or_else(|| "tracker stopped".into())))
+    }
+}

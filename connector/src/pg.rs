@@ -1,0 +1,220 @@
+//! PostgreSQL setup and catalog queries over a normal (tokio-postgres)
+//! connection: pre-flight checks, publication, slot inspection, and the
+//! column lists the schemas are derived from.
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::Config;
+use crate::error::{pg_message, Error, Result};
+use crate::schema::{Column, PgType, TableSchema};
+
+pub async fn connect(cfg: &Config) -> Result<Client> {
+    let (client, conn) = tokio_postgres::connect(&cfg.postgres_url, NoTls)
+        .await
+        .map_err(|e| Error::PostgresConnect(pg_message(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "PostgreSQL connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// `wal_level` must be `logical` for a logical slot to exist at all.
+pub fn check_wal_level(level: &str) -> Result<()> {
+    if level == "logical" {
+        Ok(())
+    } else {
+        Err(Error::WalLevel(level.to_string()))
+    }
+}
+
+/// Checks everything that would otherwise fail later with a confusing error.
+pub async fn preflight(client: &Client, cfg: &Config) -> Result<()> {
+    let row = client.query_one("SHOW wal_level", &[]).await?;
+    check_wal_level(row.get::<_, &str>(0))?;
+
+    let row = client
+        .query_one(
+            "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?;
+    if !row.get::<_, bool>(1) {
+        return Err(Error::NoReplicationPrivilege(row.get(0)));
+    }
+
+    for t in &cfg.tables {
+        let row = client
+            .query_one("SELECT to_regclass($1)::oid::int8", &[&quote_qualified(t)])
+            .await?;
+        if row.get::<_, Option<i64>>(0).is_none() {
+            return Err(Error::UnknownTable(t.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// `schema.table` → `"schema"."table"`.
+pub fn quote_qualified(name: &str) -> String {
+    let (s, t) = name.split_once('.').unwrap_or(("public", name));
+    format!("{}.{}", quote_ident(s), quote_ident(t))
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Creates the publication if missing; an existing one is made to cover
+/// exactly the configured tables.
+pub async fn ensure_publication(client: &Client, cfg: &Config) -> Result<()> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&cfg.publication_name],
+        )
+        .await?
+        .is_some();
+    let tables = cfg
+        .tables
+        .iter()
+        .map(|t| quote_qualified(t))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let name = quote_ident(&cfg.publication_name);
+    let sql = match (exists, cfg.tables.is_empty()) {
+        (false, true) => format!("CREATE PUBLICATION {name} FOR ALL TABLES"),
+        (false, false) => format!("CREATE PUBLICATION {name} FOR TABLE {tables}"),
+        (true, true) => return Ok(()),
+        (true, false) => format!("ALTER PUBLICATION {name} SET TABLE {tables}"),
+    };
+    client.batch_execute(&sql).await?;
+    Ok(())
+}
+
+/// The tables the publication covers, as `(schema, table)`.
+pub async fn published_tables(client: &Client, cfg: &Config) -> Result<Vec<(String, String)>> {
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2",
+            &[&cfg.publication_name],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    pub confirmed_flush_lsn: Option<u64>,
+    pub wal_status: Option<String>,
+    pub active: bool,
+    pub lag_bytes: Option<i64>,
+}
+
+pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>> {
+    let row = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text, wal_status, active,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    Ok(row.map(|r| SlotInfo {
+        confirmed_flush_lsn: r.get::<_, Option<String>>(0).as_deref().and_then(parse_lsn),
+        wal_status: r.get(1),
+        active: r.get(2),
+        lag_bytes: r.get(3),
+    }))
+}
+
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    Ok(())
+}
+
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// Columns of a table as the snapshot reads them (generated columns are not
+/// replicated by pgoutput, so they are left out here too).
+pub async fn table_schema(client: &Client, schema: &str, table: &str) -> Result<TableSchema> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid::int8, a.atttypmod,
+                    COALESCE(a.attnum = ANY(i.indkey::int2[]), false)
+             FROM pg_attribute a
+             JOIN pg_class c ON c.oid = a.attrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0
+               AND NOT a.attisdropped AND a.attgenerated = ''
+             ORDER BY a.attnum",
+            &[&schema, &table],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Err(Error::UnknownTable(format!("{schema}.{table}")));
+    }
+    Ok(TableSchema {
+        schema: schema.to_string(),
+        table: table.to_string(),
+        columns: rows
+            .iter()
+            .map(|r| Column {
+                name: r.get(0),
+                ty: PgType::from_oid(r.get::<_, i64>(1) as u32, r.get(2)),
+                key: r.get(3),
+            })
+            .collect(),
+    })
+}
+
+/// Primary-key column names of a relation, by OID (pgoutput's key flags
+/// follow REPLICA IDENTITY, which is not the same as the primary key).
+pub async fn primary_key(client: &Client, relid: u32) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
+             WHERE i.indrelid = $1::int8::oid AND i.indisprimary",
+            &[&(relid as i64)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trip() {
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+    }
+
+    #[test]
+    fn wal_level_error_names_the_cause() {
+        let e = check_wal_level("replica").unwrap_err().to_string();
+        assert!(e.contains("wal_level=replica") && e.contains("wal_level=logical"));
+        assert!(!e.contains('\n'));
+        check_wal_level("logical").unwrap();
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_qualified("public.Orders"), "\"public\".\"Orders\"");
+    }
+}

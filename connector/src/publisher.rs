@@ -1,0 +1,201 @@
+//! Kafka side: an idempotent producer (acks=all), topic creation, and the
+//! schema registry (Confluent-compatible HTTP API) with a per-schema cache.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use serde_json::Value as Json;
+
+use crate::config::Config;
+use crate::error::{one_line, Error, Result};
+
+pub struct Publisher {
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    registry: Registry,
+    partitions: i32,
+    replication: i32,
+    known_topics: Mutex<HashSet<String>>,
+}
+
+impl Publisher {
+    /// Connects and checks that the brokers answer, so that a wrong address
+    /// fails at startup with one line instead of buffering forever.
+    pub async fn connect(cfg: &Config) -> Result<Self> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &cfg.kafka_bootstrap_servers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // Never give up on a record: during a Kafka outage the connector
+            // waits (and stops reading WAL once the queue is full) instead of
+            // dropping changes.
+            .set("message.timeout.ms", "0")
+            .set("linger.ms", cfg.linger_ms.to_string())
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "200000")
+            .set("log_level", "3");
+        let producer: FutureProducer = client.create()?;
+        let admin: AdminClient<DefaultClientContext> = client.create()?;
+
+        let servers = cfg.kafka_bootstrap_servers.clone();
+        let timeout = Duration::from_millis(cfg.kafka_connect_timeout_ms);
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, timeout))
+            .await
+            .map_err(|e| Error::Kafka(e.to_string()))?
+            .map_err(|e| Error::KafkaUnreachable {
+                servers,
+                reason: one_line(&e),
+            })?;
+
+        Ok(Publisher {
+            producer,
+            admin,
+            registry: Registry::new(&cfg.schema_registry_url)?,
+            partitions: cfg.topic_partitions,
+            replication: cfg.topic_replication_factor,
+            known_topics: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Creates the topic once per process; "already exists" is success.
+    pub async fn ensure_topic(&self, topic: &str, compacted: bool) -> Result<()> {
+        if self.known_topics.lock().expect("poisoned").contains(topic) {
+            return Ok(());
+        }
+        let mut new = NewTopic::new(
+            topic,
+            self.partitions,
+            TopicReplication::Fixed(self.replication),
+        );
+        if compacted {
+            new = NewTopic::new(topic, 1, TopicReplication::Fixed(self.replication))
+                .set("cleanup.policy", "compact");
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = self.admin.create_topics([&new], &opts).await?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => return Err(Error::Kafka(format!("creating topic {t}: {code}"))),
+            }
+        }
+        self.known_topics
+            .lock()
+            .expect("poisoned")
+            .insert(topic.to_string());
+        Ok(())
+    }
+
+    /// Hands the record to librdkafka and returns the delivery future. When
+    /// the local queue is full (Kafka slow or down) this waits, which is the
+    /// back-pressure that stops WAL consumption until Kafka catches up.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<DeliveryFuture> {
+        loop {
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+            if let Some(k) = key {
+                record = record.key(k);
+            }
+            if let Some(v) = value {
+                record = record.payload(v);
+            }
+            match self.producer.send_result(record) {
+                Ok(f) => return Ok(f),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        self.producer.flush(timeout).map_err(Into::into)
+    }
+}
+
+/// Registers schemas under `<topic>-key` / `<topic>-value` (TopicNameStrategy)
+/// and remembers the ids, so the registry is only asked when a table's
+/// columns change.
+pub struct Registry {
+    base: String,
+    http: reqwest::Client,
+    cache: tokio::sync::Mutex<HashMap<(String, String), u32>>,
+}
+
+impl Registry {
+    pub fn new(url: &str) -> Result<Self> {
+        Ok(Registry {
+            base: url.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            cache: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub async fn register(&self, subject: &str, schema: &Json) -> Result<u32> {
+        let text = schema.to_string();
+        let key = (subject.to_string(), text);
+        let mut cache = self.cache.lock().await;
+        if let Some(id) = cache.get(&key) {
+            return Ok(*id);
+        }
+        let url = format!("{}/subjects/{}/versions", self.base, subject);
+        let body = serde_json::json!({"schema": key.1, "schemaType": "AVRO"});
+        // The registry may be briefly unavailable; retry rather than lose the stream.
+        let mut attempt = 0;
+        let resp = loop {
+            match self
+                .http
+                .post(&url)
+                .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+                .json(&body)
+                .send()
+                .await
+            {
+                Ok(r) => break r,
+                Err(e) if attempt < 10 => {
+                    attempt += 1;
+                    tracing::warn!(error = %one_line(&e), "schema registry unreachable, retrying");
+                    tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            return Err(Error::Registry(format!(
+                "registering {subject} returned {status}: {}",
+                text.chars().take(300).collect::<String>()
+            )));
+        }
+        let id = serde_json::from_str::<Json>(&text)
+            .ok()
+            .and_then(|v| v["id"].as_u64())
+            .ok_or_else(|| Error::Registry(format!("unexpected answer for {subject}: {text}")))?;
+        cache.insert(key, id as u32);
+        Ok(id as u32)
+    }
+}

@@ -1,0 +1,303 @@
+//! Wires the pieces together: pre-flight checks, deciding between snapshot
+//! and resume, streaming, and the `status` and `reset` commands.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pg_walstream::{LogicalReplicationStream, ReplicationSlotOptions, ReplicationStreamConfig};
+use tokio::sync::watch;
+
+use crate::config::{Config, SnapshotMode};
+use crate::error::{Error, Result};
+use crate::offsets::{self, StoredOffset, Tracker};
+use crate::pg::{self, format_lsn};
+use crate::publisher::Publisher;
+use crate::stream::{self, Emitter};
+
+fn replication_config(cfg: &Config, export_snapshot: bool) -> ReplicationStreamConfig {
+    ReplicationStreamConfig::builder(cfg.slot_name.clone(), cfg.publication_name.clone())
+        .with_protocol_version(1)
+        .with_messages(true)
+        .with_feedback_interval(Duration::from_secs(1))
+        .with_connection_timeout(Duration::from_secs(30))
+        .with_slot_options(ReplicationSlotOptions {
+            snapshot: Some(if export_snapshot { "export" } else { "nothing" }.to_string()),
+            ..Default::default()
+        })
+}
+
+fn check_slot(cfg: &Config, slot: &Option<pg::SlotInfo>) -> Result<()> {
+    if let Some(s) = slot {
+        if s.wal_status.as_deref() == Some("lost") {
+            return Err(Error::SlotInvalidated {
+                slot: cfg.slot_name.clone(),
+                reason: "wal_status=lost".into(),
+                lsn: s
+                    .confirmed_flush_lsn
+                    .map(format_lsn)
+                    .unwrap_or_else(|| "?".into()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs the connector until `shutdown` flips (or, for `initial_only`, until
+/// the snapshot is published).
+pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
+    let pg_client = pg::connect(&cfg).await?;
+    pg::preflight(&pg_client, &cfg).await?;
+    let publisher = Arc::new(Publisher::connect(&cfg).await?);
+    pg::ensure_publication(&pg_client, &cfg).await?;
+    publisher.ensure_topic(&cfg.offsets_topic, true).await?;
+
+    let stored = offsets::load(&cfg).await?;
+    let mut slot = pg::slot_info(&pg_client, &cfg.slot_name).await?;
+    check_slot(&cfg, &slot)?;
+    // After a crash the old walsender may hold the slot for a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while slot.as_ref().is_some_and(|s| s.active) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        slot = pg::slot_info(&pg_client, &cfg.slot_name).await?;
+    }
+
+    let snapshot = stored.is_none() && cfg.snapshot_mode != SnapshotMode::Never;
+    match (&stored, &slot) {
+        (Some(_), None) => return Err(Error::SlotLost(cfg.slot_name.clone())),
+        // A slot without a recorded offset comes from a run that died before
+        // its snapshot was published: the snapshot must be consistent with
+        // the slot, so both start over.
+        (None, Some(_)) if snapshot => {
+            tracing::warn!(slot = %cfg.slot_name, "dropping slot left by an unfinished snapshot");
+            pg::drop_slot(&pg_client, &cfg.slot_name).await?;
+        }
+        _ => {}
+    }
+
+    let emitter = Emitter {
+        db: cfg.database()?,
+        publisher: publisher.clone(),
+        cfg: cfg.clone(),
+    };
+    let mut stream =
+        LogicalReplicationStream::new(&cfg.replication_url(), replication_config(&cfg, snapshot))
+            .await
+            .map_err(|e| stream::classify(e, &cfg.slot_name))?;
+    let (tracker, tracker_task) = Tracker::spawn(
+        publisher.clone(),
+        cfg.clone(),
+        Some(stream.shared_lsn_feedback.clone()),
+        true,
+    );
+
+    let mut start_lsn = stored.map(|o| o.lsn);
+    if snapshot {
+        stream.ensure_replication_slot().await?;
+        let name = stream
+            .exported_snapshot_name()
+            .ok_or_else(|| Error::Replication("the new slot exported no snapshot".into()))?
+            .to_string();
+        let lsn = pg::slot_info(&pg_client, &cfg.slot_name)
+            .await?
+            .and_then(|s| s.confirmed_flush_lsn)
+            .ok_or_else(|| Error::Replication("the new slot has no consistent point".into()))?;
+        let tables = pg::published_tables(&pg_client, &cfg).await?;
+        tracing::info!(snapshot = %name, lsn = %format_lsn(lsn), tables = tables.len(), "taking initial snapshot");
+        let started = std::time::Instant::now();
+        let rows = crate::snapshot::run(&emitter, &name, lsn, &tables, &tracker).await?;
+        tracker.drain().await?;
+        let record = StoredOffset {
+            lsn,
+            snapshot_completed: true,
+            ts_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        offsets::store(&publisher, &cfg, Some(record)).await?;
+        tracing::info!(
+            rows,
+            secs = started.elapsed().as_secs_f64(),
+            "snapshot published"
+        );
+        if cfg.snapshot_mode == SnapshotMode::InitialOnly {
+            drop(stream);
+            // Nothing will read the slot; keeping it would hold WAL forever.
+            pg::drop_slot(&pg_client, &cfg.slot_name).await?;
+            return Ok(());
+        }
+        start_lsn = Some(lsn);
+    } else if stored.is_none() {
+        // Streaming without snapshot from a fresh slot: record where we begin.
+        stream.ensure_replication_slot().await?;
+    }
+
+    stream
+        .start(start_lsn)
+        .await
+        .map_err(|e| stream::classify(e, &cfg.slot_name))?;
+    tracing::info!(slot = %cfg.slot_name, from = %start_lsn.map(format_lsn).unwrap_or_else(|| "slot".into()), "streaming");
+
+    let heartbeat = (cfg.heartbeat_interval_ms > 0).then(|| {
+        let hb_cfg = cfg.clone();
+        let interval = Duration::from_millis(hb_cfg.heartbeat_interval_ms);
+        tokio::spawn(async move {
+            // Reconnects after a server restart; a missed beat only delays the slot.
+            loop {
+                match pg::connect(&hb_cfg).await {
+                    Ok(c) => {
+                        let _ = stream::spawn_heartbeat(c, interval).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "heartbeat connection failed"),
+                }
+                tokio::time::sleep(interval).await;
+            }
+        })
+    });
+
+    let feedback = stream.shared_lsn_feedback.clone();
+    let mut pg_client = pg_client;
+    let result = loop {
+        let result = stream::run(
+            &emitter,
+            &pg_client,
+            &mut stream,
+            &tracker,
+            shutdown.clone(),
+        )
+        .await;
+        // A dropped catalog connection is as recoverable as a dropped stream.
+        let reason = match &result {
+            Err(Error::Replication(r)) => r.clone(),
+            Err(Error::Postgres(r)) if pg_client.is_closed() => r.clone(),
+            _ => break result,
+        };
+        if *shutdown.borrow() {
+            break result;
+        }
+        // The replication connection dropped (server restart, network, or
+        // wal_sender_timeout while Kafka was down and the queue full). Publish
+        // what is in flight, then resume right after the last acknowledged
+        // commit; only a transaction cut in the middle is sent again.
+        tracing::warn!(%reason, "replication stream lost; reconnecting");
+        tracker.drain().await?;
+        let from = tracker.acked.load(std::sync::atomic::Ordering::SeqCst);
+        let (new_client, new_stream) = reconnect(&cfg, from, &feedback, shutdown.clone()).await?;
+        pg_client = new_client;
+        stream = new_stream;
+    };
+    if let Some(h) = heartbeat {
+        h.abort();
+    }
+    if result.is_ok() {
+        // Clean stop: publish what is in flight and confirm it to the slot.
+        tracker.drain().await?;
+        stream.send_feedback().await?;
+        publisher.flush(Duration::from_secs(10))?;
+        tracing::info!(lsn = %format_lsn(tracker.acked.load(std::sync::atomic::Ordering::SeqCst)), "stopped");
+    }
+    drop(tracker);
+    let _ = tracker_task.await;
+    result
+}
+
+/// Reopens the catalog connection and the replication stream, retrying
+/// with back-off until PostgreSQL answers (or shutdown is requested).
+async fn reconnect(
+    cfg: &Config,
+    from: u64,
+    feedback: &std::sync::Arc<pg_walstream::SharedLsnFeedback>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(tokio_postgres::Client, LogicalReplicationStream)> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let client = pg::connect(cfg).await?;
+            let mut s = LogicalReplicationStream::new(
+                &cfg.replication_url(),
+                replication_config(cfg, false),
+            )
+            .await
+            .map_err(|e| stream::classify(e, &cfg.slot_name))?;
+            // Keep acknowledging through the tracker's handle.
+            s.shared_lsn_feedback = feedback.clone();
+            s.start((from > 0).then_some(from))
+                .await
+                .map_err(|e| stream::classify(e, &cfg.slot_name))?;
+            Ok::<_, Error>((client, s))
+        };
+        match attempt.await {
+            Ok(pair) => return Ok(pair),
+            Err(e @ Error::SlotInvalidated { .. }) => return Err(e),
+            Err(e) if *shutdown.borrow() => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "reconnect failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Prints the slot and offset state, including slot lag in bytes.
+pub async fn status(cfg: &Config) -> Result<String> {
+    let pg_client = pg::connect(cfg).await?;
+    let mut out = String::new();
+    match pg::slot_info(&pg_client, &cfg.slot_name).await? {
+        None => out.push_str(&format!("slot {}: absent\n", cfg.slot_name)),
+        Some(s) => out.push_str(&format!(
+            "slot {}: active={} wal_status={} confirmed_flush_lsn={} lag_bytes={}\n",
+            cfg.slot_name,
+            s.active,
+            s.wal_status.as_deref().unwrap_or("?"),
+            s.confirmed_flush_lsn
+                .map(format_lsn)
+                .unwrap_or_else(|| "?".into()),
+            s.lag_bytes
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "?".into()),
+        )),
+    }
+    // The slot line is the one that matters during a Kafka outage; still show it.
+    match offsets::load(cfg).await {
+        Err(e) => out.push_str(&format!("offset {}: unavailable ({e})\n", cfg.name)),
+        Ok(None) => out.push_str(&format!("offset {}: none\n", cfg.name)),
+        Ok(Some(o)) => out.push_str(&format!(
+            "offset {}: lsn={} snapshot_completed={} stored_at_ms={}\n",
+            cfg.name,
+            format_lsn(o.lsn),
+            o.snapshot_completed,
+            o.ts_ms
+        )),
+    }
+    Ok(out)
+}
+
+/// The way out of an invalidated slot: drop it and forget the offset, so the
+/// next start takes a new snapshot.
+pub async fn reset(cfg: &Config) -> Result<()> {
+    let pg_client = pg::connect(cfg).await?;
+    pg::drop_slot(&pg_client, &cfg.slot_name).await?;
+    let publisher = Publisher::connect(cfg).await?;
+    offsets::store(&publisher, cfg, None).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_slot_is_refused_with_reset_hint() {
+        let cfg = Config::load(None).unwrap();
+        let slot = Some(pg::SlotInfo {
+            confirmed_flush_lsn: Some(0x1_0000_0010),
+            wal_status: Some("lost".into()),
+            active: false,
+            lag_bytes: None,
+        });
+        let msg = check_slot(&cfg, &slot).unwrap_err().to_string();
+        assert!(
+            msg.contains("1/10") && msg.contains("connector reset"),
+            "{msg}"
+        );
+        check_slot(&cfg, &None).unwrap();
+    }
+}

@@ -1,0 +1,447 @@
+//! PostgreSQL type → Debezium/Avro type mapping, and the Avro schemas of the
+//! key and of the Debezium envelope derived from a table's columns.
+//!
+//! | PostgreSQL                 | Avro / Connect logical type                          |
+//! |----------------------------|------------------------------------------------------|
+//! | boolean                    | boolean                                              |
+//! | smallint, integer          | int                                                  |
+//! | bigint, oid                | long                                                 |
+//! | real / double precision    | float / double                                       |
+//! | numeric                    | string (default), decimal bytes, or double           |
+//! | text, varchar, char, name  | string                                               |
+//! | date                       | int `io.debezium.time.Date` (days since epoch)       |
+//! | time(p≤3) / time           | int `Time` (ms) / long `MicroTime` (µs)              |
+//! | timestamp(p≤3) / timestamp | long `Timestamp` (ms) / long `MicroTimestamp` (µs)   |
+//! | timestamptz                | string `ZonedTimestamp` (ISO-8601, UTC)              |
+//! | uuid                       | string `io.debezium.data.Uuid`                       |
+//! | json, jsonb                | string `io.debezium.data.Json`                       |
+//! | bytea                      | bytes                                                |
+//! | T[] (one dimension)        | array of optional T                                  |
+//! | anything else              | string (PostgreSQL's text output)                    |
+
+use std::collections::HashSet;
+
+use serde_json::{json, Value as Json};
+
+use crate::config::DecimalHandling;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgType {
+    Bool,
+    Int16,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    /// `scale` is `None` for an unconstrained `numeric`.
+    Numeric {
+        precision: Option<u32>,
+        scale: Option<u32>,
+    },
+    Text,
+    Date,
+    Time {
+        micros: bool,
+    },
+    Timestamp {
+        micros: bool,
+    },
+    TimestampTz,
+    Uuid,
+    Json,
+    Bytea,
+    Array(Box<PgType>),
+    /// Enums, domains, intervals, geometric types…: PostgreSQL's text output.
+    Other,
+}
+
+impl PgType {
+    /// Maps a type OID (as in `pg_type` and in pgoutput Relation messages)
+    /// and its type modifier.
+    pub fn from_oid(oid: u32, typmod: i32) -> PgType {
+        // time/timestamp typmod is the fractional precision, -1 meaning 6.
+        let micros = !(0..=3).contains(&typmod);
+        match oid {
+            16 => PgType::Bool,
+            21 => PgType::Int16,
+            23 => PgType::Int32,
+            20 | 26 => PgType::Int64,
+            700 => PgType::Float32,
+            701 => PgType::Float64,
+            1700 => numeric(typmod),
+            25 | 1043 | 1042 | 19 | 18 => PgType::Text,
+            1082 => PgType::Date,
+            1083 => PgType::Time { micros },
+            1114 => PgType::Timestamp { micros },
+            1184 => PgType::TimestampTz,
+            2950 => PgType::Uuid,
+            114 | 3802 => PgType::Json,
+            17 => PgType::Bytea,
+            1000 => array(PgType::Bool),
+            1005 => array(PgType::Int16),
+            1007 => array(PgType::Int32),
+            1016 => array(PgType::Int64),
+            1021 => array(PgType::Float32),
+            1022 => array(PgType::Float64),
+            // Array typmods are the element's, so a numeric(10,2)[] keeps its scale.
+            1231 => array(numeric(typmod)),
+            1009 | 1015 | 1014 | 1003 => array(PgType::Text),
+            1182 => array(PgType::Date),
+            1115 => array(PgType::Timestamp { micros }),
+            1185 => array(PgType::TimestampTz),
+            2951 => array(PgType::Uuid),
+            199 | 3807 => array(PgType::Json),
+            1001 => array(PgType::Bytea),
+            _ => PgType::Other,
+        }
+    }
+
+    /// Whether PostgreSQL may TOAST the value, i.e. whether an update can
+    /// leave it out as "unchanged".
+    pub fn is_string_like(&self) -> bool {
+        matches!(
+            self,
+            PgType::Text | PgType::Json | PgType::Uuid | PgType::TimestampTz | PgType::Other
+        )
+    }
+}
+
+fn array(t: PgType) -> PgType {
+    PgType::Array(Box::new(t))
+}
+
+fn numeric(typmod: i32) -> PgType {
+    if typmod < 4 {
+        return PgType::Numeric {
+            precision: None,
+            scale: None,
+        };
+    }
+    let m = (typmod - 4) as u32;
+    PgType::Numeric {
+        precision: Some((m >> 16) & 0xffff),
+        scale: Some(m & 0xffff),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub ty: PgType,
+    /// Part of the primary key: required in both key and value schemas.
+    pub key: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSchema {
+    pub schema: String,
+    pub table: String,
+    pub columns: Vec<Column>,
+}
+
+impl TableSchema {
+    pub fn key_columns(&self) -> impl Iterator<Item = (usize, &Column)> {
+        self.columns.iter().enumerate().filter(|(_, c)| c.key)
+    }
+
+    pub fn has_key(&self) -> bool {
+        self.columns.iter().any(|c| c.key)
+    }
+
+    fn namespace(&self, prefix: &str) -> String {
+        [prefix, &self.schema, &self.table]
+            .iter()
+            .map(|s| avro_name(s))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// The Avro schema of the message key: the primary key columns, or `None`
+    /// for a table without primary key (Debezium then sends a null key).
+    pub fn key_schema(&self, prefix: &str, decimals: DecimalHandling) -> Option<Json> {
+        if !self.has_key() {
+            return None;
+        }
+        let ns = self.namespace(prefix);
+        let mut named = HashSet::new();
+        let fields: Vec<Json> = self
+            .key_columns()
+            .map(|(_, c)| field(c, decimals, &mut named))
+            .collect();
+        Some(json!({
+            "type": "record",
+            "name": "Key",
+            "namespace": ns,
+            "fields": fields,
+            "connect.name": format!("{ns}.Key"),
+        }))
+    }
+
+    /// The Debezium envelope schema. Non-key columns are optional with a null
+    /// default, so a column added later yields a backward-compatible version.
+    pub fn value_schema(&self, prefix: &str, decimals: DecimalHandling) -> Json {
+        let ns = self.namespace(prefix);
+        let mut named = HashSet::new();
+        let fields: Vec<Json> = self
+            .columns
+            .iter()
+            .map(|c| field(c, decimals, &mut named))
+            .collect();
+        json!({
+            "type": "record",
+            "name": "Envelope",
+            "namespace": ns,
+            "fields": [
+                {"name": "before", "type": ["null", {
+                    "type": "record",
+                    "name": "Value",
+                    "fields": fields,
+                    "connect.name": format!("{ns}.Value"),
+                }], "default": null},
+                {"name": "after", "type": ["null", "Value"], "default": null},
+                {"name": "source", "type": source_schema()},
+                {"name": "transaction", "type": ["null", {
+                    "type": "record",
+                    "name": "block",
+                    "namespace": "event",
+                    "fields": [
+                        {"name": "id", "type": "string"},
+                        {"name": "total_order", "type": "long"},
+                        {"name": "data_collection_order", "type": "long"},
+                    ],
+                    "connect.version": 1,
+                    "connect.name": "event.block",
+                }], "default": null},
+                {"name": "op", "type": "string"},
+                {"name": "ts_ms", "type": ["null", "long"], "default": null},
+                {"name": "ts_us", "type": ["null", "long"], "default": null},
+                {"name": "ts_ns", "type": ["null", "long"], "default": null},
+            ],
+            "connect.version": 1,
+            "connect.name": format!("{ns}.Envelope"),
+        })
+    }
+}
+
+fn source_schema() -> Json {
+    json!({
+        "type": "record",
+        "name": "Source",
+        "namespace": "io.debezium.connector.postgresql",
+        "fields": [
+            {"name": "version", "type": "string"},
+            {"name": "connector", "type": "string"},
+            {"name": "name", "type": "string"},
+            {"name": "ts_ms", "type": "long"},
+            {"name": "snapshot", "type": [{
+                "type": "string",
+                "connect.version": 1,
+                "connect.parameters": {
+                    "allowed": "true,first,first_in_data_collection,last_in_data_collection,last,false,incremental"
+                },
+                "connect.default": "false",
+                "connect.name": "io.debezium.data.Enum",
+            }, "null"], "default": "false"},
+            {"name": "db", "type": "string"},
+            {"name": "sequence", "type": ["null", "string"], "default": null},
+            {"name": "ts_us", "type": ["null", "long"], "default": null},
+            {"name": "ts_ns", "type": ["null", "long"], "default": null},
+            {"name": "schema", "type": "string"},
+            {"name": "table", "type": "string"},
+            {"name": "txId", "type": ["null", "long"], "default": null},
+            {"name": "lsn", "type": ["null", "long"], "default": null},
+            {"name": "xmin", "type": ["null", "long"], "default": null},
+        ],
+        "connect.name": "io.debezium.connector.postgresql.Source",
+    })
+}
+
+fn field(c: &Column, decimals: DecimalHandling, named: &mut HashSet<&'static str>) -> Json {
+    let ty = avro_type(&c.ty, decimals, named);
+    if c.key {
+        json!({"name": avro_name(&c.name), "type": ty})
+    } else {
+        json!({"name": avro_name(&c.name), "type": ["null", ty], "default": null})
+    }
+}
+
+/// The Avro type of a (non-null) value of `ty`.
+pub fn avro_type(
+    ty: &PgType,
+    decimals: DecimalHandling,
+    named: &mut HashSet<&'static str>,
+) -> Json {
+    let connect =
+        |base: &str, name: &str| json!({"type": base, "connect.version": 1, "connect.name": name});
+    match ty {
+        PgType::Bool => json!("boolean"),
+        PgType::Int16 => json!({"type": "int", "connect.type": "int16"}),
+        PgType::Int32 => json!("int"),
+        PgType::Int64 => json!("long"),
+        PgType::Float32 => json!("float"),
+        PgType::Float64 => json!("double"),
+        PgType::Numeric { precision, scale } => match (decimals, scale) {
+            (DecimalHandling::String, _) => json!("string"),
+            (DecimalHandling::Double, _) => json!("double"),
+            (DecimalHandling::Precise, Some(scale)) => {
+                let precision = precision.unwrap_or(0);
+                json!({
+                    "type": "bytes",
+                    "scale": scale,
+                    "precision": precision,
+                    "connect.version": 1,
+                    "connect.parameters": {
+                        "scale": scale.to_string(),
+                        "connect.decimal.precision": precision.to_string(),
+                    },
+                    "connect.name": "org.apache.kafka.connect.data.Decimal",
+                    "logicalType": "decimal",
+                })
+            }
+            (DecimalHandling::Precise, None) => {
+                // A named type may be defined once per schema; later uses refer to it.
+                const NAME: &str = "io.debezium.data.VariableScaleDecimal";
+                if !named.insert(NAME) {
+                    return json!(NAME);
+                }
+                json!({
+                    "type": "record",
+                    "name": "VariableScaleDecimal",
+                    "namespace": "io.debezium.data",
+                    "fields": [
+                        {"name": "scale", "type": "int"},
+                        {"name": "value", "type": "bytes"},
+                    ],
+                    "connect.doc": "Variable scaled decimal",
+                    "connect.version": 1,
+                    "connect.name": NAME,
+                })
+            }
+        },
+        PgType::Text | PgType::Other => json!("string"),
+        PgType::Date => connect("int", "io.debezium.time.Date"),
+        PgType::Time { micros: false } => connect("int", "io.debezium.time.Time"),
+        PgType::Time { micros: true } => connect("long", "io.debezium.time.MicroTime"),
+        PgType::Timestamp { micros: false } => connect("long", "io.debezium.time.Timestamp"),
+        PgType::Timestamp { micros: true } => connect("long", "io.debezium.time.MicroTimestamp"),
+        PgType::TimestampTz => connect("string", "io.debezium.time.ZonedTimestamp"),
+        PgType::Uuid => connect("string", "io.debezium.data.Uuid"),
+        PgType::Json => connect("string", "io.debezium.data.Json"),
+        PgType::Bytea => json!("bytes"),
+        PgType::Array(elem) => json!({
+            "type": "array",
+            "items": ["null", avro_type(elem, decimals, named)],
+        }),
+    }
+}
+
+/// Avro names are `[A-Za-z_][A-Za-z0-9_]*`; anything else becomes `_`, as
+/// Debezium's `avro` field-name adjustment does.
+pub fn avro_name(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> TableSchema {
+        let col = |name: &str, ty, key| Column {
+            name: name.into(),
+            ty,
+            key,
+        };
+        TableSchema {
+            schema: "public".into(),
+            table: "orders".into(),
+            columns: vec![
+                col("id", PgType::Int64, true),
+                col(
+                    "amount",
+                    PgType::from_oid(1700, ((12 << 16) | 2) + 4),
+                    false,
+                ),
+                col("ratio", PgType::from_oid(1700, -1), false),
+                col("ratio2", PgType::from_oid(1700, -1), false),
+                col("tags", PgType::from_oid(1009, -1), false),
+                col("at", PgType::from_oid(1114, 3), false),
+                col("doc", PgType::from_oid(3802, -1), false),
+            ],
+        }
+    }
+
+    #[test]
+    fn oid_mapping() {
+        assert_eq!(
+            PgType::from_oid(1700, ((10 << 16) | 3) + 4),
+            PgType::Numeric {
+                precision: Some(10),
+                scale: Some(3)
+            }
+        );
+        assert_eq!(
+            PgType::from_oid(1114, -1),
+            PgType::Timestamp { micros: true }
+        );
+        assert_eq!(
+            PgType::from_oid(1114, 3),
+            PgType::Timestamp { micros: false }
+        );
+        assert_eq!(
+            PgType::from_oid(1007, -1),
+            PgType::Array(Box::new(PgType::Int32))
+        );
+        assert_eq!(PgType::from_oid(123_456, -1), PgType::Other);
+    }
+
+    #[test]
+    fn schemas_are_valid_avro() {
+        for mode in [
+            DecimalHandling::String,
+            DecimalHandling::Precise,
+            DecimalHandling::Double,
+        ] {
+            let t = table();
+            let value = t.value_schema("shop", mode).to_string();
+            apache_avro::Schema::parse_str(&value).unwrap_or_else(|e| panic!("{e}: {value}"));
+            let key = t.key_schema("shop", mode).unwrap().to_string();
+            apache_avro::Schema::parse_str(&key).unwrap();
+        }
+    }
+
+    #[test]
+    fn added_column_is_backward_compatible() {
+        let old = table();
+        let mut new = table();
+        new.columns.push(Column {
+            name: "note".into(),
+            ty: PgType::Text,
+            key: false,
+        });
+        let v = new.value_schema("shop", DecimalHandling::String);
+        let before = &v["fields"][0]["type"][1]["fields"];
+        let last = before.as_array().unwrap().last().unwrap();
+        assert_eq!(last["name"], "note");
+        assert_eq!(last["default"], Json::Null);
+        assert_ne!(v, old.value_schema("shop", DecimalHandling::String));
+    }
+
+    #[test]
+    fn names_are_sanitised() {
+        assert_eq!(avro_name("order-lines"), "order_lines");
+        assert_eq!(avro_name("1st"), "_1st");
+    }
+}

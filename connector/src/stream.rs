@@ -1,0 +1,384 @@
+//! Streaming: pgoutput events from the replication slot turned into
+//! Debezium envelopes, published per transaction, and acknowledged to the
+//! slot only once Kafka has every record of the transaction.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pg_walstream::{CancellationToken, ColumnValue, EventType, LogicalReplicationStream, RowData};
+use rdkafka::producer::DeliveryFuture;
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+use crate::config::{Config, Format};
+use crate::envelope::{self, Event, Op, SnapshotMarker, Source};
+use crate::error::{Error, Result};
+use crate::offsets::{Ack, Pending, Tracker};
+use crate::pg;
+use crate::publisher::Publisher;
+use crate::schema::{Column, PgType, TableSchema};
+use crate::value::{parse, unavailable, Datum};
+
+/// Prefix of the logical-decoding messages the heartbeat writes.
+pub const HEARTBEAT_PREFIX: &str = "connector_heartbeat";
+
+/// A table as currently published: its schema, topic and registry ids.
+#[derive(Clone)]
+pub struct TableState {
+    pub schema: Arc<TableSchema>,
+    pub topic: String,
+    key_id: u32,
+    value_id: u32,
+}
+
+/// Builds, encodes and sends events; shared by the snapshot and the stream.
+pub struct Emitter {
+    pub cfg: Config,
+    pub db: String,
+    pub publisher: Arc<Publisher>,
+}
+
+impl Emitter {
+    /// Creates the topic and registers the schemas (cached by content, so an
+    /// unchanged table costs nothing and an added column registers a new
+    /// version).
+    pub async fn table_state(&self, schema: TableSchema) -> Result<TableState> {
+        let topic = self.cfg.topic_for(&schema.schema, &schema.table);
+        self.publisher.ensure_topic(&topic, false).await?;
+        let (mut key_id, mut value_id) = (0, 0);
+        if self.cfg.format == Format::Avro {
+            let reg = self.publisher.registry();
+            let dec = self.cfg.decimal_handling;
+            if let Some(k) = schema.key_schema(&self.cfg.name, dec) {
+                key_id = reg.register(&format!("{topic}-key"), &k).await?;
+            }
+            value_id = reg
+                .register(
+                    &format!("{topic}-value"),
+                    &schema.value_schema(&self.cfg.name, dec),
+                )
+                .await?;
+        }
+        Ok(TableState {
+            schema: Arc::new(schema),
+            topic,
+            key_id,
+            value_id,
+        })
+    }
+
+    /// Sends one change event, plus a tombstone after a delete.
+    pub async fn emit(
+        &self,
+        ts: &TableState,
+        op: Op,
+        before: Option<&[Datum]>,
+        after: Option<&[Datum]>,
+        source: Source<'_>,
+        out: &mut Vec<DeliveryFuture>,
+    ) -> Result<()> {
+        let key_row = after.or(before).expect("an event has a row");
+        let ev = Event {
+            table: &ts.schema,
+            op,
+            before,
+            after,
+            source,
+            ts_us: chrono::Utc::now().timestamp_micros(),
+        };
+        let (key, value) = match self.cfg.format {
+            Format::Avro => (
+                envelope::avro_key(&ts.schema, key_row, ts.key_id),
+                ev.avro_value(ts.value_id),
+            ),
+            Format::Json => (envelope::json_key(&ts.schema, key_row), ev.json_value()),
+        };
+        out.push(
+            self.publisher
+                .send(&ts.topic, key.as_deref(), Some(&value))
+                .await?,
+        );
+        if op == Op::Delete && self.cfg.tombstones_on_delete && key.is_some() {
+            out.push(self.publisher.send(&ts.topic, key.as_deref(), None).await?);
+        }
+        Ok(())
+    }
+}
+
+struct Txn {
+    xid: u32,
+    ts_us: i64,
+    deliveries: Vec<DeliveryFuture>,
+}
+
+/// Turns a pgoutput tuple into datums in column order. pgoutput leaves out
+/// unchanged TOASTed columns, which become Debezium's placeholder.
+fn to_row(ts: &TableState, data: &RowData, cfg: &Config) -> Result<Vec<Datum>> {
+    let mut out = Vec::with_capacity(ts.schema.columns.len());
+    let mut it = data.iter().peekable();
+    for c in &ts.schema.columns {
+        match it.peek() {
+            Some((name, v)) if name.as_ref() == c.name => {
+                out.push(match v {
+                    ColumnValue::Null => Datum::Null,
+                    ColumnValue::Text(_) | ColumnValue::Binary(_) => {
+                        let text = std::str::from_utf8(v.as_bytes()).map_err(|_| Error::Value {
+                            column: c.name.clone(),
+                            value: String::new(),
+                            reason: "not UTF-8".into(),
+                        })?;
+                        parse(&c.name, &c.ty, text, cfg.decimal_handling)?
+                    }
+                });
+                it.next();
+            }
+            _ => out.push(unavailable(&c.ty, cfg.decimal_handling)),
+        }
+    }
+    Ok(out)
+}
+
+/// The replication error for an invalidated slot names its way out.
+pub fn classify(e: pg_walstream::ReplicationError, slot: &str) -> Error {
+    let msg = e.to_string();
+    if msg.contains("can no longer get changes") || msg.contains("has been invalidated") {
+        return Error::SlotInvalidated {
+            slot: slot.to_string(),
+            reason: "wal_status=lost".into(),
+            lsn: "its confirmed_flush_lsn".into(),
+        };
+    }
+    e.into()
+}
+
+/// Runs until `shutdown` flips or an error. On return the tracker still owns
+/// whatever was in flight; the caller drains it.
+pub async fn run(
+    emitter: &Emitter,
+    pg_client: &Client,
+    stream: &mut LogicalReplicationStream,
+    tracker: &Tracker,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let cfg = &emitter.cfg;
+    let cancel = CancellationToken::new();
+    let mut tables: HashMap<u32, TableState> = HashMap::new();
+    let mut txn: Option<Txn> = None;
+    let mut last_commit_lsn: u64 = 0;
+    loop {
+        if let Some(f) = tracker.failure() {
+            return Err(Error::Kafka(f));
+        }
+        let event = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return Ok(()),
+            ev = stream.next_event(&cancel) => ev.map_err(|e| classify(e, &cfg.slot_name))?,
+        };
+        let lsn = event.lsn.value();
+        match event.event_type {
+            EventType::Relation {
+                relation_id,
+                namespace,
+                relation_name,
+                columns,
+                ..
+            } => {
+                let pk = pg::primary_key(pg_client, relation_id).await?;
+                let schema = TableSchema {
+                    schema: namespace.to_string(),
+                    table: relation_name.to_string(),
+                    columns: columns
+                        .iter()
+                        .map(|c| Column {
+                            name: c.name.to_string(),
+                            ty: PgType::from_oid(c.type_id, c.type_modifier),
+                            key: pk.iter().any(|k| k.as_str() == c.name.as_ref()),
+                        })
+                        .collect(),
+                };
+                tracing::info!(table = %format!("{namespace}.{relation_name}"), columns = schema.columns.len(), "relation");
+                tables.insert(relation_id, emitter.table_state(schema).await?);
+            }
+            EventType::Begin {
+                transaction_id,
+                commit_timestamp,
+                ..
+            } => {
+                txn = Some(Txn {
+                    xid: transaction_id,
+                    ts_us: commit_timestamp.timestamp_micros(),
+                    deliveries: Vec::new(),
+                });
+            }
+            EventType::Commit {
+                end_lsn,
+                commit_lsn,
+                ..
+            } => {
+                let t = txn.take();
+                if let Some(t) = &t {
+                    let lag_us = chrono::Utc::now().timestamp_micros() - t.ts_us;
+                    tracing::debug!(xid = t.xid, lag_us, "commit received");
+                }
+                tracker
+                    .push(Pending {
+                        deliveries: t.map(|t| t.deliveries).unwrap_or_default(),
+                        ack: Ack::Lsn(end_lsn.value()),
+                    })
+                    .await?;
+                last_commit_lsn = commit_lsn.value();
+                stream.maybe_send_feedback().await;
+            }
+            EventType::Message {
+                prefix,
+                message_lsn,
+                ..
+            } if prefix.as_ref() == HEARTBEAT_PREFIX => {
+                if txn.is_none() {
+                    tracker
+                        .push(Pending {
+                            deliveries: Vec::new(),
+                            ack: Ack::Lsn(message_lsn.value()),
+                        })
+                        .await?;
+                }
+                stream.maybe_send_feedback().await;
+            }
+            EventType::Insert {
+                relation_oid, data, ..
+            } => {
+                let (ts, t) = lookup(&tables, relation_oid, &mut txn)?;
+                let after = to_row(ts, &data, cfg)?;
+                let s = source(emitter, t, lsn, last_commit_lsn);
+                emitter
+                    .emit(ts, Op::Create, None, Some(&after), s, &mut t.deliveries)
+                    .await?;
+            }
+            EventType::Update {
+                relation_oid,
+                old_data,
+                new_data,
+                ..
+            } => {
+                let (ts, t) = lookup(&tables, relation_oid, &mut txn)?;
+                let after = to_row(ts, &new_data, cfg)?;
+                let before = old_data.as_ref().map(|d| to_row(ts, d, cfg)).transpose()?;
+                // pgoutput sends the old key only when it changed (or the full
+                // old row with REPLICA IDENTITY FULL).
+                let moved = before.as_ref().is_some_and(|b| {
+                    ts.schema.has_key() && envelope::key_changed(&ts.schema, b, &after)
+                });
+                if moved {
+                    let b = before.as_deref();
+                    let s = source(emitter, t, lsn, last_commit_lsn);
+                    emitter
+                        .emit(ts, Op::Delete, b, None, s, &mut t.deliveries)
+                        .await?;
+                    let s = source(emitter, t, lsn, last_commit_lsn);
+                    emitter
+                        .emit(ts, Op::Create, None, Some(&after), s, &mut t.deliveries)
+                        .await?;
+                } else {
+                    let s = source(emitter, t, lsn, last_commit_lsn);
+                    emitter
+                        .emit(
+                            ts,
+                            Op::Update,
+                            before.as_deref(),
+                            Some(&after),
+                            s,
+                            &mut t.deliveries,
+                        )
+                        .await?;
+                }
+            }
+            EventType::Delete {
+                relation_oid,
+                old_data,
+                ..
+            } => {
+                let (ts, t) = lookup(&tables, relation_oid, &mut txn)?;
+                let before = to_row(ts, &old_data, cfg)?;
+                let s = source(emitter, t, lsn, last_commit_lsn);
+                emitter
+                    .emit(ts, Op::Delete, Some(&before), None, s, &mut t.deliveries)
+                    .await?;
+            }
+            EventType::Truncate { tables: names, .. } => {
+                // Debezium skips truncates by default; so do we, loudly.
+                tracing::warn!(tables = ?names, "TRUNCATE is not propagated");
+            }
+            _ => {}
+        }
+    }
+}
+
+fn lookup<'a>(
+    tables: &'a HashMap<u32, TableState>,
+    oid: u32,
+    txn: &'a mut Option<Txn>,
+) -> Result<(&'a TableState, &'a mut Txn)> {
+    let ts = tables.get(&oid).ok_or_else(|| {
+        Error::Replication(format!(
+            "change for relation {oid} before its Relation message"
+        ))
+    })?;
+    let t = txn
+        .as_mut()
+        .ok_or_else(|| Error::Replication("change outside a transaction".into()))?;
+    Ok((ts, t))
+}
+
+fn source<'a>(emitter: &'a Emitter, t: &Txn, lsn: u64, last_commit: u64) -> Source<'a> {
+    Source {
+        name: &emitter.cfg.name,
+        db: &emitter.db,
+        ts_us: t.ts_us,
+        snapshot: SnapshotMarker::False,
+        tx_id: Some(t.xid as i64),
+        lsn: Some(lsn),
+        sequence: Some(format!("[\"{last_commit}\",\"{lsn}\"]")),
+    }
+}
+
+/// Writes a non-transactional logical-decoding message every `interval`.
+/// It travels through the slot like any change, so the stream can confirm
+/// its LSN even when no captured table is written, and WAL produced by other
+/// tables does not pile up behind the slot.
+pub fn spawn_heartbeat(
+    client: Client,
+    interval: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let sql = format!("SELECT pg_logical_emit_message(false, '{HEARTBEAT_PREFIX}', '')");
+            if let Err(e) = client.simple_query(&sql).await {
+                tracing::warn!(error = %crate::error::pg_message(&e), "heartbeat failed");
+                if e.is_closed() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidated_slot_error_names_the_way_out() {
+        // What START_REPLICATION answers on a slot whose WAL was removed;
+        // the shared test server cannot be made to invalidate a slot.
+        let e = pg_walstream::ReplicationError::ReplicationSlot(
+            "ERROR: can no longer get changes from replication slot \"s\"".into(),
+        );
+        let msg = classify(e, "s").to_string();
+        assert!(msg.contains("was invalidated"), "{msg}");
+        assert!(msg.contains("connector reset"), "{msg}");
+        assert!(!msg.contains('\n'));
+    }
+}
