@@ -7,7 +7,7 @@
 //! offset or by the `event-id` header. Per connection, events are never skipped and arrive
 //! in the order they were committed: see [`enqueue`] and [`Relay`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -32,6 +32,9 @@ pub const CHANNEL: &str = "crm_outbox";
 /// publishes and per-key order holds across instances.
 const RELAY_LOCK: i64 = 0x0063_726d_5f6f_7574; // "crm_out"
 
+/// The first half of the two-int advisory lock key writers take per connection id.
+const KEY_LOCK_SPACE: i32 = 0x0063_726d; // "crm"
+
 const BATCH_SIZE: i64 = 500;
 /// The fallback when a notification is missed (listener reconnecting, another instance's
 /// relay had the lock when it fired).
@@ -40,6 +43,8 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// retried; without it librdkafka would wait forever for a broker that is down.
 const MESSAGE_TIMEOUT_MS: &str = "10000";
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the relay looks its schema id up again (see `Relay::recheck_encoder`).
+const SCHEMA_RECHECK: Duration = Duration::from_secs(60);
 
 /// Writes `events` to the outbox of the transaction `tx` and notifies the relay on commit.
 ///
@@ -55,7 +60,10 @@ pub async fn enqueue(
     keys.sort_unstable();
     keys.dedup();
     for key in keys {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        // The two-int form lives apart from the single-bigint space of RELAY_LOCK; a hash
+        // collision between connections only serializes two unrelated writers.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(KEY_LOCK_SPACE)
             .bind(key)
             .execute(&mut **tx)
             .await?;
@@ -169,9 +177,10 @@ impl Relay {
             }
         }
 
-        let Some(encoder) = self.connect_encoder().await else {
+        let Some(mut encoder) = self.connect_encoder().await else {
             return Stop::Shutdown;
         };
+        let mut encoder_checked = Instant::now();
         let mut producer = match self.producer() {
             Ok(producer) => producer,
             // librdkafka only refuses a configuration, which retrying cannot fix.
@@ -196,6 +205,10 @@ impl Relay {
                     return Stop::Shutdown;
                 }
                 continue;
+            }
+            if encoder_checked.elapsed() >= SCHEMA_RECHECK {
+                encoder = self.recheck_encoder(encoder).await;
+                encoder_checked = Instant::now();
             }
             let outcome = tokio::select! {
                 outcome = publish(&producer, &encoder, &batch) => outcome,
@@ -283,6 +296,41 @@ impl Relay {
         tokio::select! {
             encoder = connect => encoder.ok(),
             _ = self.shutdown.wait_for(|stop| *stop) => None,
+        }
+    }
+
+    /// The registry of this platform keeps schemas in memory: after a restart `topics apply`
+    /// registers them again, possibly under another id. Looking the id up again now and then
+    /// keeps the relay from writing an id the registry no longer knows; when the registry
+    /// does not answer, the id that worked so far is kept.
+    async fn recheck_encoder(
+        &self,
+        current: Encoder<ConnectionMandateChanged>,
+    ) -> Encoder<ConnectionMandateChanged> {
+        let registry = Registry::new(&self.kafka.schema_registry_url);
+        let lookup = Encoder::<ConnectionMandateChanged>::connect(&registry);
+        match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+            Ok(Ok(fresh)) => {
+                if fresh.schema_id() != current.schema_id() {
+                    tracing::warn!(
+                        old = current.schema_id(),
+                        new = fresh.schema_id(),
+                        "the registry has the mandate schema under a new id; using it"
+                    );
+                }
+                fresh
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, schema_id = current.schema_id(), "schema id not rechecked; keeping it");
+                current
+            }
+            Err(_) => {
+                tracing::warn!(
+                    schema_id = current.schema_id(),
+                    "schema registry did not answer in time; keeping the schema id"
+                );
+                current
+            }
         }
     }
 

@@ -1,7 +1,26 @@
-//! `iot-platform`: serves the current mandate of every connection, folded from Kafka.
+//! `iot-platform`: serves the current mandate of every connection, folded from Kafka
+//! (`serve`, the default), or rebuilds the read model from the log (`rebuild`).
 
+use clap::{Parser, Subcommand};
 use iot_platform::configuration::Settings;
+use iot_platform::rebuild::rebuild;
 use iot_platform::startup::Application;
+
+#[derive(Parser)]
+#[command(version, about = "The IoT platform's mandates read model")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fold connection-mandates into the read model and serve it over HTTP (the default).
+    Serve,
+    /// Build the next generation from the start of the topic while the current one keeps
+    /// answering; switch reads to it once caught up and drop the old one.
+    Rebuild,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -10,10 +29,25 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,rdkafka=warn".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     let settings = Settings::load()?;
-    let app = Application::build(settings).await?;
-    app.run_until_stopped(shutdown_signal()).await?;
+    match Cli::parse().command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = Application::build(settings).await?;
+            app.run_until_stopped(shutdown_signal()).await?;
+        }
+        Command::Rebuild => {
+            let report = rebuild(&settings, true).await?;
+            println!(
+                "generation {} → {}: {} events applied, reads switched after {:.2} s",
+                report.from,
+                report.to,
+                report.applied,
+                report.time_to_switch.as_secs_f64()
+            );
+        }
+    }
     Ok(())
 }
 

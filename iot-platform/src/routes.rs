@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -13,12 +13,39 @@ use projectors::runtime::ProjectorStatus;
 use projectors::Store;
 use serde_json::json;
 
-pub struct AppState<S> {
+/// What an instance serves: one generation of the read model, and the projector filling it.
+#[derive(Clone)]
+pub struct Serving<S> {
+    pub generation: u32,
     pub store: S,
     pub projector: Arc<ProjectorStatus>,
 }
 
-pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
+/// Shared by the handlers; swapped whole when reads switch to a new generation.
+pub struct AppState<S> {
+    serving: RwLock<Serving<S>>,
+}
+
+impl<S: Clone> AppState<S> {
+    pub fn new(serving: Serving<S>) -> Self {
+        Self {
+            serving: RwLock::new(serving),
+        }
+    }
+
+    pub fn serving(&self) -> Serving<S> {
+        self.serving
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn replace(&self, serving: Serving<S>) {
+        *self.serving.write().unwrap_or_else(|p| p.into_inner()) = serving;
+    }
+}
+
+pub fn router<S: Store + Clone>(state: Arc<AppState<S>>) -> Router {
     Router::new()
         .route("/mandates/{connection_id}", get(mandate::<S>))
         .route("/", get(classic_mandate::<S>))
@@ -27,20 +54,20 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
 }
 
 /// `GET /mandates/{connectionId}`
-async fn mandate<S: Store>(
+async fn mandate<S: Store + Clone>(
     State(state): State<Arc<AppState<S>>>,
     Path(connection_id): Path<String>,
 ) -> Response {
-    lookup(&state.store, &connection_id).await
+    lookup(&state.serving().store, &connection_id).await
 }
 
 /// `GET /?connectionId=X`, as the classic service answered it.
-async fn classic_mandate<S: Store>(
+async fn classic_mandate<S: Store + Clone>(
     State(state): State<Arc<AppState<S>>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     match query.get("connectionId").map(|id| id.trim()) {
-        Some(id) if !id.is_empty() => lookup(&state.store, id).await,
+        Some(id) if !id.is_empty() => lookup(&state.serving().store, id).await,
         _ => error(
             StatusCode::BAD_REQUEST,
             "query parameter connectionId is required",
@@ -66,11 +93,13 @@ async fn lookup<S: Store>(store: &S, connection_id: &str) -> Response {
 }
 
 /// What this instance's projector owns and has done.
-async fn health<S: Store>(State(state): State<Arc<AppState<S>>>) -> Response {
+async fn health<S: Store + Clone>(State(state): State<Arc<AppState<S>>>) -> Response {
+    let serving = state.serving();
     Json(json!({
-        "assignedPartitions": state.projector.assigned(),
-        "applied": state.projector.applied.load(Ordering::Relaxed),
-        "deadLettered": state.projector.dead_lettered.load(Ordering::Relaxed),
+        "generation": serving.generation,
+        "assignedPartitions": serving.projector.assigned(),
+        "applied": serving.projector.applied.load(Ordering::Relaxed),
+        "deadLettered": serving.projector.dead_lettered.load(Ordering::Relaxed),
     }))
     .into_response()
 }

@@ -1,18 +1,21 @@
-//! Wiring: the projector folding `connection-mandates` and the HTTP server reading what it
-//! folded, both stopped by one shutdown signal.
+//! Wiring: the projector folding the mandates topic and the HTTP server reading what it
+//! folded, both stopped by one shutdown signal. The instance follows the read model's
+//! current generation: when a rebuild switches it, the projector and the reads move over.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use projectors::store::redis::RedisStore;
-use projectors::{Projector, ProjectorSettings};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tracing::info;
+use tokio::sync::{oneshot, watch};
+use tracing::{info, warn};
 
 use crate::configuration::Settings;
-use crate::mandates::MandatesProjection;
-use crate::routes::{router, AppState};
+use crate::generations::{self, MandatesProjector, ReadStore};
+use crate::routes::{router, AppState, Serving};
+
+/// How often a serving instance checks whether reads switched to another generation.
+pub const GENERATION_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -25,12 +28,15 @@ pub enum StartupError {
     Projector(#[from] projectors::Error),
     #[error("http server: {0}")]
     Serve(std::io::Error),
+    #[error("the projector task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 pub struct Application {
     listener: TcpListener,
-    projector: Projector<MandatesProjection, RedisStore>,
-    state: Arc<AppState<RedisStore>>,
+    settings: Settings,
+    projector: MandatesProjector,
+    state: Arc<AppState<ReadStore>>,
 }
 
 impl Application {
@@ -39,24 +45,18 @@ impl Application {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| StartupError::Listen { addr, source })?;
-        let store = RedisStore::connect(&settings.redis_url, &settings.iot_namespace).await?;
-        let projector = Projector::new(
-            MandatesProjection,
-            store.clone(),
-            ProjectorSettings {
-                kafka: settings.kafka.clone(),
-                group_id: settings.iot_group.clone(),
-                topic: topics::spec::CONNECTION_MANDATES.name.to_owned(),
-                dead_letter_topic: settings.iot_dead_letter_topic.clone(),
-                max_batch: settings.iot_max_batch,
-            },
-        )?;
-        let state = Arc::new(AppState {
+        let catalog = generations::open_store(&settings, generations::FIRST).await?;
+        let generation = generations::current(&catalog, &settings).await?;
+        let store = generations::open_store(&settings, generation).await?;
+        let projector = generations::projector(&settings, generation, store.clone())?;
+        let state = Arc::new(AppState::new(Serving {
+            generation,
             store,
             projector: projector.status(),
-        });
+        }));
         Ok(Self {
             listener,
+            settings,
             projector,
             state,
         })
@@ -75,29 +75,78 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        let (stop, stopped) = watch::channel(false);
-        let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        };
-        let projector = tokio::spawn(self.projector.run(until_stopped(stopped.clone())));
+        let (stop_server, server_stopped) = watch::channel(false);
+        let port = self.port();
+        let server = axum::serve(self.listener, router(self.state.clone())).with_graceful_shutdown(
+            async move {
+                let mut stopped = server_stopped;
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        );
+        let server = tokio::spawn(std::future::IntoFuture::into_future(server));
         info!(
-            port = self
-                .listener
-                .local_addr()
-                .map(|a| a.port())
-                .unwrap_or_default(),
+            port,
+            generation = self.state.serving().generation,
             "iot-platform listening"
         );
-        let server = axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(until_stopped(stopped));
-        let server = tokio::spawn(std::future::IntoFuture::into_future(server));
-        shutdown.await;
-        let _ = stop.send(true);
-        server.await.ok().transpose().map_err(StartupError::Serve)?;
-        match projector.await {
-            Ok(result) => result?,
-            Err(e) => tracing::error!(error = %e, "projector task failed"),
-        }
-        Ok(())
+
+        let outcome =
+            follow_generations(&self.settings, &self.state, self.projector, shutdown).await;
+        let _ = stop_server.send(true);
+        server.await?.map_err(StartupError::Serve)?;
+        outcome
+    }
+}
+
+/// Runs the projector of the served generation; when the current generation changes, stops it
+/// and starts the new generation's projector. Returns at shutdown.
+async fn follow_generations(
+    settings: &Settings,
+    state: &AppState<ReadStore>,
+    mut projector: MandatesProjector,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartupError> {
+    let catalog = generations::open_store(settings, generations::FIRST).await?;
+    tokio::pin!(shutdown);
+    loop {
+        let generation = state.serving().generation;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let mut task = tokio::spawn(projector.run(async move {
+            let _ = stopped.await;
+        }));
+        let switched_to = loop {
+            tokio::select! {
+                () = &mut shutdown => break None,
+                finished = &mut task => {
+                    // A projector only returns on its own when it hit a non-retryable error.
+                    finished??;
+                    return Ok(());
+                }
+                () = tokio::time::sleep(GENERATION_POLL) => {
+                    match generations::current(&catalog, settings).await {
+                        Ok(current) if current != generation => break Some(current),
+                        Ok(_) => {}
+                        Err(e) => warn!(error = %e, "cannot read the current generation"),
+                    }
+                }
+            }
+        };
+        let _ = stop.send(());
+        task.await??;
+        let Some(next) = switched_to else {
+            return Ok(());
+        };
+        let store = generations::open_store(settings, next).await?;
+        projector = generations::projector(settings, next, store.clone())?;
+        state.replace(Serving {
+            generation: next,
+            store,
+            projector: projector.status(),
+        });
+        info!(
+            from = generation,
+            to = next,
+            "reads switched to a new generation"
+        );
     }
 }

@@ -41,3 +41,12 @@ impl From<redis::RedisError> for Error {
         }
     }
 }
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Store {
+            backend: "mysql",
+            message: e.to_string(),
+        }
+    }
+}

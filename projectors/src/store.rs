@@ -2,6 +2,8 @@
 //! applied offset in one atomic step, and ignores changes at or below that offset: this is
 //! what makes redelivery after a crash or a rebalance harmless.
 
+pub mod any;
+pub mod mysql;
 pub mod redis;
 
 use std::future::Future;
@@ -35,4 +37,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<i64>>> + Send;
 
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Value>>> + Send;
+
+    /// Deletes every document and recorded offset of this store's namespace: dropping a
+    /// read model generation that is no longer served.
+    fn clear(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// The generation of read model `model` that reads are served from, if one was chosen.
+    /// Kept in the same backend as the documents, so switching is one atomic write there.
+    fn current_generation(&self, model: &str) -> impl Future<Output = Result<Option<u32>>> + Send;
+
+    /// Makes `generation` the one reads of `model` are served from.
+    fn set_current_generation(
+        &self,
+        model: &str,
+        generation: u32,
+    ) -> impl Future<Output = Result<()>> + Send;
 }

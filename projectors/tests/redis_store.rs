@@ -83,3 +83,20 @@ async fn partitions_keep_their_own_offsets_and_deletes_apply() {
     assert_eq!(store.get("y").await.unwrap(), None);
     assert_eq!(store.get("x").await.unwrap(), Some(json!({ "value": 1 })));
 }
+
+#[tokio::test]
+async fn clearing_drops_documents_and_offsets_and_generations_switch() {
+    let store = store().await;
+    store
+        .write(&batch(0, 3, vec![put(3, "a", 1)]))
+        .await
+        .unwrap();
+    store.clear().await.unwrap();
+    assert_eq!(store.get("a").await.unwrap(), None);
+    assert_eq!(store.applied_offset("t", 0).await.unwrap(), None);
+
+    let model = format!("test:model:{}", uuid::Uuid::new_v4());
+    assert_eq!(store.current_generation(&model).await.unwrap(), None);
+    store.set_current_generation(&model, 2).await.unwrap();
+    assert_eq!(store.current_generation(&model).await.unwrap(), Some(2));
+}

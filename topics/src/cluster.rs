@@ -98,17 +98,23 @@ impl Cluster {
             Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Ok(None),
             Some(code) => return Err(KafkaError::MetadataFetch(code).into()),
         }
-        let mut partitions = Vec::with_capacity(topic.partitions().len());
-        for p in topic.partitions() {
-            let (low, high) = self.client.fetch_watermarks(name, p.id(), TIMEOUT)?;
-            partitions.push(PartitionState {
+        // Metadata holds raw pointers, so take what is needed before awaiting anything.
+        let mut partitions: Vec<PartitionState> = topic
+            .partitions()
+            .iter()
+            .map(|p| PartitionState {
                 id: p.id(),
                 leader: p.leader(),
                 replicas: p.replicas().to_vec(),
                 in_sync: p.isr().to_vec(),
-                low_watermark: low,
-                high_watermark: high,
-            });
+                low_watermark: 0,
+                high_watermark: 0,
+            })
+            .collect();
+        drop(metadata);
+        for partition in &mut partitions {
+            (partition.low_watermark, partition.high_watermark) =
+                self.watermarks(name, partition.id).await?;
         }
         partitions.sort_by_key(|p| p.id);
         let configs = self.configs(name).await?;
@@ -117,6 +123,22 @@ impl Cluster {
             partitions,
             configs,
         }))
+    }
+
+    /// A partition's watermarks; a partition whose leadership is still settling (just created,
+    /// or after a broker restart) answers "not leader" for a moment, which is waited out.
+    async fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            match self.client.fetch_watermarks(topic, partition, TIMEOUT) {
+                Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::NotLeaderForPartition | RDKafkaErrorCode::LeaderNotAvailable,
+                )) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                result => return Ok(result?),
+            }
+        }
     }
 
     async fn configs(&self, topic: &str) -> Result<HashMap<String, String>> {
@@ -152,6 +174,30 @@ impl Cluster {
                 Err((_, code)) => return Err(KafkaError::AdminOp(code).into()),
             }
         }
-        Ok(())
+        self.await_leaders(spec.name).await
+    }
+
+    /// Waits until every partition of a new topic has a leader: before that, reads and
+    /// writes to it fail with "not leader" errors that callers would have to retry.
+    async fn await_leaders(&self, name: &str) -> Result<()> {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let metadata = self.metadata(Some(name))?;
+            let ready = metadata.topics().iter().any(|t| {
+                t.name() == name
+                    && t.error().is_none()
+                    && !t.partitions().is_empty()
+                    && t.partitions()
+                        .iter()
+                        .all(|p| p.error().is_none() && p.leader() >= 0)
+            });
+            if ready {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(KafkaError::MetadataFetch(RDKafkaErrorCode::LeaderNotAvailable).into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

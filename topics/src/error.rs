@@ -32,6 +32,36 @@ pub enum Error {
 
     #[error("unknown topic {0}")]
     UnknownTopic(String),
+
+    #[error(
+        "consumer group {group} is {state} with {members} member(s); stop them before moving its offsets"
+    )]
+    GroupActive {
+        group: String,
+        state: String,
+        members: usize,
+    },
+
+    #[error(
+        "consumer group {group} has no committed offsets{}",
+        .topic.as_ref().map_or_else(|| " (does it exist?)".to_owned(), |t| format!(" on {t}"))
+    )]
+    NoCommittedOffsets {
+        group: String,
+        topic: Option<String>,
+    },
+
+    #[error("reset target {0:?} is not earliest, latest, an RFC 3339 time or epoch milliseconds")]
+    BadResetTarget(String),
+
+    #[error(
+        "consumer group {group}: the new offset of {topic} partition {partition} did not take"
+    )]
+    ResetNotApplied {
+        group: String,
+        topic: String,
+        partition: i32,
+    },
 }
 
 impl From<apache_avro::Error> for Error {
@@ -50,7 +80,11 @@ impl Error {
             | Error::IncompatibleSchema { .. }
             | Error::Avro(_)
             | Error::WireFormat(_)
-            | Error::UnknownTopic(_) => false,
+            | Error::UnknownTopic(_)
+            | Error::GroupActive { .. }
+            | Error::NoCommittedOffsets { .. }
+            | Error::BadResetTarget(_)
+            | Error::ResetNotApplied { .. } => false,
         }
     }
 }

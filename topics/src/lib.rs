@@ -7,6 +7,7 @@
 //! - [`registry`]: a client of a Confluent-compatible schema registry.
 //! - [`cluster`]: what the Kafka cluster holds, and creating topics.
 //! - [`apply`]: making the cluster and registry match the specs (`topics apply`).
+//! - [`groups`]: consumer groups' lag, and moving their committed offsets (`topics lag`, `reset`).
 //! - [`kafka`]: producer and consumer settings shared by every service.
 //! - [`settings`]: the layered configuration (defaults → file → env) every binary uses.
 //! - [`error`]: the error type and `Result` alias.
@@ -18,6 +19,7 @@ pub mod cluster;
 pub mod codec;
 pub mod error;
 pub mod events;
+pub mod groups;
 pub mod kafka;
 pub mod registry;
 pub mod settings;

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use topics::apply::apply;
 use topics::cluster::Cluster;
+use topics::groups::{self, PartitionLag, ResetTarget};
 use topics::registry::Registry;
 use topics::settings::{self, KafkaSettings};
 use topics::spec::{self, TopicSpec};
@@ -34,6 +35,25 @@ enum Command {
     List,
     /// Show a topic's spec, partitions, configs and registered schema.
     Describe { topic: String },
+    /// Show a consumer group's committed offset, log end offset and lag per partition.
+    Lag {
+        group: String,
+        /// Only this topic (default: every topic the group has committed offsets on).
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    /// Move a consumer group's committed offsets; refused while the group has members.
+    Reset {
+        group: String,
+        /// `earliest`, `latest`, or the first record at or after a time (RFC 3339 like
+        /// 2026-11-21T10:00:00Z, or epoch milliseconds).
+        #[arg(long, value_name = "earliest|latest|TIME")]
+        to: ResetTarget,
+        /// Only this topic (default: every topic the group has committed offsets on; required
+        /// when it has none).
+        #[arg(long)]
+        topic: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -113,6 +133,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Describe { topic } => describe(&cluster, &registry, &topic).await?,
+        Command::Lag { group, topic } => lag(&settings, &group, topic.as_deref())?,
+        Command::Reset { group, to, topic } => reset(&settings, &group, topic.as_deref(), to)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -178,4 +200,98 @@ async fn describe(cluster: &Cluster, registry: &Registry, topic: &str) -> anyhow
         None => println!("value schema       {subject} not registered"),
     }
     Ok(())
+}
+
+fn lag(settings: &KafkaSettings, group: &str, topic: Option<&str>) -> anyhow::Result<()> {
+    let lags = groups::lag(settings, group, topic)?;
+    let state = groups::state(settings, group)?;
+    println!(
+        "group     {group} ({}, {} members)",
+        state.state,
+        state.members.len()
+    );
+    for (i, chunk) in lags.chunk_by(|a, b| a.topic == b.topic).enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!("topic     {}", chunk[0].topic);
+        let mut rows = vec![[
+            "partition".to_owned(),
+            "committed".to_owned(),
+            "end".to_owned(),
+            "lag".to_owned(),
+        ]];
+        rows.extend(chunk.iter().map(|p: &PartitionLag| {
+            [
+                p.partition.to_string(),
+                p.committed
+                    .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+                p.high_watermark.to_string(),
+                p.lag.to_string(),
+            ]
+        }));
+        let total: i64 = chunk.iter().map(|p| p.lag).sum();
+        rows.push([
+            "total".to_owned(),
+            String::new(),
+            String::new(),
+            total.to_string(),
+        ]);
+        print_columns(&rows);
+    }
+    Ok(())
+}
+
+fn reset(
+    settings: &KafkaSettings,
+    group: &str,
+    topic: Option<&str>,
+    target: ResetTarget,
+) -> anyhow::Result<()> {
+    let changes = match groups::reset(settings, group, topic, target) {
+        Err(e @ topics::Error::NoCommittedOffsets { topic: None, .. }) => {
+            bail!("{e}; name the topic to reset with --topic")
+        }
+        result => result?,
+    };
+    println!("reset group {group} to {target}");
+    for (i, chunk) in changes.chunk_by(|a, b| a.topic == b.topic).enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!("topic {}", chunk[0].topic);
+        for change in chunk {
+            let old = change
+                .old
+                .map_or_else(|| "-".to_owned(), |old| old.to_string());
+            let note = if change.old == Some(change.new) {
+                "  (unchanged)"
+            } else {
+                ""
+            };
+            println!("  {}: {old} → {}{note}", change.partition, change.new);
+        }
+    }
+    Ok(())
+}
+
+/// Left-aligned columns as wide as their widest cell, the last one unpadded.
+fn print_columns<const N: usize>(rows: &[[String; N]]) {
+    let mut widths = [0; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 < N {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            } else {
+                line.push_str(cell);
+            }
+        }
+        println!("{}", line.trim_end());
+    }
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 use serde_json::json;
 use topics::events::MandateLevel;
 
-use crate::helpers::{apply_topics, connection_id, customer_body, spawn_app, EventProbe};
+use crate::helpers::{
+    apply_topics, connection_id, customer_body, spawn_app, spawn_with, test_settings, EventProbe,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -110,4 +112,51 @@ async fn moving_to_another_connection_revokes_the_old_one_then_announces_the_new
         .unwrap();
     assert_eq!(keys, [old.clone(), old, new]);
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_database_share_one_relay_and_keep_order() {
+    let settings = test_settings();
+    apply_topics(&settings.kafka).await;
+    let probe = EventProbe::from_end(&settings.kafka).await;
+    let first = spawn_with(settings.clone()).await;
+    let second = spawn_with(settings).await;
+    let connection = connection_id();
+
+    let id = first.create(&customer_body(&connection, json!(0))).await["id"]
+        .as_i64()
+        .unwrap();
+    for (app, mandate) in [(&second, 1), (&first, 2), (&second, 0)] {
+        let response = app
+            .put_customer(id, &customer_body(&connection, json!(mandate)))
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+
+    let events = probe.expect(&[&connection], 4, WAIT).await;
+    let mandates: Vec<_> = events.iter().map(|r| r.event.mandate).collect();
+    assert_eq!(
+        mandates,
+        [
+            MandateLevel::None,
+            MandateLevel::BillingOnly,
+            MandateLevel::RealTime,
+            MandateLevel::None
+        ]
+    );
+    // The relay lock is a session-level advisory lock: exactly one session holds it.
+    let mut db = first.database().await;
+    let holders: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks
+         WHERE locktype = 'advisory' AND granted AND objsubid = 1
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(holders, 1);
+    drop(db);
+    let mut second = second;
+    second.shutdown().await;
+    first.stop().await;
 }

@@ -43,6 +43,13 @@ pub fn write_seed(content: &str) -> PathBuf {
     path
 }
 
+fn is_test_seed(path: &Path) -> bool {
+    path.starts_with(std::env::temp_dir())
+        && path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with("crm-seed-"))
+}
+
 /// A connection id no other test (or run) uses, so the test's events are its own.
 pub fn connection_id() -> String {
     format!("test-{}", Uuid::new_v4().simple())
@@ -154,6 +161,9 @@ impl TestApp {
         .execute(&mut server)
         .await
         .expect("test database dropped");
+        if is_test_seed(&self.settings.crm_seed_csv) {
+            let _ = std::fs::remove_file(&self.settings.crm_seed_csv);
+        }
     }
 }
 
@@ -332,7 +342,7 @@ impl Drop for IsolatedKafka {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

@@ -7,7 +7,7 @@ use serde_json::json;
 use topics::events::MandateLevel;
 
 use crate::helpers::{
-    apply_topics, connection_id, customer_body, spawn_with, test_settings, EventProbe,
+    apply_topics, connection_id, customer_body, free_port, spawn_with, test_settings, EventProbe,
     IsolatedKafka,
 };
 
@@ -65,4 +65,39 @@ async fn writes_succeed_while_kafka_is_down_and_their_events_arrive_after_it_ret
     assert!(events.iter().all(|r| r.event.customer_id == id));
     drop(db);
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_accepted_without_kafka_or_registry_are_relayed_after_a_restart() {
+    let mut settings = test_settings();
+    let reachable = settings.kafka.clone();
+    apply_topics(&reachable).await;
+    let probe = EventProbe::from_end(&reachable).await;
+    // Nothing listens on these ports: neither Kafka nor the registry is there at all.
+    settings.kafka.kafka_bootstrap_servers = format!("127.0.0.1:{}", free_port());
+    settings.kafka.schema_registry_url = format!("http://127.0.0.1:{}", free_port());
+
+    let mut app = spawn_with(settings.clone()).await;
+    let connection = connection_id();
+    let id = app.create(&customer_body(&connection, json!(1))).await["id"]
+        .as_i64()
+        .unwrap();
+    let response = app
+        .put_customer(id, &customer_body(&connection, json!(2)))
+        .await;
+    assert_eq!(response.status(), 200);
+    // Shutdown must not wait for services that are not there.
+    app.shutdown().await;
+
+    settings.kafka = reachable;
+    let restarted = spawn_with(settings).await;
+    let events = probe
+        .expect(&[&connection], 2, Duration::from_secs(30))
+        .await;
+    let mandates: Vec<_> = events.iter().map(|r| r.event.mandate).collect();
+    assert_eq!(
+        mandates,
+        [MandateLevel::BillingOnly, MandateLevel::RealTime]
+    );
+    restarted.stop().await;
 }

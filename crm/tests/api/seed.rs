@@ -15,6 +15,7 @@ async fn seed_imports_good_rows_once_and_a_restart_keeps_api_changes() {
     let mut settings = test_settings();
     let connections: Vec<String> = (0..4).map(|_| connection_id()).collect();
     let [a, b, c, d] = [0, 1, 2, 3].map(|i| connections[i].as_str());
+    std::fs::remove_file(&settings.crm_seed_csv).unwrap();
     settings.crm_seed_csv = write_seed(&format!(
         "id,firstName,lastName,city,connectionId,connectionMandate
 10,Anna,de Vries,Utrecht,{a},2

@@ -40,6 +40,11 @@ pub struct RedisStore {
     script: Script,
 }
 
+/// The key holding the generation reads of `model` are served from.
+fn generation_key(model: &str) -> String {
+    format!("{model}:generation")
+}
+
 impl RedisStore {
     /// A store for the read model `namespace` (e.g. `iot:mandates`).
     pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
@@ -92,5 +97,42 @@ impl Store for RedisStore {
                 backend: "redis",
                 message: format!("document {key}: {e}"),
             })
+    }
+
+    async fn clear(&self) -> Result<()> {
+        let mut connection = self.connection.clone();
+        let pattern = format!("{}*", self.document_prefix);
+        let mut cursor: u64 = 0;
+        // SCAN in pages: a namespace of millions of keys must not block Redis in one call.
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await?;
+            if !keys.is_empty() {
+                let _: () = connection.unlink(keys).await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let _: () = connection.del(&self.offsets_key).await?;
+        Ok(())
+    }
+
+    async fn current_generation(&self, model: &str) -> Result<Option<u32>> {
+        let mut connection = self.connection.clone();
+        Ok(connection.get(generation_key(model)).await?)
+    }
+
+    async fn set_current_generation(&self, model: &str, generation: u32) -> Result<()> {
+        let mut connection = self.connection.clone();
+        let _: () = connection.set(generation_key(model), generation).await?;
+        Ok(())
     }
 }

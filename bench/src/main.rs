@@ -1,0 +1,40 @@
+//! `bench`: measurements of the platform against the local infrastructure
+//! (`scripts/infra up`). Every benchmark runs its baseline in the same run and prints a table.
+//! Load loops are bounded and talk to 127.0.0.1 only.
+//!
+//! - [`mandates`]: the CQRS loop: CRM API change → visible in the IoT platform, and the IoT
+//!   projector's fold rate against a bare rdkafka consumer of the same topic.
+//! - [`replay`]: rebuilding read models from the log into Redis and MySQL, and a rebuild's
+//!   time to switch.
+//! - [`workload`]: the pre-filled topic, the bare-consumer baseline and the projector runs.
+
+mod mandates;
+mod replay;
+mod workload;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks of the platform; run `scripts/infra up` first")]
+struct Cli {
+    #[command(subcommand)]
+    benchmark: Benchmark,
+}
+
+#[derive(Subcommand)]
+enum Benchmark {
+    /// Mandate changes through the CRM until visible in the IoT platform, and the IoT
+    /// projector folding a pre-filled topic vs a bare consumer.
+    Mandates(mandates::Options),
+    /// Replay of a pre-filled topic into Redis and MySQL vs a bare consumer, and the rebuild's
+    /// time to switch.
+    Replay(replay::Options),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().benchmark {
+        Benchmark::Mandates(options) => mandates::run(options).await,
+        Benchmark::Replay(options) => replay::run(options).await,
+    }
+}

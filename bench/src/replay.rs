@@ -1,0 +1,66 @@
+//! Replaying a read model from the log: the IoT projector folding a pre-filled topic into Redis
+//! and into MySQL against a bare rdkafka consumer of the same topic, and a rebuild's time from
+//! start until reads switch to the new generation.
+
+use projectors::store::any::StoreKind;
+use topics::settings::KafkaSettings;
+
+use crate::workload::{throughput_row, Workload, THROUGHPUT_HEADER};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Events pre-filled into the topic.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Distinct connections those events are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+}
+
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let kafka: KafkaSettings = topics::settings::load("bench")?;
+    println!(
+        "replay of a pre-filled topic of {} events ({} connections, 4 partitions)",
+        options.events, options.connections
+    );
+    let workload = Workload::prefill(&kafka, options.events, options.connections).await?;
+    println!("pre-filled in {:.1} s", workload.fill_time.as_secs_f64());
+
+    let bare = workload.bare_consumer(&kafka).await?;
+    let redis = workload
+        .projector(&workload.iot_settings(StoreKind::Redis)?)
+        .await?;
+    let mysql = workload
+        .projector(&workload.iot_settings(StoreKind::Mysql)?)
+        .await?;
+    println!("{THROUGHPUT_HEADER}");
+    throughput_row(
+        "bare rdkafka StreamConsumer, no decoding",
+        options.events,
+        bare,
+        bare,
+    );
+    throughput_row("IoT projector → Redis", options.events, redis, bare);
+    throughput_row(
+        "IoT projector → MySQL (MariaDB)",
+        options.events,
+        mysql,
+        bare,
+    );
+
+    println!("\nrebuild while serving: generation 1 → 2 from the start of the topic (Redis)");
+    let settings = workload.iot_settings(StoreKind::Redis)?;
+    let report = iot_platform::rebuild::rebuild(&settings, false).await?;
+    println!("| events applied | time to switch s | events/s |");
+    println!("|---|---|---|");
+    println!(
+        "| {} | {:.2} | {:.0} |",
+        report.applied,
+        report.time_to_switch.as_secs_f64(),
+        report.applied as f64 / report.time_to_switch.as_secs_f64()
+    );
+    let new_generation = iot_platform::generations::open_store(&settings, report.to).await?;
+    projectors::Store::clear(&new_generation).await?;
+    workload.delete(&kafka).await?;
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! What the benchmarks share: a topic pre-filled with mandate events, a bare consumer of it
+//! (the baseline), and the IoT platform's projector folding it into a chosen store.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use iot_platform::configuration::Settings;
+use iot_platform::generations;
+use rdkafka::admin::AdminOptions;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use tokio::sync::oneshot;
+use topics::cluster::Cluster;
+use topics::codec::Encoder;
+use topics::events::{ConnectionMandateChanged, MandateLevel};
+use topics::registry::Registry;
+use topics::settings::KafkaSettings;
+use topics::spec::{CleanupPolicy, TopicSpec, CONNECTION_MANDATES};
+use uuid::Uuid;
+
+/// A fresh 4-partition topic of `events` mandate events over `connections` connections.
+pub struct Workload {
+    pub topic: String,
+    pub events: usize,
+    pub fill_time: Duration,
+}
+
+impl Workload {
+    pub async fn prefill(
+        kafka: &KafkaSettings,
+        events: usize,
+        connections: usize,
+    ) -> anyhow::Result<Self> {
+        let topic = format!("bench-mandates-{}", Uuid::new_v4().simple());
+        let spec = TopicSpec {
+            name: Box::leak(topic.clone().into_boxed_str()),
+            cleanup_policy: CleanupPolicy::Delete,
+            ..CONNECTION_MANDATES
+        };
+        Cluster::connect(kafka)?.create(&spec, 1).await?;
+        let encoder = Encoder::<ConnectionMandateChanged>::connect(&Registry::new(
+            &kafka.schema_registry_url,
+        ))
+        .await?;
+        let producer: BaseProducer = topics::kafka::producer_config(kafka)
+            .set("queue.buffering.max.messages", "500000")
+            .create()?;
+        let started = Instant::now();
+        for i in 0..events {
+            let event = ConnectionMandateChanged {
+                event_id: Uuid::new_v4(),
+                connection_id: format!("bench-{}", i % connections),
+                customer_id: (i % connections) as i64,
+                mandate: MandateLevel::from_level((i % 3) as u8).unwrap_or(MandateLevel::None),
+                occurred_at: 1_763_750_000_000 + i as i64,
+            };
+            let payload = encoder.encode(&event)?;
+            let mut record = BaseRecord::to(&topic)
+                .key(&event.connection_id)
+                .payload(&payload);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                        record = returned;
+                        producer.poll(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(120))?;
+        Ok(Self {
+            topic,
+            events,
+            fill_time: started.elapsed(),
+        })
+    }
+
+    /// Settings of an IoT platform of the benchmark's own over this topic.
+    pub fn iot_settings(
+        &self,
+        store: projectors::store::any::StoreKind,
+    ) -> anyhow::Result<Settings> {
+        let run = Uuid::new_v4().simple();
+        Ok(Settings {
+            iot_store: store,
+            iot_topic: self.topic.clone(),
+            iot_group: format!("bench-{run}"),
+            iot_namespace: format!("bench:{run}"),
+            ..Settings::load()?
+        })
+    }
+
+    /// Reads every record with the platform's consumer settings, decoding nothing.
+    pub async fn bare_consumer(&self, kafka: &KafkaSettings) -> anyhow::Result<Duration> {
+        let group = format!("{}-bare-{}", self.topic, Uuid::new_v4().simple());
+        let consumer: StreamConsumer = topics::kafka::consumer_config(kafka, &group).create()?;
+        let started = Instant::now();
+        consumer.subscribe(&[&self.topic])?;
+        let mut seen = 0;
+        while seen < self.events {
+            match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
+                Ok(Ok(_)) => seen += 1,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => bail!("bare consumer stalled at {seen} of {}", self.events),
+            }
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Runs the IoT platform's projector over the topic into generation 1 of `settings`' store,
+    /// until it has taken every event; the store is cleared afterwards.
+    pub async fn projector(&self, settings: &Settings) -> anyhow::Result<Duration> {
+        let store = generations::open_store(settings, generations::FIRST).await?;
+        let projector = generations::projector(settings, generations::FIRST, store.clone())?;
+        let status = projector.status();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let started = Instant::now();
+        let task = tokio::spawn(projector.run(async move {
+            let _ = stopped.await;
+        }));
+        let deadline = started + Duration::from_secs(900);
+        let took = loop {
+            let taken = status.applied.load(Ordering::Relaxed)
+                + status.dead_lettered.load(Ordering::Relaxed);
+            if taken as usize >= self.events {
+                break started.elapsed();
+            }
+            if Instant::now() > deadline || task.is_finished() {
+                bail!("projector took only {taken} of {} events", self.events);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let _ = stop.send(());
+        task.await??;
+        projectors::Store::clear(&store).await?;
+        Ok(took)
+    }
+
+    pub async fn delete(self, kafka: &KafkaSettings) -> anyhow::Result<()> {
+        let admin = topics::kafka::admin_client(kafka)?;
+        admin
+            .delete_topics(&[&self.topic], &AdminOptions::new())
+            .await?;
+        Ok(())
+    }
+}
+
+/// One row of a throughput table, against the bare consumer's time.
+pub fn throughput_row(name: &str, events: usize, took: Duration, bare: Duration) {
+    println!(
+        "| {name} | {events} | {:.2} | {:.0} | {:.2} |",
+        took.as_secs_f64(),
+        events as f64 / took.as_secs_f64(),
+        bare.as_secs_f64() / took.as_secs_f64(),
+    );
+}
+
+pub const THROUGHPUT_HEADER: &str =
+    "| consumer | events | seconds | events/s | vs bare |\n|---|---|---|---|---|";

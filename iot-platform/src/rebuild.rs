@@ -1,0 +1,148 @@
+//! `iot-platform rebuild`: build the next generation of the read model from the start of the
+//! topic while the current one keeps answering, switch reads to it once it has caught up,
+//! then drop the old generation.
+//!
+//! A rebuild that is interrupted resumes where it stopped: the new generation's store and
+//! consumer group keep their offsets, and the store skips what it already applied.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use projectors::Store;
+use tokio::sync::oneshot;
+use topics::cluster::Cluster;
+use tracing::info;
+
+use crate::configuration::Settings;
+use crate::generations::{self, ReadStore};
+use crate::startup::GENERATION_POLL;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error(transparent)]
+    Projector(#[from] projectors::Error),
+    #[error(transparent)]
+    Contract(#[from] topics::Error),
+    #[error("topic {0} does not exist")]
+    NoTopic(String),
+    #[error("the rebuild's projector stopped: {0}")]
+    Stopped(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub from: u32,
+    pub to: u32,
+    /// Events the new generation applied before the switch.
+    pub applied: u64,
+    /// From the start of the rebuild until reads were switched.
+    pub time_to_switch: Duration,
+}
+
+/// How far generation `store` is behind the topic, in records.
+async fn lag(
+    cluster: &Cluster,
+    store: &ReadStore,
+    topic: &str,
+) -> Result<(i64, i64), RebuildError> {
+    let state = cluster
+        .topic(topic)
+        .await?
+        .ok_or_else(|| RebuildError::NoTopic(topic.to_owned()))?;
+    let (mut total, mut behind) = (0, 0);
+    for partition in &state.partitions {
+        total += partition.high_watermark - partition.low_watermark;
+        let next = match store.applied_offset(topic, partition.id).await? {
+            Some(applied) => applied + 1,
+            None => partition.low_watermark,
+        };
+        behind += (partition.high_watermark - next).max(0);
+    }
+    Ok((total, behind))
+}
+
+pub async fn rebuild(
+    settings: &Settings,
+    show_progress: bool,
+) -> Result<RebuildReport, RebuildError> {
+    let started = Instant::now();
+    let catalog = generations::open_store(settings, generations::FIRST).await?;
+    let from = generations::current(&catalog, settings).await?;
+    let to = from + 1;
+    let store = generations::open_store(settings, to).await?;
+    let projector = generations::projector(settings, to, store.clone())?;
+    let status = projector.status();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut task = tokio::spawn(projector.run(async move {
+        let _ = stopped.await;
+    }));
+    info!(from, to, group = %generations::group(settings, to), "rebuilding the read model");
+
+    let cluster = Cluster::connect(&settings.kafka)?;
+    let progress = ProgressBar::with_draw_target(
+        None,
+        if show_progress {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    progress.set_style(
+        ProgressStyle::with_template(
+            "generation {prefix} [{bar:40}] {pos}/{len} records, {per_sec}, lag {msg} ({elapsed})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    progress.set_prefix(to.to_string());
+    loop {
+        let (total, behind) = lag(&cluster, &store, &settings.iot_topic).await?;
+        progress.set_length(u64::try_from(total).unwrap_or_default());
+        progress.set_position(u64::try_from(total - behind).unwrap_or_default());
+        progress.set_message(behind.to_string());
+        if behind == 0 {
+            break;
+        }
+        tokio::select! {
+            finished = &mut task => {
+                let reason = match finished {
+                    Ok(Ok(())) => "it returned early".to_owned(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(RebuildError::Stopped(reason));
+            }
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    catalog
+        .set_current_generation(&settings.iot_namespace, to)
+        .await?;
+    let time_to_switch = started.elapsed();
+    progress.finish_with_message("0, switched");
+    info!(
+        from,
+        to,
+        seconds = time_to_switch.as_secs_f64(),
+        "reads switched"
+    );
+
+    // Serving instances move their projectors to the new group, which carries on from here.
+    let _ = stop.send(());
+    task.await
+        .map_err(|e| RebuildError::Stopped(e.to_string()))??;
+    // Instances notice the switch within one poll; only then is the old generation unread.
+    tokio::time::sleep(GENERATION_POLL * 3).await;
+    generations::open_store(settings, from)
+        .await?
+        .clear()
+        .await?;
+    info!(generation = from, "old generation dropped");
+    Ok(RebuildReport {
+        from,
+        to,
+        applied: status.applied.load(Ordering::Relaxed),
+        time_to_switch,
+    })
+}
