@@ -381,10 +381,9 @@ async fn bad_input_gives_one_line_errors() {
         "{out}"
     );
 
-    let db = env.db.clone();
+    // The role can only go once the database that granted it CONNECT is gone.
     env.cleanup().await;
     let admin = connect(&postgres_admin_url()).await;
-    let _ = db;
     admin
         .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
         .await
