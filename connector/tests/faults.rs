@@ -35,6 +35,27 @@ fn infra(args: &[&str]) {
     assert!(status.success(), "infra {args:?} failed");
 }
 
+/// Stops the private broker even when an assertion fails.
+struct Broker;
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let script = std::env::var("INFRA_SCRIPT")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| {
+                    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/infra")
+                });
+            let _ = Command::new(script)
+                .args(["down", "kafka"])
+                .env("INFRA_HOME", "/tmp/connector-infra")
+                .env("KAFKA_PORT", PORT)
+                .env("KAFKA_CONTROLLER_PORT", "19093")
+                .status();
+        }
+    }
+}
+
 async fn slot_active(env: &TestEnv) -> bool {
     env.client
         .query_opt(
@@ -49,6 +70,7 @@ async fn slot_active(env: &TestEnv) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_and_kafka_outages_lose_nothing() {
     infra(&["up", "kafka"]);
+    let _broker = Broker;
     let kafka = format!("127.0.0.1:{PORT}");
     let env = TestEnv::with_kafka(kafka.clone()).await;
     env.client

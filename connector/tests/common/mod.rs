@@ -75,6 +75,9 @@ pub struct TestEnv {
     pub offsets_topic: String,
     pub kafka: String,
     pub client: Client,
+    /// Set by `cleanup`; otherwise (a failed assertion) `Drop` cleans up, so
+    /// that no slot is left holding WAL on the shared server.
+    cleaned: bool,
 }
 
 impl TestEnv {
@@ -101,6 +104,7 @@ impl TestEnv {
             prefix,
             kafka,
             client,
+            cleaned: false,
         }
     }
 
@@ -136,29 +140,55 @@ impl TestEnv {
         Connector::spawn(&env)
     }
 
-    /// Drops the slot (once no connector holds it) and the database.
-    pub async fn cleanup(self) {
-        let admin = connect(&postgres_admin_url()).await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let r = admin
-                .execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&self.slot],
-                )
-                .await;
-            if r.is_ok() || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        drop(self.client);
-        let _ = admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db))
-            .await;
-        delete_topics(&self.kafka, &self.prefix).await;
-        delete_subjects(&self.prefix).await;
+    /// Drops the slot (once no connector holds it), the database, and the
+    /// test's topics and registry subjects.
+    pub async fn cleanup(mut self) {
+        self.cleaned = true;
+        remove(&self.slot, &self.db, &self.kafka, &self.prefix).await;
     }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        // Panicking inside an async test: clean up on a runtime of our own.
+        let (slot, db, kafka, prefix) = (
+            self.slot.clone(),
+            self.db.clone(),
+            self.kafka.clone(),
+            self.prefix.clone(),
+        );
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Runtime::new() {
+                rt.block_on(remove(&slot, &db, &kafka, &prefix));
+            }
+        })
+        .join();
+    }
+}
+
+async fn remove(slot: &str, db: &str, kafka: &str, prefix: &str) {
+    let admin = connect(&postgres_admin_url()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = admin
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await;
+        if r.is_ok() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .await;
+    delete_topics(kafka, prefix).await;
+    delete_subjects(prefix).await;
 }
 
 pub fn bin() -> &'static str {
