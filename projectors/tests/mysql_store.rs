@@ -1,13 +1,16 @@
-//! The MySQL store against a real MariaDB: the same guarantees as the Redis store (batches
-//! apply atomically with their offset, redelivery changes nothing), plus what is MySQL's own:
+//! The MySQL store against a real MariaDB: the store contract (`contract/mod.rs`), plus what
+//! is MySQL's own:
 //! large batches, a batch that fails half-way leaving nothing, concurrent writers of one
 //! partition, and a server that stops and comes back.
+
+mod contract;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use contract::{batch, namespace, put};
 use projectors::store::any::{AnyStore, StoreKind};
 use projectors::store::mysql::{table_prefix, MysqlStore};
 use projectors::store::{PartitionBatch, Store};
@@ -19,155 +22,49 @@ fn mysql_url() -> String {
         .unwrap_or_else(|_| "mysql://platform:platform@127.0.0.1:3306/platform".to_owned())
 }
 
-fn namespace() -> String {
-    format!("test:{}", uuid::Uuid::new_v4())
-}
-
 async fn store() -> MysqlStore {
     MysqlStore::connect(&mysql_url(), &namespace())
         .await
         .unwrap()
 }
 
-fn put(offset: i64, key: &str, value: i64) -> (i64, Change) {
-    (
-        offset,
-        Change::Put {
-            key: key.to_owned(),
-            document: json!({ "value": value }),
-        },
-    )
-}
-
-fn delete(offset: i64, key: &str) -> (i64, Change) {
-    (
-        offset,
-        Change::Delete {
-            key: key.to_owned(),
-        },
-    )
-}
-
-fn batch(partition: i32, last_offset: i64, changes: Vec<(i64, Change)>) -> PartitionBatch {
-    PartitionBatch {
-        topic: "t".to_owned(),
-        partition,
-        last_offset,
-        changes,
-    }
-}
-
 #[tokio::test]
 async fn a_batch_applies_with_its_offset_and_redelivery_changes_nothing() {
     let store = store().await;
-    assert_eq!(store.applied_offset("t", 0).await.unwrap(), None);
-
-    let first = batch(0, 5, vec![put(3, "a", 1), put(5, "b", 1)]);
-    assert_eq!(store.write(&first).await.unwrap(), 5);
-    assert_eq!(store.applied_offset("t", 0).await.unwrap(), Some(5));
-    assert_eq!(store.get("a").await.unwrap(), Some(json!({ "value": 1 })));
-
-    // Redelivered from offset 4 with a newer record: only offset 6 is new.
-    let redelivered = batch(0, 6, vec![put(4, "a", 99), put(5, "b", 99), put(6, "c", 1)]);
-    assert_eq!(store.write(&redelivered).await.unwrap(), 6);
-    assert_eq!(store.get("a").await.unwrap(), Some(json!({ "value": 1 })));
-    assert_eq!(store.get("b").await.unwrap(), Some(json!({ "value": 1 })));
-    assert_eq!(store.get("c").await.unwrap(), Some(json!({ "value": 1 })));
-
-    // An old batch arriving late (a revoked owner finishing) is ignored entirely.
-    assert_eq!(
-        store
-            .write(&batch(0, 2, vec![put(2, "c", 7)]))
-            .await
-            .unwrap(),
-        6
-    );
-    assert_eq!(store.get("c").await.unwrap(), Some(json!({ "value": 1 })));
+    contract::a_batch_applies_with_its_offset_and_redelivery_changes_nothing(&store).await;
     store.clear().await.unwrap();
 }
 
 #[tokio::test]
 async fn partitions_keep_their_own_offsets_and_deletes_apply() {
     let store = store().await;
-    store
-        .write(&batch(0, 10, vec![put(10, "x", 1)]))
-        .await
-        .unwrap();
-    store
-        .write(&batch(1, 0, vec![put(0, "y", 1)]))
-        .await
-        .unwrap();
-    assert_eq!(store.applied_offset("t", 1).await.unwrap(), Some(0));
-
-    store
-        .write(&batch(1, 1, vec![delete(1, "y")]))
-        .await
-        .unwrap();
-    assert_eq!(store.get("y").await.unwrap(), None);
-    assert_eq!(store.get("x").await.unwrap(), Some(json!({ "value": 1 })));
-    store.clear().await.unwrap();
-}
-
-#[tokio::test]
-async fn clearing_drops_documents_and_offsets_and_generations_switch() {
-    let store = store().await;
-    store
-        .write(&batch(0, 3, vec![put(3, "a", 1)]))
-        .await
-        .unwrap();
-    store.clear().await.unwrap();
-    assert_eq!(store.get("a").await.unwrap(), None);
-    assert_eq!(store.applied_offset("t", 0).await.unwrap(), None);
-
-    let model = format!("test:model:{}", uuid::Uuid::new_v4());
-    assert_eq!(store.current_generation(&model).await.unwrap(), None);
-    store.set_current_generation(&model, 2).await.unwrap();
-    assert_eq!(store.current_generation(&model).await.unwrap(), Some(2));
-    store.set_current_generation(&model, 3).await.unwrap();
-    assert_eq!(store.current_generation(&model).await.unwrap(), Some(3));
-    sqlx::query("DELETE FROM projector_generations WHERE model = ?")
-        .bind(&model)
-        .execute(store.pool())
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
-async fn a_cleared_namespace_can_be_written_again() {
-    let store = store().await;
-    store
-        .write(&batch(0, 3, vec![put(3, "a", 1)]))
-        .await
-        .unwrap();
-    store.clear().await.unwrap();
-    // A replay into the cleared generation starts from scratch.
-    assert_eq!(
-        store
-            .write(&batch(0, 1, vec![put(1, "a", 2)]))
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(store.get("a").await.unwrap(), Some(json!({ "value": 2 })));
+    contract::partitions_keep_their_own_offsets_and_deletes_apply(&store).await;
     store.clear().await.unwrap();
 }
 
 #[tokio::test]
 async fn changes_to_one_key_within_a_batch_apply_in_order() {
     let store = store().await;
-    let changes = vec![
-        put(1, "a", 1),
-        delete(2, "a"),
-        delete(3, "b"),
-        put(4, "b", 2),
-        put(5, "c", 1),
-        put(6, "c", 2),
-    ];
-    store.write(&batch(0, 6, changes)).await.unwrap();
-    assert_eq!(store.get("a").await.unwrap(), None);
-    assert_eq!(store.get("b").await.unwrap(), Some(json!({ "value": 2 })));
-    assert_eq!(store.get("c").await.unwrap(), Some(json!({ "value": 2 })));
+    contract::changes_to_one_key_within_a_batch_apply_in_order(&store).await;
     store.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cleared_namespace_starts_over() {
+    let store = store().await;
+    contract::a_cleared_namespace_starts_over(&store).await;
+    store.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn generations_switch() {
+    let store = store().await;
+    let model = contract::generations_switch(&store).await;
+    sqlx::query("DELETE FROM projector_generations WHERE model = ?")
+        .bind(&model)
+        .execute(store.pool())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
