@@ -26,6 +26,9 @@ use crate::error::{Error, Result};
 use crate::projection::{Change, Projection};
 use crate::store::{PartitionBatch, Store};
 
+/// How long to wait after a consumer error before polling again.
+const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
+
 /// Headers a dead-lettered record carries, besides its own.
 pub const DEAD_LETTER_REASON: &str = "dead-letter.reason";
 pub const DEAD_LETTER_TOPIC: &str = "dead-letter.topic";
@@ -147,27 +150,17 @@ impl<P: Projection, S: Store> Projector<P, S> {
         info!(projection = self.projection.name(), group = %self.settings.group_id, topic = %self.settings.topic, "projector started");
         tokio::pin!(shutdown);
         loop {
-            let first = tokio::select! {
-                () = &mut shutdown => break,
-                received = self.consumer.recv() => received,
+            // Retries inside a batch wait out outages for as long as they last; shutdown
+            // interrupts them. An interrupted batch was never committed, so its records are
+            // redelivered to whoever owns the partitions next.
+            let step = async {
+                let taken = self.next_batch().await?;
+                self.apply(taken).await
             };
-            let mut taken = Vec::with_capacity(self.settings.max_batch);
-            match first {
-                Ok(message) => taken.push(self.take(&message).await?),
-                Err(e) => {
-                    warn!(error = %e, "consumer error; librdkafka retries on its own");
-                    continue;
-                }
+            tokio::select! {
+                () = &mut shutdown => break,
+                result = step => result?,
             }
-            // Drain what is already fetched without waiting for more.
-            while taken.len() < self.settings.max_batch {
-                match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
-                    Ok(Ok(message)) => taken.push(self.take(&message).await?),
-                    Ok(Err(e)) => warn!(error = %e, "consumer error"),
-                    Err(_) => break,
-                }
-            }
-            self.apply(taken).await?;
         }
         // Offsets of everything applied are stored; a final synchronous commit spares the next
         // owner of these partitions a redelivery.
@@ -176,6 +169,31 @@ impl<P: Projection, S: Store> Projector<P, S> {
         }
         info!(projection = self.projection.name(), "projector stopped");
         Ok(())
+    }
+
+    /// Waits for a record, then takes whatever else is already fetched, up to `max_batch`.
+    async fn next_batch(&self) -> Result<Vec<Taken<P::Event>>> {
+        let first = loop {
+            match self.consumer.recv().await {
+                Ok(message) => break message,
+                Err(e) => {
+                    // librdkafka recovers on its own; a persistent error (a deleted topic)
+                    // must not spin.
+                    warn!(error = %e, "consumer error");
+                    tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
+                }
+            }
+        };
+        let mut taken = Vec::with_capacity(self.settings.max_batch);
+        taken.push(self.take(&first).await?);
+        while taken.len() < self.settings.max_batch {
+            match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
+                Ok(Ok(message)) => taken.push(self.take(&message).await?),
+                Ok(Err(e)) => warn!(error = %e, "consumer error"),
+                Err(_) => break,
+            }
+        }
+        Ok(taken)
     }
 
     /// Decodes a record; one that can never decode goes to the dead-letter topic.
@@ -194,7 +212,14 @@ impl<P: Projection, S: Store> Projector<P, S> {
                 event,
             }),
             Err(e) => {
-                self.dead_letter(message, &e.to_string()).await?;
+                let reason = e.to_string();
+                // Losing the record is the one thing a dead-letter topic must not do: wait
+                // for Kafka rather than give up on it.
+                (|| self.dead_letter(message, &reason))
+                    .retry(forever())
+                    .when(Error::is_retryable)
+                    .notify(|e, delay| warn!(error = %e, ?delay, "dead-letter topic unavailable; retrying"))
+                    .await?;
                 Ok(Taken::DeadLettered { partition, offset })
             }
         }
@@ -233,7 +258,6 @@ impl<P: Projection, S: Store> Projector<P, S> {
         if let Some(key) = message.key() {
             record = record.key(key);
         }
-        // Losing the record is the one thing a dead-letter topic must not do: wait for it.
         self.dead_letters
             .send(record, Duration::from_secs(30))
             .await

@@ -1,5 +1,6 @@
-//! The store a service runs on, chosen by configuration: a service holds an [`AnyStore`]
-//! and switches between Redis and MySQL with a setting (`store = "mysql"`), not a rebuild.
+//! The store a service runs on, chosen by configuration rather than code: a service holds an
+//! [`AnyStore`] and picks Redis or MySQL with a setting. Moving an existing read model to the
+//! other store is a rebuild into it, since the data and offsets live in the old one.
 
 use std::fmt;
 use std::str::FromStr;

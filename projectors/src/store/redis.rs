@@ -101,6 +101,9 @@ impl Store for RedisStore {
 
     async fn clear(&self) -> Result<()> {
         let mut connection = self.connection.clone();
+        // Offsets go first: a clear interrupted half-way must leave documents without
+        // offsets (a replay restores them), never offsets that skip deleted documents.
+        let _: () = connection.del(&self.offsets_key).await?;
         let pattern = format!("{}*", self.document_prefix);
         let mut cursor: u64 = 0;
         // SCAN in pages: a namespace of millions of keys must not block Redis in one call.
@@ -117,12 +120,10 @@ impl Store for RedisStore {
                 let _: () = connection.unlink(keys).await?;
             }
             if next == 0 {
-                break;
+                return Ok(());
             }
             cursor = next;
         }
-        let _: () = connection.del(&self.offsets_key).await?;
-        Ok(())
     }
 
     async fn current_generation(&self, model: &str) -> Result<Option<u32>> {
