@@ -27,6 +27,10 @@ pub enum Error {
     #[error("avro: {0}")]
     Avro(#[from] Box<apache_avro::Error>),
 
+    /// A record names a schema id the registry does not have: it can never be decoded here.
+    #[error("schema id {0} is unknown to the registry")]
+    UnknownSchemaId(u32),
+
     #[error("not in the Confluent wire format: {0}")]
     WireFormat(String),
 
@@ -80,6 +84,7 @@ impl Error {
             | Error::IncompatibleSchema { .. }
             | Error::Avro(_)
             | Error::WireFormat(_)
+            | Error::UnknownSchemaId(_)
             | Error::UnknownTopic(_)
             | Error::GroupActive { .. }
             | Error::NoCommittedOffsets { .. }

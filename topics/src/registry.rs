@@ -1,14 +1,14 @@
 //! A client of a Confluent-compatible schema registry.
 //!
-//! Fetching by id, registering and listing go through `schema_registry_converter`. Look-ups
-//! whose "not found" is an answer rather than a failure (is this schema registered, is it
+//! Registering and listing go through `schema_registry_converter`. Look-ups whose "not found"
+//! is an answer rather than a failure (the schema of an id, is this schema registered, is it
 //! compatible, what is the latest version) are plain HTTP calls here, because the converter
 //! folds every non-2xx status into one opaque error, and its compatibility helper calls an
 //! endpoint some registries lack.
 
 use reqwest::StatusCode;
 use schema_registry_converter::async_impl::schema_registry::{
-    get_all_subjects, get_schema_by_id, post_schema, SrSettings,
+    get_all_subjects, post_schema, SrSettings,
 };
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
@@ -56,12 +56,20 @@ impl Registry {
         &self.base_url
     }
 
-    /// The schema text registered under `id`.
+    /// The schema text registered under `id`. An id the registry does not know is final
+    /// ([`Error::UnknownSchemaId`]); an unreachable registry is worth retrying.
     pub async fn schema_by_id(&self, id: u32) -> Result<String> {
-        let registered = get_schema_by_id(id, &self.converter)
-            .await
-            .map_err(|e| self.converter_error(e))?;
-        Ok(registered.schema)
+        #[derive(Deserialize)]
+        struct Registered {
+            schema: String,
+        }
+        let url = format!("{}/schemas/ids/{id}", self.base_url);
+        let response = self.send(self.http.get(&url)).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Err(Error::UnknownSchemaId(id)),
+            status if status.is_success() => Ok(self.json::<Registered>(response).await?.schema),
+            _ => Err(self.status_error(response).await),
+        }
     }
 
     /// Registers an Avro schema under `subject` and returns its id; registering a schema the
