@@ -3,7 +3,8 @@
 //! write in the store; serving instances follow the switch.
 //!
 //! Generation 1 keeps the plain names (group `iot-platform`, namespace `iot:mandates`), so a
-//! platform that never rebuilt looks exactly as configured.
+//! platform that never rebuilt looks exactly as configured; generation n of a store is group
+//! `iot-platform.<store>.g<n>`, namespace `iot:mandates:g<n>`.
 
 use projectors::store::any::AnyStore;
 use projectors::{Projector, ProjectorSettings, Store};
@@ -18,11 +19,13 @@ pub type ReadStore = AnyStore;
 
 pub type MandatesProjector = Projector<MandatesProjection, ReadStore>;
 
-/// The consumer group that folds generation `generation`.
+/// The consumer group that folds generation `generation`. Later generations name their store,
+/// because each store keeps its own generation count: moving the read model to MySQL must not
+/// join the group of the Redis generation with the same number.
 pub fn group(settings: &Settings, generation: u32) -> String {
     match generation {
         FIRST => settings.iot_group.clone(),
-        n => format!("{}.g{n}", settings.iot_group),
+        n => format!("{}.{}.g{n}", settings.iot_group, settings.iot_store),
     }
 }
 
@@ -80,7 +83,7 @@ mod tests {
         let settings = Settings::default();
         assert_eq!(group(&settings, FIRST), "iot-platform");
         assert_eq!(namespace(&settings, FIRST), "iot:mandates");
-        assert_eq!(group(&settings, 3), "iot-platform.g3");
+        assert_eq!(group(&settings, 3), "iot-platform.redis.g3");
         assert_eq!(namespace(&settings, 3), "iot:mandates:g3");
     }
 }

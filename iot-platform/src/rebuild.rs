@@ -28,6 +28,8 @@ pub enum RebuildError {
     NoTopic(String),
     #[error("the rebuild's projector stopped: {0}")]
     Stopped(String),
+    #[error("consumer group {group} has active members ({state}); is another rebuild running?")]
+    GroupActive { group: String, state: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +64,49 @@ async fn lag(
     Ok((total, behind))
 }
 
+/// Makes sure the new generation's group starts where its store stands: it must have no
+/// members (a second rebuild would split the partitions with the first), and a store that has
+/// recorded nothing must be read from the start, whatever the group committed before (a
+/// store that lost its data, or an earlier rebuild into a store since emptied).
+async fn prepare_group(
+    settings: &Settings,
+    generation: u32,
+    store: &ReadStore,
+) -> Result<(), RebuildError> {
+    let group = generations::group(settings, generation);
+    let kafka = settings.kafka.clone();
+    let topic = settings.iot_topic.clone();
+    let partitions = Cluster::connect(&kafka)?
+        .topic(&topic)
+        .await?
+        .ok_or_else(|| RebuildError::NoTopic(topic.clone()))?
+        .partitions;
+    let mut recorded_anything = false;
+    for partition in &partitions {
+        recorded_anything |= store.applied_offset(&topic, partition.id).await?.is_some();
+    }
+    tokio::task::spawn_blocking(move || {
+        let state = topics::groups::state(&kafka, &group)?;
+        if !state.is_idle() {
+            return Err(RebuildError::GroupActive {
+                group,
+                state: state.state,
+            });
+        }
+        if !recorded_anything {
+            topics::groups::reset(
+                &kafka,
+                &group,
+                Some(&topic),
+                topics::groups::ResetTarget::Earliest,
+            )?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| RebuildError::Stopped(e.to_string()))?
+}
+
 pub async fn rebuild(
     settings: &Settings,
     show_progress: bool,
@@ -71,6 +116,7 @@ pub async fn rebuild(
     let from = generations::current(&catalog, settings).await?;
     let to = from + 1;
     let store = generations::open_store(settings, to).await?;
+    prepare_group(settings, to, &store).await?;
     let projector = generations::projector(settings, to, store.clone())?;
     let status = projector.status();
     let (stop, stopped) = oneshot::channel::<()>();

@@ -131,11 +131,13 @@ async fn follow_generations(
                 }
             }
         };
-        let _ = stop.send(());
-        task.await??;
         let Some(next) = switched_to else {
+            let _ = stop.send(());
+            task.await??;
             return Ok(());
         };
+        // Reads move before the old projector stops: the rebuild drops the old generation a
+        // grace period after the switch, and no reader may still be on it then.
         let store = generations::open_store(settings, next).await?;
         projector = generations::projector(settings, next, store.clone())?;
         state.replace(Serving {
@@ -143,6 +145,8 @@ async fn follow_generations(
             store,
             projector: projector.status(),
         });
+        let _ = stop.send(());
+        task.await??;
         info!(
             from = generation,
             to = next,

@@ -136,27 +136,33 @@ async fn a_projector_killed_mid_replay_resumes_to_the_fold() {
 }
 
 #[tokio::test]
-async fn a_poison_event_is_dead_lettered_and_the_projector_keeps_going() {
+async fn poison_events_are_dead_lettered_and_the_projector_keeps_going() {
     let mut settings = test_settings();
     settings.iot_topic = private_topic(&settings, "test-poison").await;
     settings.iot_dead_letter_topic = private_topic(&settings, "test-poison-dlq").await;
     let connection = format!("poison-{}", Uuid::new_v4());
     let before = events(&connection, 1, 1);
     let after = events(&connection, 1, 2);
+    // Not Avro at all, and Avro-shaped but naming a schema id the registry never issued.
+    let not_avro = b"{\"not\":\"avro\"}".to_vec();
+    let unknown_schema = [0u8, 0x7f, 0xff, 0xff, 0xf0, 2, 4, 6].to_vec();
+
     publish_to(&settings, &settings.iot_topic, &before).await;
     let producer: FutureProducer = topics::kafka::producer_config(&settings.kafka)
         .create()
         .unwrap();
-    producer
-        .send(
-            FutureRecord::to(&settings.iot_topic)
-                .key(&format!("{connection}-0"))
-                .payload("{\"not\":\"avro\"}"),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    for payload in [&not_avro, &unknown_schema] {
+        producer
+            .send(
+                FutureRecord::to(&settings.iot_topic)
+                    .key(&format!("{connection}-0"))
+                    .payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
     publish_to(&settings, &settings.iot_topic, &after[1..]).await;
 
     let app = spawn(settings.clone()).await;
@@ -169,29 +175,31 @@ async fn a_poison_event_is_dead_lettered_and_the_projector_keeps_going() {
     consumer
         .subscribe(&[&settings.iot_dead_letter_topic])
         .unwrap();
-    let message = tokio::time::timeout(MINUTE, consumer.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(message.payload(), Some(&b"{\"not\":\"avro\"}"[..]));
-    let headers = message.headers().unwrap();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|h| h.key == name)
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    };
-    assert!(
-        header(DEAD_LETTER_REASON).unwrap().contains("magic byte"),
-        "{:?}",
-        header(DEAD_LETTER_REASON)
-    );
-    assert_eq!(
-        header(DEAD_LETTER_TOPIC).as_deref(),
-        Some(settings.iot_topic.as_str())
-    );
-    assert_eq!(header(DEAD_LETTER_OFFSET).as_deref(), Some("1"));
+    for (payload, offset, reason) in [
+        (&not_avro, "1", "magic byte"),
+        (&unknown_schema, "2", "unknown to the registry"),
+    ] {
+        let message = tokio::time::timeout(MINUTE, consumer.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(message.payload(), Some(payload.as_slice()));
+        let headers = message.headers().unwrap();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let why = header(DEAD_LETTER_REASON).unwrap_or_default();
+        assert!(why.contains(reason), "{why}");
+        assert_eq!(
+            header(DEAD_LETTER_TOPIC).as_deref(),
+            Some(settings.iot_topic.as_str())
+        );
+        assert_eq!(header(DEAD_LETTER_OFFSET).as_deref(), Some(offset));
+    }
     app.stop().await;
 }
 

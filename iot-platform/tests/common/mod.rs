@@ -23,7 +23,7 @@ use topics::cluster::Cluster;
 use topics::codec::Encoder;
 use topics::events::{ConnectionMandateChanged, Event, MandateLevel};
 use topics::registry::Registry;
-use topics::spec::{CleanupPolicy, TopicSpec, CONNECTION_MANDATES};
+use topics::spec::{CleanupPolicy, TopicSpec, CATALOGUE, CONNECTION_MANDATES};
 use uuid::Uuid;
 
 /// Settings for an app of the test's own: its own group and key space, a random port.
@@ -165,6 +165,10 @@ pub fn events(prefix: &str, connections: usize, count: usize) -> Vec<ConnectionM
 /// Publishes the events to `topic` in order and waits until Kafka acknowledged all of them.
 pub async fn publish_to(settings: &Settings, topic: &str, events: &[ConnectionMandateChanged]) {
     let registry = Registry::new(&settings.kafka.schema_registry_url);
+    // The registry may have restarted since anyone applied the catalogue (it keeps schemas in
+    // memory); applying is idempotent.
+    let cluster = Cluster::connect(&settings.kafka).unwrap();
+    apply(&cluster, &registry, CATALOGUE).await.unwrap();
     let encoder = Encoder::<ConnectionMandateChanged>::connect(&registry)
         .await
         .unwrap();
