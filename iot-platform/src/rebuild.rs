@@ -2,8 +2,9 @@
 //! topic while the current one keeps answering, switch reads to it once it has caught up,
 //! then drop the old generation.
 //!
-//! A rebuild that is interrupted resumes where it stopped: the new generation's store and
-//! consumer group keep their offsets, and the store skips what it already applied.
+//! A rebuild interrupted before the switch resumes where it stopped: the new generation's
+//! store and consumer group keep their offsets, and the store skips what it already applied.
+//! One interrupted between the switch and the drop leaves the old generation's data behind.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
