@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    await_fold, events, eventually, fold, private_topic, publish_to, spawn, test_settings, ChildApp,
+    await_fold, events, eventually, fold, prefilled_topic, private_topic, publish_to, spawn,
+    test_settings, ChildApp,
 };
 use iot_platform::generations;
 use iot_platform::rebuild::rebuild;
@@ -24,9 +25,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 #[tokio::test]
 async fn a_rebuild_keeps_serving_then_switches_to_an_identical_generation() {
     let mut settings = test_settings();
-    settings.iot_topic = private_topic(&settings, "test-rebuild").await;
-    let published = events(&format!("rb-{}", Uuid::new_v4()), 200, 3000);
-    publish_to(&settings, &settings.iot_topic, &published).await;
+    let published = prefilled_topic(&mut settings, "rebuild", 200, 3000).await;
     let app = spawn(settings.clone()).await;
     let expected = fold(&published);
     await_fold(&app.base_url, &expected, MINUTE).await;
@@ -116,9 +115,7 @@ async fn two_instances_split_the_partitions_and_a_survivor_of_kill_9_takes_them_
 #[tokio::test]
 async fn a_projector_killed_mid_replay_resumes_to_the_fold() {
     let mut settings = test_settings();
-    settings.iot_topic = private_topic(&settings, "test-kill").await;
-    let published = events(&format!("kill-{}", Uuid::new_v4()), 500, 40_000);
-    publish_to(&settings, &settings.iot_topic, &published).await;
+    let published = prefilled_topic(&mut settings, "kill", 500, 40_000).await;
 
     let victim = ChildApp::start(&settings);
     eventually("the replay is under way", MINUTE, || async {
@@ -208,9 +205,7 @@ async fn a_replay_waits_out_a_redis_outage_and_skips_nothing() {
     let redis = common::IsolatedService::start("redis");
     let mut settings = test_settings();
     settings.redis_url = format!("redis://127.0.0.1:{}", redis.port());
-    settings.iot_topic = private_topic(&settings, "test-redis-outage").await;
-    let published = events(&format!("outage-{}", Uuid::new_v4()), 500, 30_000);
-    publish_to(&settings, &settings.iot_topic, &published).await;
+    let published = prefilled_topic(&mut settings, "redis-outage", 500, 30_000).await;
 
     let app = ChildApp::start(&settings);
     let applied = || async {
@@ -252,9 +247,7 @@ async fn a_replay_waits_out_a_redis_outage_and_skips_nothing() {
 async fn reset_and_replay_gives_the_fold(store: StoreKind) {
     let mut settings = test_settings();
     settings.iot_store = store;
-    settings.iot_topic = private_topic(&settings, "test-replay").await;
-    let published = events(&format!("replay-{}", Uuid::new_v4()), 100, 2000);
-    publish_to(&settings, &settings.iot_topic, &published).await;
+    let published = prefilled_topic(&mut settings, "replay", 100, 2000).await;
     let expected = fold(&published);
 
     let app = spawn(settings.clone()).await;
@@ -291,9 +284,7 @@ async fn reset_and_replay_into_an_empty_mysql_gives_the_fold() {
 #[tokio::test]
 async fn moving_the_read_model_from_redis_to_mysql_by_config_and_a_rebuild_loses_nothing() {
     let mut settings = test_settings();
-    settings.iot_topic = private_topic(&settings, "test-move").await;
-    let published = events(&format!("move-{}", Uuid::new_v4()), 100, 2000);
-    publish_to(&settings, &settings.iot_topic, &published).await;
+    let published = prefilled_topic(&mut settings, "move", 100, 2000).await;
     let on_redis = spawn(settings.clone()).await;
     await_fold(&on_redis.base_url, &fold(&published), MINUTE).await;
     on_redis.stop().await;

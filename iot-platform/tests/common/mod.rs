@@ -57,6 +57,20 @@ pub async fn private_topic(settings: &Settings, prefix: &str) -> String {
     name
 }
 
+/// Points `settings` at a fresh private topic holding `count` events over `connections`
+/// connections, and returns what was published.
+pub async fn prefilled_topic(
+    settings: &mut Settings,
+    name: &str,
+    connections: usize,
+    count: usize,
+) -> Vec<ConnectionMandateChanged> {
+    settings.iot_topic = private_topic(settings, &format!("test-{name}")).await;
+    let published = events(&format!("{name}-{}", Uuid::new_v4()), connections, count);
+    publish_to(settings, &settings.iot_topic, &published).await;
+    published
+}
+
 pub struct RunningApp {
     pub base_url: String,
     stop: oneshot::Sender<()>,
