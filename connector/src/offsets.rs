@@ -32,14 +32,21 @@ pub struct StoredOffset {
 
 /// Reads the last offset record for `cfg.name`; `None` if there is none or it
 /// was reset (a tombstone).
-pub async fn load(cfg: &Config) -> Result<Option<StoredOffset>> {
+///
+/// `topic_exists`: the caller has just created (or found) the offsets topic,
+/// so "unknown topic" can only be a broker that is still starting. "No
+/// offset" makes `run` drop the slot and take a new snapshot, which skips
+/// every change not yet published, so it is only ever answered when Kafka
+/// positively says so; a failed or timed-out query is retried and then an
+/// error, never `None`.
+pub async fn load(cfg: &Config, topic_exists: bool) -> Result<Option<StoredOffset>> {
     let cfg = cfg.clone();
-    tokio::task::spawn_blocking(move || load_blocking(&cfg))
+    tokio::task::spawn_blocking(move || load_blocking(&cfg, topic_exists))
         .await
         .map_err(|e| Error::Kafka(e.to_string()))?
 }
 
-fn load_blocking(cfg: &Config) -> Result<Option<StoredOffset>> {
+fn load_blocking(cfg: &Config, topic_exists: bool) -> Result<Option<StoredOffset>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.kafka_bootstrap_servers)
         .set("group.id", format!("{}-offsets-reader", cfg.name))
@@ -47,17 +54,29 @@ fn load_blocking(cfg: &Config) -> Result<Option<StoredOffset>> {
         .set("log_level", "3")
         .create()?;
     let timeout = Duration::from_millis(cfg.kafka_connect_timeout_ms.max(5000));
-    let (low, high) = match consumer.fetch_watermarks(&cfg.offsets_topic, 0, timeout) {
-        Ok(w) => w,
-        // No offsets topic yet: a first start.
-        Err(rdkafka::error::KafkaError::MetadataFetch(_)) => return Ok(None),
-        Err(e)
-            if e.to_string().contains("Unknown topic")
-                || e.to_string().contains("UnknownTopic") =>
-        {
-            return Ok(None)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (low, high) = loop {
+        let err = match consumer.fetch_watermarks(&cfg.offsets_topic, 0, timeout) {
+            Ok((low, high)) if low >= 0 && high >= 0 => break (low, high),
+            Ok((low, high)) => format!("invalid watermarks {low}..{high}"),
+            Err(e) => {
+                // No offsets topic: a first start (only believed when the
+                // caller did not just create it).
+                if !topic_exists && is_unknown_topic(&e) {
+                    return Ok(None);
+                }
+                one_line(&e)
+            }
+        };
+        // `status` reports the error at once instead of waiting.
+        if !topic_exists || Instant::now() > deadline {
+            return Err(Error::Kafka(format!(
+                "reading the offset from {}: {err}",
+                cfg.offsets_topic
+            )));
         }
-        Err(e) => return Err(e.into()),
+        tracing::warn!(error = %err, topic = %cfg.offsets_topic, "offset not readable yet, retrying");
+        std::thread::sleep(Duration::from_millis(500));
     };
     if high <= low {
         return Ok(None);
@@ -66,7 +85,6 @@ fn load_blocking(cfg: &Config) -> Result<Option<StoredOffset>> {
     tpl.add_partition_offset(&cfg.offsets_topic, 0, Offset::Beginning)?;
     consumer.assign(&tpl)?;
     let mut last = None;
-    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if Instant::now() > deadline {
             return Err(Error::Kafka(format!(
@@ -74,10 +92,15 @@ fn load_blocking(cfg: &Config) -> Result<Option<StoredOffset>> {
                 cfg.offsets_topic
             )));
         }
-        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
+        let msg = match consumer.poll(Duration::from_millis(500)) {
+            None => continue,
+            // Transient (a broker still starting); the deadline bounds it.
+            Some(Err(e)) => {
+                tracing::warn!(error = %one_line(&e), topic = %cfg.offsets_topic, "reading offsets, retrying");
+                continue;
+            }
+            Some(Ok(m)) => m,
         };
-        let msg = msg?;
         if msg.key() == Some(cfg.name.as_bytes()) {
             last = match msg.payload() {
                 None => None,
@@ -90,6 +113,15 @@ fn load_blocking(cfg: &Config) -> Result<Option<StoredOffset>> {
             return Ok(last);
         }
     }
+}
+
+fn is_unknown_topic(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition)
+    ) || e.to_string().contains("Unknown topic")
+        || e.to_string().contains("UnknownTopic")
 }
 
 /// Writes an offset record (or a tombstone with `None`) and waits for Kafka.

@@ -51,7 +51,8 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
     pg::ensure_publication(&pg_client, &cfg).await?;
     publisher.ensure_topic(&cfg.offsets_topic, true).await?;
 
-    let stored = offsets::load(&cfg).await?;
+    // The topic exists now: an unreadable offset is an error, never "none".
+    let stored = offsets::load(&cfg, true).await?;
     let mut slot = pg::slot_info(&pg_client, &cfg.slot_name).await?;
     check_slot(&cfg, &slot)?;
     // After a crash the old walsender may hold the slot for a moment.
@@ -256,7 +257,7 @@ pub async fn status(cfg: &Config) -> Result<String> {
         )),
     }
     // The slot line is the one that matters during a Kafka outage; still show it.
-    match offsets::load(cfg).await {
+    match offsets::load(cfg, false).await {
         Err(e) => out.push_str(&format!("offset {}: unavailable ({e})\n", cfg.name)),
         Ok(None) => out.push_str(&format!("offset {}: none\n", cfg.name)),
         Ok(Some(o)) => out.push_str(&format!(
