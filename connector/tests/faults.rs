@@ -56,15 +56,26 @@ impl Drop for Broker {
     }
 }
 
+/// The slot is held by a walsender that runs START_REPLICATION. `active`
+/// alone is not enough: the slot is active while CREATE_REPLICATION_SLOT
+/// waits for its consistent point too, and writes committed before that
+/// point reach the topic as snapshot rows (`op: "r"`), not as changes.
 async fn slot_active(env: &TestEnv) -> bool {
+    streaming_walsender(env).await.is_some()
+}
+
+/// The pid of the walsender streaming the slot, if one is.
+async fn streaming_walsender(env: &TestEnv) -> Option<i32> {
     env.client
         .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            "SELECT r.pid FROM pg_replication_slots s
+               JOIN pg_stat_replication r ON r.pid = s.active_pid
+              WHERE s.slot_name = $1 AND s.active AND r.state IN ('catchup', 'streaming')",
             &[&env.slot],
         )
         .await
         .unwrap()
-        .is_some()
+        .map(|row| row.get(0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,20 +117,27 @@ async fn kill_9_under_load_and_kafka_outages_lose_nothing() {
             }
         })
     };
+    let mut killed_walsender = None;
     for k in 1..=3 {
         wait_for(120, "writer progress", || {
             let d = done.load(Ordering::SeqCst);
             async move { d >= k * total / 4 }
         })
         .await;
+        killed_walsender = streaming_walsender(&env).await;
         conn.kill9();
         conn = env.spawn(&tables, &extra);
     }
     writer.await.unwrap();
 
     // Kafka outage while changes keep committing: the connector waits. (The
-    // last restart must be past its startup, which needs Kafka once.)
-    wait_for(60, "connector streaming", || slot_active(&env)).await;
+    // last restart must be past its startup, which needs Kafka once; the
+    // killed connector's walsender can look streaming for a moment, so wait
+    // for a new one.)
+    wait_for(60, "the restarted connector streaming", || async {
+        matches!(streaming_walsender(&env).await, Some(pid) if Some(pid) != killed_walsender)
+    })
+    .await;
     infra(&["down", "kafka"]);
     for i in 0..200i64 {
         env.client
@@ -195,10 +213,17 @@ async fn kill_9_under_load_and_kafka_outages_lose_nothing() {
         }
     }
     let changes = total * 10 + 300;
+    // The table was empty when the connector's snapshot was taken; rows
+    // here mean load was written before the slot's consistent point.
+    let snapshot_rows = reader
+        .records
+        .iter()
+        .filter(|r| r.op() == Some("r"))
+        .count();
     assert_eq!(
         seen.len(),
         changes,
-        "distinct changes (duplicates seen: {duplicates})"
+        "distinct changes (duplicates seen: {duplicates}, snapshot rows: {snapshot_rows})"
     );
     let txids: HashSet<i64> = reader
         .records
