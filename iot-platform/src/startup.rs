@@ -37,6 +37,8 @@ pub struct Application {
     settings: Settings,
     projector: MandatesProjector,
     state: Arc<AppState<ReadStore>>,
+    /// Where the current generation is recorded; polled to follow switches.
+    catalog: ReadStore,
 }
 
 impl Application {
@@ -59,6 +61,7 @@ impl Application {
             settings,
             projector,
             state,
+            catalog,
         })
     }
 
@@ -90,8 +93,14 @@ impl Application {
             "iot-platform listening"
         );
 
-        let outcome =
-            follow_generations(&self.settings, &self.state, self.projector, shutdown).await;
+        let outcome = follow_generations(
+            &self.settings,
+            &self.catalog,
+            &self.state,
+            self.projector,
+            shutdown,
+        )
+        .await;
         let _ = stop_server.send(true);
         server.await?.map_err(StartupError::Serve)?;
         outcome
@@ -102,11 +111,11 @@ impl Application {
 /// and starts the new generation's projector. Returns at shutdown.
 async fn follow_generations(
     settings: &Settings,
+    catalog: &ReadStore,
     state: &AppState<ReadStore>,
     mut projector: MandatesProjector,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartupError> {
-    let catalog = generations::open_store(settings, generations::FIRST).await?;
     tokio::pin!(shutdown);
     loop {
         let generation = state.serving().generation;
@@ -123,7 +132,7 @@ async fn follow_generations(
                     return Ok(());
                 }
                 () = tokio::time::sleep(GENERATION_POLL) => {
-                    match generations::current(&catalog, settings).await {
+                    match generations::current(catalog, settings).await {
                         Ok(current) if current != generation => break Some(current),
                         Ok(_) => {}
                         Err(e) => warn!(error = %e, "cannot read the current generation"),
