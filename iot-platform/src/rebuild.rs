@@ -49,12 +49,12 @@ async fn lag(
     store: &ReadStore,
     topic: &str,
 ) -> Result<(i64, i64), RebuildError> {
-    let state = cluster
-        .topic(topic)
+    let partitions = cluster
+        .partitions(topic)
         .await?
         .ok_or_else(|| RebuildError::NoTopic(topic.to_owned()))?;
     let (mut total, mut behind) = (0, 0);
-    for partition in &state.partitions {
+    for partition in &partitions {
         total += partition.high_watermark - partition.low_watermark;
         let next = match store.applied_offset(topic, partition.id).await? {
             Some(applied) => applied + 1,
@@ -78,10 +78,9 @@ async fn prepare_group(
     let kafka = settings.kafka.clone();
     let topic = settings.iot_topic.clone();
     let partitions = Cluster::connect(&kafka)?
-        .topic(&topic)
+        .partitions(&topic)
         .await?
-        .ok_or_else(|| RebuildError::NoTopic(topic.clone()))?
-        .partitions;
+        .ok_or_else(|| RebuildError::NoTopic(topic.clone()))?;
     let mut recorded_anything = false;
     for partition in &partitions {
         recorded_anything |= store.applied_offset(&topic, partition.id).await?.is_some();

@@ -89,6 +89,20 @@ impl Cluster {
 
     /// The topic as the cluster has it, or `None` when it does not exist.
     pub async fn topic(&self, name: &str) -> Result<Option<TopicState>> {
+        let Some(partitions) = self.partitions(name).await? else {
+            return Ok(None);
+        };
+        let configs = self.configs(name).await?;
+        Ok(Some(TopicState {
+            name: name.to_owned(),
+            partitions,
+            configs,
+        }))
+    }
+
+    /// The topic's partitions with their watermarks, or `None` when it does not exist; what
+    /// lag needs, without the config round trip of [`Cluster::topic`].
+    pub async fn partitions(&self, name: &str) -> Result<Option<Vec<PartitionState>>> {
         let metadata = self.metadata(Some(name))?;
         let Some(topic) = metadata.topics().iter().find(|t| t.name() == name) else {
             return Ok(None);
@@ -117,12 +131,7 @@ impl Cluster {
                 self.watermarks(name, partition.id).await?;
         }
         partitions.sort_by_key(|p| p.id);
-        let configs = self.configs(name).await?;
-        Ok(Some(TopicState {
-            name: name.to_owned(),
-            partitions,
-            configs,
-        }))
+        Ok(Some(partitions))
     }
 
     /// A partition's watermarks; a partition whose leadership is still settling (just created,
