@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use topics::settings::KafkaSettings;
 use uuid::Uuid;
 
-use crate::workload::{throughput_row, Workload, THROUGHPUT_HEADER};
+use crate::workload::fold_against_bare;
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -51,29 +51,18 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         api.latency_ms.max() as f64 / 1000.0,
     );
 
-    println!(
-        "\n(b) folding a pre-filled topic of {} events ({} connections, 4 partitions)",
-        options.events, options.connections
-    );
-    let workload = Workload::prefill(&kafka, options.events, options.connections).await?;
-    println!("pre-filled in {:.1} s", workload.fill_time.as_secs_f64());
-    let bare = workload.bare_consumer(&kafka).await?;
-    let fold = workload
-        .projector(&workload.iot_settings(StoreKind::Redis)?)
-        .await?;
-    println!("{THROUGHPUT_HEADER}");
-    throughput_row(
-        "bare rdkafka StreamConsumer, no decoding",
+    println!();
+    let workload = fold_against_bare(
+        &kafka,
+        "(b) the IoT projector folding",
         options.events,
-        bare,
-        bare,
-    );
-    throughput_row(
-        "IoT projector: decode + fold + Redis + commit",
-        options.events,
-        fold,
-        bare,
-    );
+        options.connections,
+        &[(
+            "IoT projector: decode + fold + Redis + commit",
+            StoreKind::Redis,
+        )],
+    )
+    .await?;
     workload.delete(&kafka).await?;
     Ok(())
 }

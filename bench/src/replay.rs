@@ -5,7 +5,7 @@
 use projectors::store::any::StoreKind;
 use topics::settings::KafkaSettings;
 
-use crate::workload::{throughput_row, Workload, THROUGHPUT_HEADER};
+use crate::workload::fold_against_bare;
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -19,34 +19,17 @@ pub struct Options {
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let kafka: KafkaSettings = topics::settings::load("bench")?;
-    println!(
-        "replay of a pre-filled topic of {} events ({} connections, 4 partitions)",
-        options.events, options.connections
-    );
-    let workload = Workload::prefill(&kafka, options.events, options.connections).await?;
-    println!("pre-filled in {:.1} s", workload.fill_time.as_secs_f64());
-
-    let bare = workload.bare_consumer(&kafka).await?;
-    let redis = workload
-        .projector(&workload.iot_settings(StoreKind::Redis)?)
-        .await?;
-    let mysql = workload
-        .projector(&workload.iot_settings(StoreKind::Mysql)?)
-        .await?;
-    println!("{THROUGHPUT_HEADER}");
-    throughput_row(
-        "bare rdkafka StreamConsumer, no decoding",
+    let workload = fold_against_bare(
+        &kafka,
+        "replay",
         options.events,
-        bare,
-        bare,
-    );
-    throughput_row("IoT projector → Redis", options.events, redis, bare);
-    throughput_row(
-        "IoT projector → MySQL (MariaDB)",
-        options.events,
-        mysql,
-        bare,
-    );
+        options.connections,
+        &[
+            ("IoT projector → Redis", StoreKind::Redis),
+            ("IoT projector → MySQL (MariaDB)", StoreKind::Mysql),
+        ],
+    )
+    .await?;
 
     println!("\nrebuild while serving: generation 1 → 2 from the start of the topic (Redis)");
     let settings = workload.iot_settings(StoreKind::Redis)?;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use iot_platform::configuration::Settings;
 use iot_platform::generations;
+use projectors::store::any::StoreKind;
 use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -80,10 +81,7 @@ impl Workload {
     }
 
     /// Settings of an IoT platform of the benchmark's own over this topic.
-    pub fn iot_settings(
-        &self,
-        store: projectors::store::any::StoreKind,
-    ) -> anyhow::Result<Settings> {
+    pub fn iot_settings(&self, store: StoreKind) -> anyhow::Result<Settings> {
         let run = Uuid::new_v4().simple();
         Ok(Settings {
             iot_store: store,
@@ -149,15 +147,39 @@ impl Workload {
     }
 }
 
-/// One row of a throughput table, against the bare consumer's time.
-pub fn throughput_row(name: &str, events: usize, took: Duration, bare: Duration) {
+/// Pre-fills a topic, reads it once with the bare consumer and once per store with the
+/// projector, and prints the throughput table against the bare consumer. Returns the topic for
+/// further runs; the caller deletes it.
+pub async fn fold_against_bare(
+    kafka: &KafkaSettings,
+    title: &str,
+    events: usize,
+    connections: usize,
+    stores: &[(&str, StoreKind)],
+) -> anyhow::Result<Workload> {
     println!(
-        "| {name} | {events} | {:.2} | {:.0} | {:.2} |",
-        took.as_secs_f64(),
-        events as f64 / took.as_secs_f64(),
-        bare.as_secs_f64() / took.as_secs_f64(),
+        "{title}: a pre-filled topic of {events} events ({connections} connections, 4 partitions)"
     );
+    let workload = Workload::prefill(kafka, events, connections).await?;
+    println!("pre-filled in {:.1} s", workload.fill_time.as_secs_f64());
+    let bare = workload.bare_consumer(kafka).await?;
+    let mut folds = Vec::with_capacity(stores.len());
+    for (name, store) in stores {
+        folds.push((
+            *name,
+            workload.projector(&workload.iot_settings(*store)?).await?,
+        ));
+    }
+    println!("| consumer | events | seconds | events/s | vs bare |");
+    println!("|---|---|---|---|---|");
+    let rows = std::iter::once(("bare rdkafka StreamConsumer, no decoding", bare)).chain(folds);
+    for (name, took) in rows {
+        println!(
+            "| {name} | {events} | {:.2} | {:.0} | {:.2} |",
+            took.as_secs_f64(),
+            events as f64 / took.as_secs_f64(),
+            bare.as_secs_f64() / took.as_secs_f64(),
+        );
+    }
+    Ok(workload)
 }
-
-pub const THROUGHPUT_HEADER: &str =
-    "| consumer | events | seconds | events/s | vs bare |\n|---|---|---|---|---|";
