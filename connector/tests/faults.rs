@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value as Json};
@@ -62,6 +61,21 @@ impl Drop for Broker {
 /// point reach the topic as snapshot rows (`op: "r"`), not as changes.
 async fn slot_active(env: &TestEnv) -> bool {
     streaming_walsender(env).await.is_some()
+}
+
+/// Whether the slot's walsender has sent the connector everything written so far.
+async fn sent_past_current_wal(env: &TestEnv) -> bool {
+    let row = env
+        .client
+        .query_opt(
+            "SELECT r.sent_lsn >= pg_current_wal_lsn() FROM pg_replication_slots s
+               JOIN pg_stat_replication r ON r.pid = s.active_pid
+              WHERE s.slot_name = $1",
+            &[&env.slot],
+        )
+        .await
+        .unwrap();
+    row.is_some_and(|row| row.get::<_, Option<bool>>(0) == Some(true))
 }
 
 /// The pid of the walsender streaming the slot, if one is.
@@ -145,7 +159,11 @@ async fn kill_9_under_load_and_kafka_outages_lose_nothing() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(2)).await; // let the connector hit the outage
+    // The connector has read the updates from the WAL and holds them while Kafka is away.
+    wait_for(60, "the connector reading the updates", || {
+        sent_past_current_wal(&env)
+    })
+    .await;
     assert!(
         conn.child.try_wait().unwrap().is_none(),
         "connector died during the Kafka outage"
@@ -165,7 +183,10 @@ async fn kill_9_under_load_and_kafka_outages_lose_nothing() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_for(60, "the connector reading the updates", || {
+        sent_past_current_wal(&env)
+    })
+    .await;
     conn.kill9();
     infra(&["up", "kafka"]);
     conn = env.spawn(&tables, &extra);
