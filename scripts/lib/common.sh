@@ -28,7 +28,9 @@ MYSQL_PORT="${MYSQL_PORT:-3306}"
 M2_REPO="${MAVEN_REPO_LOCAL:-$HOME/.m2/repository}"
 INFRA_CACHE="${INFRA_CACHE:-$HOME/.m2/platform-infra}"
 
-ALL_SERVICES=(kafka registry postgres redis mysql)
+# In start order: a service comes after the ones it needs (the registry keeps its
+# schemas in postgres); `down` goes in reverse.
+ALL_SERVICES=(kafka postgres registry redis mysql)
 
 # Unix sockets are limited to ~107 bytes; a deep INFRA_HOME would make
 # postgres/mariadb fail with an obscure error, so fall back to a short /tmp path.

@@ -1,11 +1,26 @@
 # shellcheck shell=bash
-# Schema registry: Apicurio Registry (Quarkus app from Maven Central), in-memory
-# storage, used through its Confluent-compatible API (ccompat v7).
+# Schema registry: Apicurio Registry (Quarkus app from Maven Central), used through
+# its Confluent-compatible API (ccompat v7). It keeps schemas, ids and rules in its own
+# database on the PostgreSQL at $POSTGRES_PORT (Apicurio's SQL storage), so a restart,
+# even after kill -9, keeps every schema under the id it had.
 
 # 3.0.9 is the newest 3.x built for Java 17 (3.3.x ships Java 21 class files).
 APICURIO_VERSION="${APICURIO_VERSION:-3.0.9}"
-# What `up` sets as the global compatibility rule on a fresh registry.
+# What `up` sets as the global compatibility rule when the registry has none.
 REGISTRY_COMPATIBILITY="${REGISTRY_COMPATIBILITY:-BACKWARD}"
+# The registry's database on the postgres at $POSTGRES_PORT. The default INFRA_HOME
+# uses `registry`; any other INFRA_HOME gets `registry_<first 12 hex of md5(INFRA_HOME)>`,
+# so an isolated registry on the shared postgres never shares the shared registry's tables.
+registry_default_db() {
+  if [[ "$INFRA_HOME" == "$(realpath -m "$REPO_ROOT/.data")" ]]; then
+    echo registry
+  else
+    printf 'registry_%s\n' "$(printf '%s' "$INFRA_HOME" | md5sum | cut -c1-12)"
+  fi
+}
+REGISTRY_DB="${REGISTRY_DB:-$(registry_default_db)}"
+# Connections per registry (Apicurio's default keeps 20 open); tests run several registries.
+: "${REGISTRY_DB_POOL_MIN:=2}" "${REGISTRY_DB_POOL_MAX:=20}"
 : "${REGISTRY_HEAP_OPTS:=-Xms64m -Xmx512m}"
 
 REGISTRY_DIR="$INFRA_HOME/registry"
@@ -48,16 +63,37 @@ registry_install() {
   mv "$tmp" "$REGISTRY_DIST"
 }
 
+registry_jdbc_url() { printf 'jdbc:postgresql://%s:%s/%s\n' "$INFRA_HOST" "$POSTGRES_PORT" "$REGISTRY_DB"; }
+
 registry_http() { curl -s -o /dev/null -w '%{http_code}' --max-time 3 "$@"; }
 
 registry_alive() {
   [[ "$(registry_http "$(registry_endpoint)/subjects")" == 200 ]]
 }
 
+# Creates the registry's database if it is missing (Apicurio creates its tables).
+# Runs over TCP as `platform`, so it works for the postgres of any INFRA_HOME.
+registry_ensure_database() {
+  [[ "$REGISTRY_DB" =~ ^[a-z_][a-z0-9_]{0,62}$ ]] ||
+    die registry "REGISTRY_DB='$REGISTRY_DB' is not a plain lower-case PostgreSQL name"
+  postgres_alive ||
+    die registry "needs PostgreSQL at $(postgres_endpoint) for its storage and nothing answers there (scripts/infra up postgres)" "$PG_LOG"
+  local psql=("$(pg_bin)/psql" -X -Atq -v ON_ERROR_STOP=1 "$(postgres_url)")
+  local exists="select 1 from pg_database where datname = '$REGISTRY_DB'" attempt
+  # Bounded retry: CREATE DATABASE fails while another session uses template1.
+  for attempt in 1 2 3 4 5; do
+    [[ "$("${psql[@]}" -c "$exists" 2>>"$REGISTRY_LOG")" == 1 ]] && return 0
+    "${psql[@]}" -c "create database \"$REGISTRY_DB\" owner platform" >>"$REGISTRY_LOG" 2>&1 && return 0
+    sleep "$attempt"
+  done
+  die registry "creating database $REGISTRY_DB on $(postgres_endpoint) failed" "$REGISTRY_LOG"
+}
+
 registry_start() {
   port_open "$REGISTRY_PORT" &&
     die registry "port $REGISTRY_PORT is in use by another process (not an answering registry)" "$REGISTRY_LOG"
   mkdir -p "$REGISTRY_DIR/tmp" "$LOG_DIR"
+  registry_ensure_database
   # cwd + tmpdir under INFRA_HOME: Quarkus reads ./config and writes temp files.
   # shellcheck disable=SC2086
   (cd "$REGISTRY_DIR" && spawn registry "$REGISTRY_LOG" java $REGISTRY_HEAP_OPTS \
@@ -65,7 +101,12 @@ registry_start() {
     -Dinfra.home="$INFRA_HOME" \
     -Djava.io.tmpdir="$REGISTRY_DIR/tmp" \
     -Dquarkus.http.host="$INFRA_HOST" -Dquarkus.http.port="$REGISTRY_PORT" \
-    -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=h2 \
+    -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=postgresql \
+    -Dapicurio.datasource.url="$(registry_jdbc_url)" \
+    -Dapicurio.datasource.username=platform -Dapicurio.datasource.password=platform \
+    -Dapicurio.datasource.jdbc.initial-size="$REGISTRY_DB_POOL_MIN" \
+    -Dapicurio.datasource.jdbc.min-size="$REGISTRY_DB_POOL_MIN" \
+    -Dapicurio.datasource.jdbc.max-size="$REGISTRY_DB_POOL_MAX" \
     -jar "$(registry_jar)")
 }
 
@@ -73,8 +114,9 @@ registry_wait() {
   wait_ready registry "${REGISTRY_START_TIMEOUT:-180}" "$REGISTRY_LOG" "$REGISTRY_PIDFILE" "$REGISTRY_PATTERN" registry_alive
 }
 
-# Apicurio enforces nothing by default (global compatibility NONE). Storage is in
-# memory, so every fresh start needs the rules again:
+# Apicurio enforces nothing by default (global compatibility NONE). The rules live
+# in the registry's database, so they are created only when missing: a restart keeps
+# them, and a rule someone changed on purpose is left as it is.
 # - compatibility via ccompat `PUT /config`: it stores a real global rule, which
 #   `GET /config` reports and `PUT /config {"compatibility":"NONE"}` can remove.
 #   (The -Dapicurio.rules.global.compatibility default is invisible to GET /config
@@ -82,15 +124,21 @@ registry_wait() {
 # - validity FULL via the v3 admin API: rejects syntactically valid JSON that is not
 #   a valid schema when the type is known.
 registry_configure() {
-  local code
-  code="$(registry_http -X POST -H 'Content-Type: application/json' \
-    -d '{"ruleType":"VALIDITY","config":"FULL"}' "$(registry_base)/apis/registry/v3/admin/rules")"
-  [[ "$code" == 204 || "$code" == 409 ]] ||
-    die registry "enabling the global VALIDITY rule failed (HTTP $code)" "$REGISTRY_LOG"
-  code="$(registry_http -X PUT -H 'Content-Type: application/vnd.schemaregistry.v1+json' \
-    -d "{\"compatibility\":\"$REGISTRY_COMPATIBILITY\"}" "$(registry_endpoint)/config")"
-  [[ "$code" == 200 ]] ||
-    die registry "setting global compatibility $REGISTRY_COMPATIBILITY failed (HTTP $code)" "$REGISTRY_LOG"
+  local rules code
+  rules="$(curl -sf --max-time 5 "$(registry_base)/apis/registry/v3/admin/rules")" ||
+    die registry "reading the global rules (GET /apis/registry/v3/admin/rules) failed" "$REGISTRY_LOG"
+  if [[ "$rules" != *'"VALIDITY"'* ]]; then
+    code="$(registry_http -X POST -H 'Content-Type: application/json' \
+      -d '{"ruleType":"VALIDITY","config":"FULL"}' "$(registry_base)/apis/registry/v3/admin/rules")"
+    [[ "$code" == 204 || "$code" == 409 ]] ||
+      die registry "enabling the global VALIDITY rule failed (HTTP $code)" "$REGISTRY_LOG"
+  fi
+  if [[ "$rules" != *'"COMPATIBILITY"'* ]]; then
+    code="$(registry_http -X PUT -H 'Content-Type: application/vnd.schemaregistry.v1+json' \
+      -d "{\"compatibility\":\"$REGISTRY_COMPATIBILITY\"}" "$(registry_endpoint)/config")"
+    [[ "$code" == 200 ]] ||
+      die registry "setting global compatibility $REGISTRY_COMPATIBILITY failed (HTTP $code)" "$REGISTRY_LOG"
+  fi
 }
 
 registry_stop() { stop_pid registry "$REGISTRY_PIDFILE" "$REGISTRY_PATTERN" TERM 30; }
