@@ -2,6 +2,7 @@
 //! are encoded. Every producer and consumer of the platform depends on this crate.
 //!
 //! - [`spec`]: topic specs as data (partitions, cleanup policy, key format, value schema).
+//! - [`commerce`]: the commerce domain's order and stock events.
 //! - [`events`]: the domain events as Rust types bound to their topic and Avro schema.
 //! - [`codec`]: the Confluent wire format (magic byte + schema id + Avro) against the registry.
 //! - [`registry`]: a client of a Confluent-compatible schema registry.
@@ -17,6 +18,7 @@
 pub mod apply;
 pub mod cluster;
 pub mod codec;
+pub mod commerce;
 pub mod error;
 pub mod events;
 pub mod groups;

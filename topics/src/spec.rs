@@ -115,8 +115,37 @@ pub const IOT_PLATFORM_DEAD_LETTERS: TopicSpec = TopicSpec {
     value_schema: None,
 };
 
+/// What happens to orders in the commerce domain: placed (stock reserved) and status changes,
+/// keyed by order id. Kept for a year; the orders database stays the source of truth.
+pub const COMMERCE_ORDER_EVENTS: TopicSpec = TopicSpec {
+    name: "commerce.order-events",
+    partitions: 4,
+    replication_factor: 2,
+    cleanup_policy: CleanupPolicy::Delete,
+    retention: Retention::For(Duration::from_secs(365 * 24 * 3600)),
+    key: KeyFormat::Utf8String,
+    value_schema: Some(include_str!("../schemas/commerce-order-event.avsc")),
+};
+
+/// Stock movements of the commerce domain's products (reserved, released, adjusted), keyed
+/// by product id, each carrying the stock after it.
+pub const COMMERCE_STOCK_EVENTS: TopicSpec = TopicSpec {
+    name: "commerce.stock-events",
+    partitions: 4,
+    replication_factor: 2,
+    cleanup_policy: CleanupPolicy::Delete,
+    retention: Retention::For(Duration::from_secs(365 * 24 * 3600)),
+    key: KeyFormat::Utf8String,
+    value_schema: Some(include_str!("../schemas/commerce-stock-event.avsc")),
+};
+
 /// Every topic of the platform.
-pub const CATALOGUE: &[TopicSpec] = &[CONNECTION_MANDATES, IOT_PLATFORM_DEAD_LETTERS];
+pub const CATALOGUE: &[TopicSpec] = &[
+    CONNECTION_MANDATES,
+    IOT_PLATFORM_DEAD_LETTERS,
+    COMMERCE_ORDER_EVENTS,
+    COMMERCE_STOCK_EVENTS,
+];
 
 /// Looks a topic up by name in the catalogue.
 pub fn find(name: &str) -> Option<&'static TopicSpec> {
