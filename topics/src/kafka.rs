@@ -11,6 +11,11 @@ use crate::settings::KafkaSettings;
 /// The header carrying an event's unique id.
 pub const EVENT_ID_HEADER: &str = "event-id";
 
+/// The header carrying an event's per-key sequence (the outbox row id for events relayed from
+/// an outbox): strictly increasing per key, so a read model can ignore a re-sent event whose
+/// sequence is at or below the one it stored for that key.
+pub const SEQUENCE_HEADER: &str = "event-seq";
+
 /// An idempotent producer that waits for all in-sync replicas, so a retried send neither
 /// duplicates nor reorders records of a partition.
 pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
@@ -21,6 +26,23 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
         .set("acks", "all")
         .set("compression.type", "lz4")
         .set("linger.ms", "5");
+    config
+}
+
+/// A transactional producer: [`producer_config`] with a fixed `transactional.id`. Starting a
+/// producer with the same id (after `init_transactions`) fences every older one: the broker
+/// aborts its open transaction and refuses its further commits, so a stale instance cannot
+/// write after its successor took over. Consumers read with `isolation.level=read_committed`
+/// ([`consumer_config`]) and never see an aborted record.
+pub fn transactional_producer_config(
+    settings: &KafkaSettings,
+    transactional_id: &str,
+) -> ClientConfig {
+    let mut config = producer_config(settings);
+    config
+        .set("transactional.id", transactional_id)
+        // A transaction left open by a crashed producer is aborted by the broker after this.
+        .set("transaction.timeout.ms", "60000");
     config
 }
 
