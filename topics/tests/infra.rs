@@ -1,9 +1,13 @@
-//! `scripts/infra` reports real liveness: a killed service shows as down. Run against an
-//! isolated Redis (its own home and port), so the shared services are never touched.
+//! `scripts/infra` against isolated instances (own home and port), so the shared services
+//! are never touched:
+//! - it reports real liveness: a killed service shows as down (Redis);
+//! - the registry keeps its schemas, ids and rules in PostgreSQL: after a `kill -9` and
+//!   `up` every subject has the id it had, and new schemas get new ids.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 struct IsolatedInfra {
     home: PathBuf,
@@ -73,4 +77,152 @@ fn status_reports_a_killed_service_as_down_and_up_brings_it_back() {
         String::from_utf8_lossy(&up.stderr)
     );
     assert!(infra.run(&["status", "redis"]).status.success());
+}
+
+/// The isolated registry's own database on the shared PostgreSQL, dropped at the end.
+/// Declared before the registry, so the registry stops first.
+struct RegistryDatabase(String);
+
+impl Drop for RegistryDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-X", "-q", &testkit::env::postgres_url(), "-c"])
+            .arg(format!(
+                "drop database if exists \"{}\" with (force)",
+                self.0
+            ))
+            .output();
+    }
+}
+
+const SCHEMA_A: &str =
+    r#"{"type":"record","name":"RestartA","fields":[{"name":"a","type":"string"}]}"#;
+const SCHEMA_B: &str =
+    r#"{"type":"record","name":"RestartB","fields":[{"name":"b","type":"long"}]}"#;
+const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+async fn register(http: &reqwest::Client, base: &str, subject: &str, schema: &str) -> u64 {
+    let response = http
+        .post(format!("{base}/subjects/{subject}/versions"))
+        .header("Content-Type", CONTENT_TYPE)
+        .json(&serde_json::json!({ "schema": schema }))
+        .send()
+        .await
+        .expect("registry answers");
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.expect("JSON answer");
+    assert!(
+        status.is_success(),
+        "registering under {subject}: {status} {body}"
+    );
+    body["id"].as_u64().expect("an id")
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> (reqwest::StatusCode, serde_json::Value) {
+    let response = http.get(url).send().await.expect("registry answers");
+    let status = response.status();
+    (status, response.json().await.expect("JSON answer"))
+}
+
+fn parsed(schema: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_str(schema.as_str().expect("schema is a string")).expect("schema is JSON")
+}
+
+#[tokio::test]
+async fn a_killed_registry_comes_back_with_every_schema_under_its_id() {
+    let database = RegistryDatabase(testkit::unique("registry_restart"));
+    let registry = testkit::Isolated::new("registry").with_env("REGISTRY_DB", &database.0);
+    registry.up_async().await;
+    let base = format!("http://127.0.0.1:{}/apis/ccompat/v7", registry.port());
+    let http = reqwest::Client::new();
+
+    // A rule changed on purpose must survive too: `up` only sets rules that are missing.
+    let (_, config) = get_json(&http, &format!("{base}/config")).await;
+    assert_eq!(config["compatibilityLevel"], "BACKWARD", "{config}");
+    let changed = http
+        .put(format!("{base}/config"))
+        .header("Content-Type", CONTENT_TYPE)
+        .json(&serde_json::json!({ "compatibility": "FULL" }))
+        .send()
+        .await
+        .expect("registry answers");
+    assert!(changed.status().is_success(), "{}", changed.status());
+
+    let subject_a = testkit::unique("restart_a");
+    let id_a = register(&http, &base, &subject_a, SCHEMA_A).await;
+
+    registry.kill();
+    testkit::eventually(
+        "the killed registry stops answering",
+        Duration::from_secs(10),
+        || {
+            let request = http.get(format!("{base}/subjects")).send();
+            async move { request.await.is_err() }
+        },
+    )
+    .await;
+    registry.up_async().await;
+
+    let (status, latest) = get_json(
+        &http,
+        &format!("{base}/subjects/{subject_a}/versions/latest"),
+    )
+    .await;
+    assert!(
+        status.is_success(),
+        "{subject_a} after the restart: {status} {latest}"
+    );
+    assert_eq!(latest["id"].as_u64(), Some(id_a), "{latest}");
+    assert_eq!(latest["version"].as_u64(), Some(1), "{latest}");
+    let (status, by_id) = get_json(&http, &format!("{base}/schemas/ids/{id_a}")).await;
+    assert!(
+        status.is_success(),
+        "id {id_a} after the restart: {status} {by_id}"
+    );
+    assert_eq!(
+        parsed(&by_id["schema"]),
+        serde_json::from_str::<serde_json::Value>(SCHEMA_A).unwrap()
+    );
+    // Registering the same schema again is a lookup, not a new id.
+    assert_eq!(register(&http, &base, &subject_a, SCHEMA_A).await, id_a);
+
+    let subject_b = testkit::unique("restart_b");
+    let id_b = register(&http, &base, &subject_b, SCHEMA_B).await;
+    assert_ne!(id_b, id_a, "an id was handed out twice");
+    let (_, by_id) = get_json(&http, &format!("{base}/schemas/ids/{id_a}")).await;
+    assert_eq!(
+        parsed(&by_id["schema"]),
+        serde_json::from_str::<serde_json::Value>(SCHEMA_A).unwrap()
+    );
+
+    let (_, config) = get_json(&http, &format!("{base}/config")).await;
+    assert_eq!(
+        config["compatibilityLevel"], "FULL",
+        "up overwrote a rule: {config}"
+    );
+    let (_, rules) = get_json(
+        &http,
+        &format!(
+            "http://127.0.0.1:{}/apis/registry/v3/admin/rules",
+            registry.port()
+        ),
+    )
+    .await;
+    assert!(
+        rules
+            .as_array()
+            .is_some_and(|r| r.contains(&"VALIDITY".into())),
+        "{rules}"
+    );
+
+    // Its own database: the shared registry never saw these subjects.
+    let (status, _) = get_json(
+        &http,
+        &format!(
+            "{}/subjects/{subject_a}/versions",
+            testkit::env::registry_url()
+        ),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND);
 }
