@@ -19,6 +19,10 @@ pub struct Settings {
     pub crm_listen_addr: String,
     /// The customer file imported once into an empty database.
     pub crm_seed_csv: PathBuf,
+    /// The outbox relay's role: its Kafka `transactional.id`. Every instance on one database
+    /// must share it (a new relay fences the old one); empty means
+    /// `crm-outbox-relay.<crm_database>`, so each database has a role of its own.
+    pub crm_relay_role: String,
 }
 
 impl Default for Settings {
@@ -30,6 +34,7 @@ impl Default for Settings {
             crm_listen_addr: "127.0.0.1:3005".to_owned(),
             // Resolved at build time so the binary finds the shipped file from any cwd.
             crm_seed_csv: default_seed_csv(),
+            crm_relay_role: String::new(),
         }
     }
 }
@@ -43,6 +48,15 @@ impl Settings {
     /// The server as configured, for creating the CRM's database.
     pub fn server_options(&self) -> Result<PgConnectOptions, sqlx::Error> {
         self.postgres_url.parse()
+    }
+
+    /// The relay role (Kafka `transactional.id`) in force; see [`Settings::crm_relay_role`].
+    pub fn relay_role(&self) -> String {
+        if self.crm_relay_role.is_empty() {
+            format!("crm-outbox-relay.{}", self.crm_database)
+        } else {
+            self.crm_relay_role.clone()
+        }
     }
 
     /// The CRM's own database on that server.

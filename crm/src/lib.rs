@@ -9,7 +9,8 @@
 //! - [`routes`]: the HTTP API, one module per resource (`customers`, `classic`).
 //! - [`domain`]: customers, their validation, and the classic mandate encoding.
 //! - [`store`]: the customer queries, each change written with its events in one transaction.
-//! - [`outbox`]: writing events to the outbox and relaying them to Kafka.
+//! - [`outbox`]: the CRM's glue to the shared `outbox` crate: its outbox names, enqueueing
+//!   mandate events, and the Avro encoder its relay publishes with.
 //! - [`seed`]: the one-time import of the shipped customer CSV.
 //! - [`error`]: the API's error type and how it maps to HTTP statuses.
 

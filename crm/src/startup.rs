@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::configuration::Settings;
-use crate::outbox::Relay;
+use crate::outbox;
 use crate::routes;
 use crate::seed::{self, SeedOutcome};
 
@@ -89,7 +89,13 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let relay = tokio::spawn(
-            Relay::new(self.database.clone(), self.settings.kafka.clone(), stopped).run(),
+            outbox::relay(
+                &self.settings.relay_role(),
+                self.database.clone(),
+                self.settings.kafka.clone(),
+                stopped,
+            )
+            .run(),
         );
         let served = axum::serve(self.listener, routes::router(self.pool.clone()))
             .with_graceful_shutdown(shutdown)
