@@ -33,7 +33,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
     println!("\nrebuild while serving: generation 1 → 2 from the start of the topic (Redis)");
     let settings = workload.iot_settings(StoreKind::Redis)?;
-    let report = iot_platform::rebuild::rebuild(&settings, false).await?;
+    let report = iot_platform::rebuild::rebuild(&settings, false, false).await?;
     println!("| events applied | time to switch s | events/s |");
     println!("|---|---|---|");
     println!(

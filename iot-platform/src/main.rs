@@ -18,8 +18,13 @@ enum Command {
     /// Fold connection-mandates into the read model and serve it over HTTP (the default).
     Serve,
     /// Build the next generation from the start of the topic while the current one keeps
-    /// answering; switch reads to it once caught up and drop the old one.
-    Rebuild,
+    /// answering; switch reads to it once caught up and drop the old one. Refuses to switch
+    /// while the new generation has dead-lettered records.
+    Rebuild {
+        /// Switch even though the new generation dead-lettered records.
+        #[arg(long)]
+        accept_dead_letters: bool,
+    },
 }
 
 #[tokio::main]
@@ -37,8 +42,10 @@ async fn main() -> anyhow::Result<()> {
             let app = Application::build(settings).await?;
             app.run_until_stopped(shutdown_signal()).await?;
         }
-        Command::Rebuild => {
-            let report = rebuild(&settings, true).await?;
+        Command::Rebuild {
+            accept_dead_letters,
+        } => {
+            let report = rebuild(&settings, true, accept_dead_letters).await?;
             println!(
                 "generation {} → {}: {} events applied, reads switched after {:.2} s",
                 report.from,

@@ -1,9 +1,12 @@
-//! The mandates read model: connection id → its current mandate.
+//! The mandates read model: connection id → its current mandate, with a digest of every
+//! mandate event the connection has seen.
 
 use chrono::{DateTime, SecondsFormat};
-use projectors::{Change, Projection};
+use projectors::digest::Digest;
+use projectors::Projection;
 use serde::{Deserialize, Serialize};
-use topics::events::ConnectionMandateChanged;
+use serde_json::Value;
+use topics::events::{ConnectionMandateChanged, Event};
 
 /// What the IoT platform knows about a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +19,10 @@ pub struct ConnectionMandate {
     /// When the mandate last changed (RFC 3339, UTC).
     pub changed_at: String,
     pub event_id: String,
+    /// How many mandate events the connection has seen, and a hash chain over their ids:
+    /// two read models (generations, stores) agree on a connection only if they folded the
+    /// same events in the same order.
+    pub history: Digest,
 }
 
 pub struct MandatesProjection;
@@ -27,21 +34,28 @@ impl Projection for MandatesProjection {
         "mandates"
     }
 
-    fn apply(&self, event: &ConnectionMandateChanged) -> Vec<Change> {
+    fn key(&self, event: &ConnectionMandateChanged) -> String {
+        event.key().to_owned()
+    }
+
+    fn fold(&self, state: Option<&Value>, event: &ConnectionMandateChanged) -> Option<Value> {
+        let history = state
+            .and_then(|s| serde_json::from_value::<ConnectionMandate>(s.clone()).ok())
+            .map(|previous| previous.history)
+            .unwrap_or_default();
+        let event_id = event.event_id.to_string();
         let changed_at = DateTime::from_timestamp_millis(event.occurred_at)
             .map(|at| at.to_rfc3339_opts(SecondsFormat::Millis, true))
             .unwrap_or_default();
         let mandate = ConnectionMandate {
-            connection_id: event.connection_id.clone(),
+            connection_id: event.key().to_owned(),
             mandate: event.mandate.level(),
             customer_id: event.customer_id,
             changed_at,
-            event_id: event.event_id.to_string(),
+            history: history.push(&event_id),
+            event_id,
         };
-        vec![Change::Put {
-            key: event.connection_id.clone(),
-            document: serde_json::to_value(mandate).unwrap_or_default(),
-        }]
+        serde_json::to_value(mandate).ok()
     }
 }
 
@@ -60,14 +74,32 @@ mod tests {
             mandate: MandateLevel::BillingOnly,
             occurred_at: 1_763_750_000_123,
         };
-        let changes = MandatesProjection.apply(&event);
-        let [Change::Put { key, document }] = changes.as_slice() else {
-            panic!("expected one put, got {changes:?}");
-        };
-        assert_eq!(key, "871685900000000001");
-        let mandate: ConnectionMandate = serde_json::from_value(document.clone()).unwrap();
+        assert_eq!(MandatesProjection.key(&event), "871685900000000001");
+        let first = MandatesProjection.fold(None, &event).unwrap();
+        let mandate: ConnectionMandate = serde_json::from_value(first.clone()).unwrap();
         assert_eq!(mandate.mandate, 1);
         assert_eq!(mandate.customer_id, 7);
         assert_eq!(mandate.changed_at, "2025-11-21T18:33:20.123Z");
+        assert_eq!(
+            mandate.history,
+            Digest::of([event.event_id.to_string().as_str()])
+        );
+
+        let second = ConnectionMandateChanged {
+            event_id: "6f1c2a3e-0000-4000-8000-000000000002".parse().unwrap(),
+            mandate: MandateLevel::RealTime,
+            ..event.clone()
+        };
+        let folded = MandatesProjection.fold(Some(&first), &second).unwrap();
+        let mandate: ConnectionMandate = serde_json::from_value(folded).unwrap();
+        assert_eq!(mandate.mandate, 2);
+        assert_eq!(
+            mandate.history,
+            Digest::of(
+                [event.event_id.to_string(), second.event_id.to_string()]
+                    .iter()
+                    .map(String::as_str)
+            )
+        );
     }
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use projectors::dead_letters::{self, DeadLetter};
 use projectors::Store;
 use tokio::sync::oneshot;
 use topics::cluster::Cluster;
@@ -31,6 +32,28 @@ pub enum RebuildError {
     Stopped(String),
     #[error("consumer group {group} has active members ({state}); is another rebuild running?")]
     GroupActive { group: String, state: String },
+    #[error(
+        "generation {generation} dead-lettered {} record(s) ({}); reads stay on the current generation. Look at {topic}, fix the cause, and rerun, or rerun with --accept-dead-letters to switch anyway",
+        .dead.len(), locations(.dead)
+    )]
+    DeadLetters {
+        generation: u32,
+        topic: String,
+        dead: Vec<DeadLetter>,
+    },
+}
+
+/// The first few dead letters as `topic partition@offset: reason`.
+fn locations(dead: &[DeadLetter]) -> String {
+    let mut shown: Vec<String> = dead
+        .iter()
+        .take(3)
+        .map(|d| format!("{} {}@{}: {}", d.topic, d.partition, d.offset, d.reason))
+        .collect();
+    if dead.len() > shown.len() {
+        shown.push(format!("and {} more", dead.len() - shown.len()));
+    }
+    shown.join("; ")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,26 +88,13 @@ async fn lag(
     Ok((total, behind))
 }
 
-/// Makes sure the new generation's group starts where its store stands: it must have no
-/// members (a second rebuild would split the partitions with the first), and a store that has
-/// recorded nothing must be read from the start, whatever the group committed before (a
-/// store that lost its data, or an earlier rebuild into a store since emptied).
-async fn prepare_group(
-    settings: &Settings,
-    generation: u32,
-    store: &ReadStore,
-) -> Result<(), RebuildError> {
+/// The new generation's group must have no members: a second rebuild would split the
+/// partitions with the first. Where it starts is the store's business: a projector starts
+/// every partition where its store stands, so a store that recorded nothing is read from the
+/// start whatever the group committed before.
+async fn check_group(settings: &Settings, generation: u32) -> Result<(), RebuildError> {
     let group = generations::group(settings, generation);
     let kafka = settings.kafka.clone();
-    let topic = settings.iot_topic.clone();
-    let partitions = Cluster::connect(&kafka)?
-        .partitions(&topic)
-        .await?
-        .ok_or_else(|| RebuildError::NoTopic(topic.clone()))?;
-    let mut recorded_anything = false;
-    for partition in &partitions {
-        recorded_anything |= store.applied_offset(&topic, partition.id).await?.is_some();
-    }
     tokio::task::spawn_blocking(move || {
         let state = topics::groups::state(&kafka, &group)?;
         if !state.is_idle() {
@@ -93,30 +103,25 @@ async fn prepare_group(
                 state: state.state,
             });
         }
-        if !recorded_anything {
-            topics::groups::reset(
-                &kafka,
-                &group,
-                Some(&topic),
-                topics::groups::ResetTarget::Earliest,
-            )?;
-        }
         Ok(())
     })
     .await
     .map_err(|e| RebuildError::Stopped(e.to_string()))?
 }
 
+/// Rebuilds into the next generation and switches reads to it, unless it dead-lettered
+/// records and `accept_dead_letters` is false: a generation missing events is not served.
 pub async fn rebuild(
     settings: &Settings,
     show_progress: bool,
+    accept_dead_letters: bool,
 ) -> Result<RebuildReport, RebuildError> {
     let started = Instant::now();
     let catalog = generations::open_store(settings, generations::FIRST).await?;
     let from = generations::current(&catalog, settings).await?;
     let to = from + 1;
     let store = generations::open_store(settings, to).await?;
-    prepare_group(settings, to, &store).await?;
+    check_group(settings, to).await?;
     let projector = generations::projector(settings, to, store.clone())?;
     let status = projector.status();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -161,6 +166,31 @@ pub async fn rebuild(
             }
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
+    }
+    let group = generations::group(settings, to);
+    let (kafka, topic) = (
+        settings.kafka.clone(),
+        settings.iot_dead_letter_topic.clone(),
+    );
+    let dead = tokio::task::spawn_blocking(move || dead_letters::of_group(&kafka, &topic, &group))
+        .await
+        .map_err(|e| RebuildError::Stopped(e.to_string()))??;
+    if !dead.is_empty() {
+        if !accept_dead_letters {
+            progress.abandon_with_message("0, not switched");
+            let _ = stop.send(());
+            let _ = task.await;
+            return Err(RebuildError::DeadLetters {
+                generation: to,
+                topic: settings.iot_dead_letter_topic.clone(),
+                dead,
+            });
+        }
+        tracing::warn!(
+            generation = to,
+            count = dead.len(),
+            "switching to a generation with dead letters, as asked"
+        );
     }
     catalog
         .set_current_generation(&settings.iot_namespace, to)

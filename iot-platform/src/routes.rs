@@ -92,14 +92,19 @@ async fn lookup<S: Store>(store: &S, connection_id: &str) -> Response {
     }
 }
 
-/// What this instance's projector owns and has done.
+/// What this instance's projector owns and has done, and what it is waiting out (an
+/// unreachable store or registry, a schema id the registry does not know yet), if anything.
 async fn health<S: Store + Clone>(State(state): State<Arc<AppState<S>>>) -> Response {
     let serving = state.serving();
+    let waiting = serving.projector.waiting();
     Json(json!({
+        "status": if waiting.is_some() { "waiting" } else { "ok" },
+        "waitingFor": waiting,
         "generation": serving.generation,
         "assignedPartitions": serving.projector.assigned(),
         "applied": serving.projector.applied.load(Ordering::Relaxed),
         "deadLettered": serving.projector.dead_lettered.load(Ordering::Relaxed),
+        "duplicatesSkipped": serving.projector.duplicates.load(Ordering::Relaxed),
     }))
     .into_response()
 }

@@ -126,7 +126,7 @@ async fn put(crm: &Running, id: u64, connection: &str, city: &str, mandate: Valu
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_and_changed_mandates_reach_the_iot_platform_across_its_restart() {
     let run_id = Uuid::new_v4().simple().to_string();
     let (seed, mut expected) = seed_file(&run_id, 40);

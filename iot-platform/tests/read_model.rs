@@ -30,7 +30,7 @@ async fn wait_for_mandate(url: &str, expected: u64) -> Value {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_mandates_are_served_and_survive_a_restart() {
     let settings = test_settings();
     let connection = format!("test-{}", Uuid::new_v4());
@@ -60,7 +60,7 @@ async fn published_mandates_are_served_and_survive_a_restart() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_connections_and_missing_parameters_are_refused() {
     let app = spawn(test_settings()).await;
     let unknown = reqwest::get(format!("{}/mandates/no-such-connection", app.base_url))

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_keeps_serving_then_switches_to_an_identical_generation() {
     let mut settings = test_settings();
     let published = prefilled_topic(&mut settings, "rebuild", 200, 3000).await;
@@ -32,7 +32,7 @@ async fn a_rebuild_keeps_serving_then_switches_to_an_identical_generation() {
 
     let rebuilding = tokio::spawn({
         let settings = settings.clone();
-        async move { rebuild(&settings, false).await }
+        async move { rebuild(&settings, false, false).await }
     });
     // The current generation keeps answering while the next one is built.
     let some = expected.keys().next().unwrap().clone();
@@ -81,7 +81,7 @@ async fn a_rebuild_keeps_serving_then_switches_to_an_identical_generation() {
         .unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_split_the_partitions_and_a_survivor_of_kill_9_takes_them_all() {
     let mut settings = test_settings();
     settings.iot_topic = private_topic(&settings, "test-scale").await;
@@ -112,7 +112,7 @@ async fn two_instances_split_the_partitions_and_a_survivor_of_kill_9_takes_them_
     await_fold(&second.base_url, &fold(&published), MINUTE).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projector_killed_mid_replay_resumes_to_the_fold() {
     let mut settings = test_settings();
     let published = prefilled_topic(&mut settings, "kill", 500, 40_000).await;
@@ -132,7 +132,7 @@ async fn a_projector_killed_mid_replay_resumes_to_the_fold() {
     await_fold(&restarted.base_url, &fold(&published), MINUTE).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_events_are_dead_lettered_and_the_projector_keeps_going() {
     let mut settings = test_settings();
     settings.iot_topic = private_topic(&settings, "test-poison").await;
@@ -200,7 +200,7 @@ async fn poison_events_are_dead_lettered_and_the_projector_keeps_going() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_waits_out_a_redis_outage_and_skips_nothing() {
     let redis = common::IsolatedService::start("redis");
     let mut settings = test_settings();
@@ -271,17 +271,17 @@ async fn reset_and_replay_gives_the_fold(store: StoreKind) {
     read_model.clear().await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_and_replay_into_an_empty_redis_gives_the_fold() {
     reset_and_replay_gives_the_fold(StoreKind::Redis).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_and_replay_into_an_empty_mysql_gives_the_fold() {
     reset_and_replay_gives_the_fold(StoreKind::Mysql).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_the_read_model_from_redis_to_mysql_by_config_and_a_rebuild_loses_nothing() {
     let mut settings = test_settings();
     let published = prefilled_topic(&mut settings, "move", 100, 2000).await;
@@ -290,7 +290,7 @@ async fn moving_the_read_model_from_redis_to_mysql_by_config_and_a_rebuild_loses
     on_redis.stop().await;
 
     settings.iot_store = StoreKind::Mysql;
-    let report = rebuild(&settings, false).await.unwrap();
+    let report = rebuild(&settings, false, false).await.unwrap();
     assert_eq!(report.to, 2, "{report:?}");
     let on_mysql = spawn(settings.clone()).await;
     await_fold(&on_mysql.base_url, &fold(&published), MINUTE).await;

@@ -18,13 +18,25 @@ impl Change {
     }
 }
 
-/// A read model: a pure fold from events to document changes. Purity is what makes a read
-/// model disposable: replaying the topic into an empty store rebuilds it exactly.
+/// A read model: a pure fold of events into documents, one document per key. Purity is what
+/// makes a read model disposable: replaying the topic into an empty store rebuilds it exactly.
 pub trait Projection: Send + Sync + 'static {
     type Event: Event;
 
-    /// The read model's name; it names the consumer group and the store's namespace.
+    /// The read model's name, for logs.
     fn name(&self) -> &str;
 
-    fn apply(&self, event: &Self::Event) -> Vec<Change>;
+    /// The key of the document `event` folds into. When it is the record's key, the record's
+    /// per-key sequence (`event-seq` header) guards the document against re-sent events.
+    fn key(&self, event: &Self::Event) -> String;
+
+    /// Folds `event` into the document's state: `None` in means no document yet, `None` out
+    /// deletes it.
+    fn fold(&self, state: Option<&Value>, event: &Self::Event) -> Option<Value>;
+
+    /// Whether [`Projection::fold`] looks at the state. A read model whose document is the
+    /// last event's alone says `false`, which spares the store a read per batch.
+    fn reads_state(&self) -> bool {
+        true
+    }
 }

@@ -1,10 +1,34 @@
-//! The consume → decode → apply → commit loop.
+//! The consume → decode → fold → write → commit loop.
 //!
-//! Records are taken in batches: whatever is already fetched, up to `max_batch`. Each
-//! partition's share of a batch is coalesced (the last change per key wins, which is what a
-//! fold means) and written to the store together with the partition's offset. Only then is
-//! the offset handed to Kafka, so a crash at any point means redelivery, never loss, and the
-//! store's offset check makes redelivery change nothing.
+//! # Where a partition starts
+//!
+//! The store owns the offsets. When a partition is assigned, the projector reads the offset
+//! the store recorded for it and starts at the next one (the low watermark when the store has
+//! nothing), whatever Kafka's committed offset says: a store that lost writes, was emptied or
+//! recreated is refilled from the log instead of silently missing events. A recorded offset at
+//! or beyond the partition's high watermark (a recreated topic) stops the projector with
+//! [`Error::OffsetBeyondLog`]. Kafka's committed offsets are still written after every batch,
+//! marked [`topics::groups::STORE_OWNED_METADATA`], so lag tools work and `topics reset`
+//! knows to refuse.
+//!
+//! # A batch
+//!
+//! Records are taken in batches: whatever is already fetched, up to `max_batch`. Per
+//! partition, events are folded in offset order into their documents (loaded from the store
+//! first when the projection reads state); an event whose per-key sequence (`event-seq`) is at
+//! or below the one its document has seen is a re-send and is skipped. The partition's
+//! documents and its last offset are then written in one atomic store step that also checks the
+//! store still has the offset this projector last saw ([`Error::OffsetMoved`] otherwise: the
+//! projector seeks back to what the store has and folds from there). Only then is the offset
+//! handed to Kafka, so a crash at any point means redelivery, never loss.
+//!
+//! # Failures
+//!
+//! Transient failures (Kafka, the store, the registry, a schema id the registry does not know
+//! yet) are retried with backoff for as long as they last, and shown in
+//! [`ProjectorStatus::waiting`]. A record that can never apply goes to the dead-letter topic
+//! with the reason: bytes that are not the wire format or do not decode with the registry's
+//! schema, and changes the store refuses (beyond its limits, SQL data and constraint errors).
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -13,27 +37,43 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde_json::Value;
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::Notify;
 use topics::codec::Decoder;
+use topics::kafka::SEQUENCE_HEADER;
 use topics::registry::Registry;
 use topics::settings::KafkaSettings;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::projection::{Change, Projection};
-use crate::store::{PartitionBatch, Store};
+use crate::store::{PartitionBatch, Store, Write};
 
 /// How long to wait after a consumer error before polling again.
 const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
+
+/// How long a partition assignment waits for the store's offset before the projector stops:
+/// the assignment runs inside the consumer's poll, where a shutdown cannot interrupt it.
+const ASSIGNMENT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Kafka metadata calls (watermarks, seeks).
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Headers a dead-lettered record carries, besides its own.
 pub const DEAD_LETTER_REASON: &str = "dead-letter.reason";
 pub const DEAD_LETTER_TOPIC: &str = "dead-letter.topic";
 pub const DEAD_LETTER_PARTITION: &str = "dead-letter.partition";
 pub const DEAD_LETTER_OFFSET: &str = "dead-letter.offset";
+/// The consumer group that dead-lettered the record, so a rebuild can count its own.
+pub const DEAD_LETTER_GROUP: &str = "dead-letter.group";
 
 #[derive(Debug, Clone)]
 pub struct ProjectorSettings {
@@ -51,13 +91,30 @@ pub struct ProjectorSettings {
 pub struct ProjectorStatus {
     pub applied: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Events skipped because their document had already seen their per-key sequence.
+    pub duplicates: AtomicU64,
     assigned: Mutex<BTreeSet<i32>>,
+    waiting: Mutex<Option<String>>,
 }
 
 impl ProjectorStatus {
     /// The partitions this instance currently owns.
     pub fn assigned(&self) -> Vec<i32> {
         lock(&self.assigned).iter().copied().collect()
+    }
+
+    /// What the projector is waiting out right now (an unreachable store or registry, a
+    /// schema id the registry does not know), if anything.
+    pub fn waiting(&self) -> Option<String> {
+        lock(&self.waiting).clone()
+    }
+
+    fn wait(&self, reason: String) {
+        *lock(&self.waiting) = Some(reason);
+    }
+
+    fn proceed(&self) {
+        lock(&self.waiting).take();
     }
 }
 
@@ -67,81 +124,230 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Keeps [`ProjectorStatus::assigned`] in step with the group's rebalances.
-struct GroupMembership {
+/// What the consumer's rebalance callback and the projector's loop share.
+struct Shared<S> {
+    store: Arc<S>,
+    topic: String,
     status: Arc<ProjectorStatus>,
+    /// Per owned partition, the offset the store has recorded as far as this projector knows
+    /// (`None`: nothing). Every write expects it, and moves it.
+    positions: Mutex<HashMap<i32, Option<i64>>>,
+    /// An error found inside the rebalance callback, where it cannot be returned.
+    fatal: Mutex<Option<Error>>,
+    /// Wakes the loop out of a wait for records when `fatal` was set.
+    wake: Notify,
+    runtime: Handle,
 }
 
-impl ClientContext for GroupMembership {}
-
-impl ConsumerContext for GroupMembership {
-    fn post_rebalance(
+impl<S: Store> Shared<S> {
+    /// Where `partition` must start given what the store recorded; the one place that
+    /// decides it, for assignments and for re-seeks after [`Error::OffsetMoved`].
+    fn start(
         &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &Rebalance<'_>,
+        partition: i32,
+        stored: Option<i64>,
+        (low, high): (i64, i64),
+    ) -> Result<Offset> {
+        match stored {
+            Some(stored) if stored >= high => Err(Error::OffsetBeyondLog {
+                topic: self.topic.clone(),
+                partition,
+                stored,
+                high,
+            }),
+            Some(stored) if stored + 1 < low => {
+                warn!(topic = %self.topic, partition, stored, low, "the log no longer holds records the store never applied (retention); starting at the low watermark");
+                Ok(Offset::Offset(low))
+            }
+            Some(stored) => Ok(Offset::Offset(stored + 1)),
+            None => Ok(Offset::Beginning),
+        }
+    }
+
+    /// Reads the store's offset of every partition in `assignment` and sets it as the
+    /// partition's start. Runs inside the rebalance callback, so it blocks this worker
+    /// thread (the runtime is multi-threaded: the store's connections keep being driven).
+    fn position(
+        &self,
+        consumer: &BaseConsumer<Membership<S>>,
+        assignment: &mut TopicPartitionList,
+    ) -> Result<()> {
+        let partitions: Vec<i32> = assignment
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        for partition in partitions {
+            let stored = tokio::task::block_in_place(|| {
+                self.runtime.block_on(async {
+                    (|| self.store.applied_offset(&self.topic, partition))
+                        .retry(patient())
+                        .when(Error::is_retryable)
+                        .notify(|e, delay| warn!(error = %e, ?delay, partition, "store unavailable while taking a partition; retrying"))
+                        .await
+                })
+            })?;
+            let watermarks = tokio::task::block_in_place(|| {
+                consumer.fetch_watermarks(&self.topic, partition, KAFKA_TIMEOUT)
+            })?;
+            let start = self.start(partition, stored, watermarks)?;
+            assignment.set_partition_offset(&self.topic, partition, start)?;
+            lock(&self.positions).insert(partition, stored);
+            info!(topic = %self.topic, partition, ?stored, ?start, "partition assigned; starting where the store stands");
+        }
+        Ok(())
+    }
+}
+
+/// The consumer's context: positions assigned partitions from the store and keeps
+/// [`ProjectorStatus::assigned`] in step with the group's rebalances.
+struct Membership<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: Store> ClientContext for Membership<S> {}
+
+impl<S: Store> ConsumerContext for Membership<S> {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
     ) {
-        let mut assigned = lock(&self.status.assigned);
-        match rebalance {
-            // Cooperative rebalancing hands out and takes back partitions incrementally.
-            Rebalance::Assign(partitions) => {
-                assigned.extend(partitions.elements().iter().map(|p| p.partition()));
-                info!(partitions = ?*assigned, "partitions assigned");
-            }
-            Rebalance::Revoke(partitions) => {
-                for p in partitions.elements() {
-                    assigned.remove(&p.partition());
+        let shared = &self.shared;
+        // Cooperative rebalancing hands out and takes back partitions incrementally.
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Err(e) = shared.position(consumer, tpl) {
+                    // Assigned all the same, but paused: the loop stops on the error.
+                    warn!(error = %e, "cannot position assigned partitions; stopping");
+                    let _ = tpl.set_all_offsets(Offset::End);
+                    lock(&shared.fatal).get_or_insert(e);
+                    shared.wake.notify_one();
                 }
-                info!(partitions = ?*assigned, "partitions revoked");
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if lock(&shared.fatal).is_some() {
+                    let _ = consumer.pause(tpl);
+                }
+                if let Err(e) = assigned {
+                    warn!(error = %e, "assigning partitions failed");
+                }
+                let mut owned = lock(&shared.status.assigned);
+                owned.extend(&partitions);
+                info!(partitions = ?*owned, "partitions assigned");
             }
-            Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = revoked {
+                    warn!(error = %e, "unassigning partitions failed");
+                }
+                let mut positions = lock(&shared.positions);
+                let mut owned = lock(&shared.status.assigned);
+                for partition in &partitions {
+                    positions.remove(partition);
+                    owned.remove(partition);
+                }
+                info!(partitions = ?*owned, "partitions revoked");
+            }
+            other => warn!(error = ?other, "rebalance failed"),
         }
     }
 }
 
 pub struct Projector<P: Projection, S: Store> {
     projection: P,
-    store: S,
     settings: ProjectorSettings,
-    consumer: StreamConsumer<GroupMembership>,
+    consumer: Arc<StreamConsumer<Membership<S>>>,
     dead_letters: FutureProducer,
     decoder: Decoder<P::Event>,
-    status: Arc<ProjectorStatus>,
+    shared: Arc<Shared<S>>,
 }
 
-/// A record taken from the topic, reduced to what the batch needs.
-enum Taken<E> {
-    Event {
-        partition: i32,
-        offset: i64,
-        event: E,
-    },
-    /// A record that can never apply; it is already in the dead-letter topic.
-    DeadLettered { partition: i32, offset: i64 },
+/// A record taken from the topic, with what became of it.
+struct Taken<'c, E> {
+    message: BorrowedMessage<'c>,
+    /// `None`: the record can never decode and is already in the dead-letter topic.
+    event: Option<E>,
+}
+
+impl<E> Taken<'_, E> {
+    fn offset(&self) -> i64 {
+        self.message.offset()
+    }
+
+    /// The record's per-key sequence, if it carries a well-formed one.
+    fn sequence(&self) -> Option<i64> {
+        let headers = self.message.headers()?;
+        let header = headers.iter().find(|h| h.key == SEQUENCE_HEADER)?;
+        std::str::from_utf8(header.value?).ok()?.parse().ok()
+    }
+}
+
+/// A document while a batch folds into it.
+struct Working {
+    state: Option<Value>,
+    /// The highest per-key sequence the document has seen.
+    sequence: Option<i64>,
+    /// The offset of the last event folded into it in this batch; `None`: untouched.
+    offset: Option<i64>,
 }
 
 impl<P: Projection, S: Store> Projector<P, S> {
+    /// A projector of `projection` into `store`. Needs a multi-threaded tokio runtime: the
+    /// store is read from inside the consumer's rebalance callback.
     pub fn new(projection: P, store: S, settings: ProjectorSettings) -> Result<Self> {
-        let status = Arc::new(ProjectorStatus::default());
-        let consumer: StreamConsumer<GroupMembership> =
+        let runtime = Handle::try_current()
+            .map_err(|_| Error::Config("a projector needs a tokio runtime".to_owned()))?;
+        if runtime.runtime_flavor() != RuntimeFlavor::MultiThread {
+            return Err(Error::Config(
+                "a projector needs a multi-threaded tokio runtime (#[tokio::main], or flavor = \"multi_thread\" in tests)".to_owned(),
+            ));
+        }
+        let shared = Arc::new(Shared {
+            store: Arc::new(store),
+            topic: settings.topic.clone(),
+            status: Arc::new(ProjectorStatus::default()),
+            positions: Mutex::default(),
+            fatal: Mutex::default(),
+            wake: Notify::new(),
+            runtime,
+        });
+        let consumer: StreamConsumer<Membership<S>> =
             topics::kafka::consumer_config(&settings.kafka, &settings.group_id)
-                .create_with_context(GroupMembership {
-                    status: status.clone(),
+                .create_with_context(Membership {
+                    shared: shared.clone(),
                 })?;
         let dead_letters = topics::kafka::producer_config(&settings.kafka).create()?;
         let decoder = Decoder::new(Registry::new(&settings.kafka.schema_registry_url));
         Ok(Self {
             projection,
-            store,
             settings,
-            consumer,
+            consumer: Arc::new(consumer),
             dead_letters,
             decoder,
-            status,
+            shared,
         })
     }
 
     pub fn status(&self) -> Arc<ProjectorStatus> {
-        self.status.clone()
+        self.shared.status.clone()
+    }
+
+    fn store(&self) -> &S {
+        &self.shared.store
     }
 
     /// Runs until `shutdown` completes, then finishes the batch in hand and commits.
@@ -150,6 +356,9 @@ impl<P: Projection, S: Store> Projector<P, S> {
         info!(projection = self.projection.name(), group = %self.settings.group_id, topic = %self.settings.topic, "projector started");
         tokio::pin!(shutdown);
         loop {
+            if let Some(e) = lock(&self.shared.fatal).take() {
+                return Err(e);
+            }
             // Retries inside a batch wait out outages for as long as they last; shutdown
             // interrupts them. An interrupted batch was never committed, so its records are
             // redelivered to whoever owns the partitions next.
@@ -162,8 +371,8 @@ impl<P: Projection, S: Store> Projector<P, S> {
                 result = step => result?,
             }
         }
-        // Offsets of everything applied are stored; a final synchronous commit spares the next
-        // owner of these partitions a redelivery.
+        // Everything applied is committed already, asynchronously; a final synchronous
+        // commit spares the next owner of these partitions a redelivery.
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             debug!(error = %e, "final commit");
         }
@@ -172,23 +381,27 @@ impl<P: Projection, S: Store> Projector<P, S> {
     }
 
     /// Waits for a record, then takes whatever else is already fetched, up to `max_batch`.
-    async fn next_batch(&self) -> Result<Vec<Taken<P::Event>>> {
+    /// Returns early (maybe empty) when the rebalance callback found a fatal error.
+    async fn next_batch(&self) -> Result<Vec<Taken<'_, P::Event>>> {
         let first = loop {
-            match self.consumer.recv().await {
-                Ok(message) => break message,
-                Err(e) => {
-                    // librdkafka recovers on its own; a persistent error (a deleted topic)
-                    // must not spin.
-                    warn!(error = %e, "consumer error");
-                    tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
-                }
+            tokio::select! {
+                received = self.consumer.recv() => match received {
+                    Ok(message) => break message,
+                    Err(e) => {
+                        // librdkafka recovers on its own; a persistent error (a deleted
+                        // topic) must not spin.
+                        warn!(error = %e, "consumer error");
+                        tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
+                    }
+                },
+                () = self.shared.wake.notified() => return Ok(Vec::new()),
             }
         };
         let mut taken = Vec::with_capacity(self.settings.max_batch);
-        taken.push(self.take(&first).await?);
+        taken.push(self.take(first).await?);
         while taken.len() < self.settings.max_batch {
             match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
-                Ok(Ok(message)) => taken.push(self.take(&message).await?),
+                Ok(Ok(message)) => taken.push(self.take(message).await?),
                 Ok(Err(e)) => warn!(error = %e, "consumer error"),
                 Err(_) => break,
             }
@@ -196,35 +409,38 @@ impl<P: Projection, S: Store> Projector<P, S> {
         Ok(taken)
     }
 
-    /// Decodes a record; one that can never decode goes to the dead-letter topic.
-    async fn take(&self, message: &BorrowedMessage<'_>) -> Result<Taken<P::Event>> {
-        let (partition, offset) = (message.partition(), message.offset());
+    /// Decodes a record; one that can never decode goes to the dead-letter topic. An
+    /// unreachable registry, or one that does not know the record's schema id yet, is waited
+    /// out: a registry that lost its schemas must not turn good events into dead letters.
+    async fn take<'c>(&self, message: BorrowedMessage<'c>) -> Result<Taken<'c, P::Event>> {
         let payload = message.payload().unwrap_or_default();
+        let status = &self.shared.status;
         let decoded = (|| self.decoder.decode(payload))
             .retry(forever())
             .when(topics::Error::is_retryable)
-            .notify(|e, delay| warn!(error = %e, ?delay, "decoding waits for the registry"))
+            .notify(|e, delay| {
+                warn!(error = %e, ?delay, partition = message.partition(), offset = message.offset(), "decoding waits for the registry");
+                status.wait(format!("decoding waits for the registry: {e}"));
+            })
             .await;
+        status.proceed();
         match decoded {
-            Ok(event) => Ok(Taken::Event {
-                partition,
-                offset,
-                event,
+            Ok(event) => Ok(Taken {
+                message,
+                event: Some(event),
             }),
             Err(e) => {
-                let reason = e.to_string();
-                // Losing the record is the one thing a dead-letter topic must not do: wait
-                // for Kafka rather than give up on it.
-                (|| self.dead_letter(message, &reason))
-                    .retry(forever())
-                    .when(Error::is_retryable)
-                    .notify(|e, delay| warn!(error = %e, ?delay, "dead-letter topic unavailable; retrying"))
-                    .await?;
-                Ok(Taken::DeadLettered { partition, offset })
+                self.dead_letter(&message, &e.to_string()).await?;
+                Ok(Taken {
+                    message,
+                    event: None,
+                })
             }
         }
     }
 
+    /// Sends `message` to the dead-letter topic. Losing the record is the one thing a
+    /// dead-letter topic must not do: Kafka is waited out rather than the record given up.
     async fn dead_letter(&self, message: &BorrowedMessage<'_>, reason: &str) -> Result<()> {
         warn!(
             topic = message.topic(),
@@ -235,102 +451,278 @@ impl<P: Projection, S: Store> Projector<P, S> {
         );
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
-        let mut headers = OwnedHeaders::new();
-        for header in message.headers().into_iter().flat_map(|h| h.iter()) {
-            headers = headers.insert(header);
-        }
-        let headers = [
-            (DEAD_LETTER_REASON, reason),
-            (DEAD_LETTER_TOPIC, message.topic()),
-            (DEAD_LETTER_PARTITION, partition.as_str()),
-            (DEAD_LETTER_OFFSET, offset.as_str()),
-        ]
-        .into_iter()
-        .fold(headers, |headers, (key, value)| {
-            headers.insert(Header {
-                key,
-                value: Some(value),
-            })
-        });
-        let mut record = FutureRecord::<[u8], [u8]>::to(&self.settings.dead_letter_topic)
-            .headers(headers)
-            .payload(message.payload().unwrap_or_default());
-        if let Some(key) = message.key() {
-            record = record.key(key);
-        }
-        self.dead_letters
-            .send(record, Duration::from_secs(30))
-            .await
-            .map_err(|(e, _)| Error::Kafka(e))?;
-        self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Writes the batch partition by partition, then hands the offsets to Kafka.
-    async fn apply(&self, taken: Vec<Taken<P::Event>>) -> Result<()> {
-        let mut batches: HashMap<i32, PartitionBatch> = HashMap::new();
-        let mut latest: HashMap<i32, HashMap<String, (i64, Change)>> = HashMap::new();
-        let mut events = 0;
-        for item in taken {
-            let (partition, offset) = match &item {
-                Taken::Event {
-                    partition, offset, ..
-                }
-                | Taken::DeadLettered { partition, offset } => (*partition, *offset),
-            };
-            let batch = batches.entry(partition).or_insert_with(|| PartitionBatch {
-                topic: self.settings.topic.clone(),
-                partition,
-                last_offset: offset,
-                changes: Vec::new(),
+        let send = || async {
+            let mut headers = OwnedHeaders::new();
+            for header in message.headers().into_iter().flat_map(|h| h.iter()) {
+                headers = headers.insert(header);
+            }
+            let headers = [
+                (DEAD_LETTER_REASON, reason),
+                (DEAD_LETTER_TOPIC, message.topic()),
+                (DEAD_LETTER_PARTITION, partition.as_str()),
+                (DEAD_LETTER_OFFSET, offset.as_str()),
+                (DEAD_LETTER_GROUP, self.settings.group_id.as_str()),
+            ]
+            .into_iter()
+            .fold(headers, |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value),
+                })
             });
-            batch.last_offset = batch.last_offset.max(offset);
-            if let Taken::Event { event, .. } = item {
-                events += 1;
-                let by_key = latest.entry(partition).or_default();
-                for change in self.projection.apply(&event) {
-                    by_key.insert(change.key().to_owned(), (offset, change));
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.settings.dead_letter_topic)
+                .headers(headers)
+                .payload(message.payload().unwrap_or_default());
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            self.dead_letters
+                .send(record, Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| Error::Kafka(e))
+        };
+        send.retry(forever())
+            .when(Error::is_retryable)
+            .notify(|e, delay| warn!(error = %e, ?delay, "dead-letter topic unavailable; retrying"))
+            .await?;
+        self.shared
+            .status
+            .dead_lettered
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Folds and writes the batch partition by partition, then commits the offsets to Kafka.
+    async fn apply(&self, taken: Vec<Taken<'_, P::Event>>) -> Result<()> {
+        let mut partitions: HashMap<i32, Vec<Taken<'_, P::Event>>> = HashMap::new();
+        for record in taken {
+            partitions
+                .entry(record.message.partition())
+                .or_default()
+                .push(record);
+        }
+        let mut commits = TopicPartitionList::new();
+        for (partition, mut records) in partitions {
+            records.sort_by_key(Taken::offset);
+            // Not ours any more (revoked while the batch was fetched): the new owner folds them.
+            let Some(expected) = lock(&self.shared.positions).get(&partition).copied() else {
+                continue;
+            };
+            // Redelivered below what the store has: applied already.
+            records.retain(|r| r.offset() > expected.unwrap_or(-1));
+            let Some(last) = records.last().map(Taken::offset) else {
+                continue;
+            };
+            let written = match self.write(partition, expected, &records).await {
+                Err(e @ Error::Rejected { .. }) => {
+                    warn!(error = %e, partition, "the store refused part of a batch; writing it event by event");
+                    self.write_one_by_one(partition, expected, &records).await
                 }
+                written => written,
+            };
+            match written {
+                Ok(recorded) => {
+                    lock(&self.shared.positions).insert(partition, Some(recorded));
+                    commits.add_partition_offset(
+                        &self.settings.topic,
+                        partition,
+                        Offset::Offset(last + 1),
+                    )?;
+                    if let Some(mut element) =
+                        commits.find_partition(&self.settings.topic, partition)
+                    {
+                        element.set_metadata(topics::groups::STORE_OWNED_METADATA);
+                    }
+                }
+                Err(Error::OffsetMoved {
+                    expected, found, ..
+                }) => {
+                    warn!(partition, ?expected, ?found, "the store's offset moved under the projector; folding again from what the store has");
+                    self.reposition(partition).await?;
+                }
+                Err(e) => return Err(e),
             }
         }
-        for (partition, batch) in &mut batches {
-            let mut changes: Vec<_> = latest
-                .remove(partition)
-                .unwrap_or_default()
-                .into_values()
-                .collect();
-            changes.sort_by_key(|(offset, _)| *offset);
-            batch.changes = changes;
-            self.write(batch).await?;
-            // librdkafka's offset store commits `offset + 1`: the next record to read.
-            if let Err(e) =
-                self.consumer
-                    .store_offset(&batch.topic, batch.partition, batch.last_offset)
-            {
-                // The partition was revoked meanwhile; its new owner skips what we applied.
-                debug!(partition = batch.partition, error = %e, "offset not stored");
+        if commits.count() > 0 {
+            if let Err(e) = self.consumer.commit(&commits, CommitMode::Async) {
+                debug!(error = %e, "commit deferred to the next batch");
             }
-        }
-        self.status.applied.fetch_add(events, Ordering::Relaxed);
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Async) {
-            debug!(error = %e, "commit deferred to the next batch");
         }
         Ok(())
     }
 
-    /// Writes one partition's batch, waiting out store outages: an event is never skipped.
-    async fn write(&self, batch: &PartitionBatch) -> Result<()> {
-        (|| self.store.write(batch))
+    /// Folds one partition's records into their documents and writes them with the
+    /// partition's last offset, waiting out store outages. Returns the recorded offset.
+    async fn write(
+        &self,
+        partition: i32,
+        expected: Option<i64>,
+        records: &[Taken<'_, P::Event>],
+    ) -> Result<i64> {
+        // Each decoded record with the key of the document it folds into.
+        let keyed: Vec<(String, &Taken<'_, P::Event>)> = records
+            .iter()
+            .filter_map(|r| r.event.as_ref().map(|e| (self.projection.key(e), r)))
+            .collect();
+        let mut documents: HashMap<&str, Working> = HashMap::new();
+        if self.projection.reads_state() {
+            let mut keys: Vec<&str> = keyed.iter().map(|(k, ..)| k.as_str()).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let stored = self
+                .patiently(partition, || self.store().load(&keys))
+                .await?;
+            for (key, stored) in keys.into_iter().zip(stored) {
+                documents.insert(
+                    key,
+                    Working {
+                        state: stored.document,
+                        sequence: stored.sequence,
+                        offset: None,
+                    },
+                );
+            }
+        }
+        let (mut applied, mut duplicates) = (0, 0);
+        for (key, record) in &keyed {
+            let Some(event) = &record.event else {
+                continue;
+            };
+            let document = documents.entry(key.as_str()).or_insert(Working {
+                state: None,
+                sequence: None,
+                offset: None,
+            });
+            // A sequence speaks for the record's key only.
+            let sequence = record
+                .sequence()
+                .filter(|_| record.message.key() == Some(key.as_bytes()));
+            if let (Some(sequence), Some(seen)) = (sequence, document.sequence) {
+                if sequence <= seen {
+                    duplicates += 1;
+                    continue;
+                }
+            }
+            let folded = self.projection.fold(document.state.as_ref(), event);
+            if let Some(reason) = self.store().refuses(&change(key, folded.clone())) {
+                self.dead_letter(&record.message, &reason).await?;
+                continue;
+            }
+            document.state = folded;
+            document.sequence = sequence.or(document.sequence);
+            document.offset = Some(record.offset());
+            applied += 1;
+        }
+        let batch = PartitionBatch {
+            topic: self.settings.topic.clone(),
+            partition,
+            expected_offset: expected,
+            last_offset: records.last().map_or(-1, Taken::offset),
+            changes: documents
+                .into_iter()
+                .filter_map(|(key, document)| {
+                    Some(Write {
+                        offset: document.offset?,
+                        sequence: document.sequence,
+                        change: change(key, document.state),
+                    })
+                })
+                .collect(),
+        };
+        let recorded = self
+            .patiently(partition, || self.store().write(&batch))
+            .await?;
+        let status = &self.shared.status;
+        status.applied.fetch_add(applied, Ordering::Relaxed);
+        status.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+        Ok(recorded)
+    }
+
+    /// The slow path after the store refused a batch: each record is written on its own, and
+    /// the ones the store refuses are dead-lettered with its reason.
+    async fn write_one_by_one(
+        &self,
+        partition: i32,
+        mut expected: Option<i64>,
+        records: &[Taken<'_, P::Event>],
+    ) -> Result<i64> {
+        for (i, record) in records.iter().enumerate() {
+            let one = &records[i..=i];
+            let recorded = match self.write(partition, expected, one).await {
+                Err(Error::Rejected { message, .. }) => {
+                    self.dead_letter(&record.message, &message).await?;
+                    // Past the refused record, with nothing changed.
+                    let empty = PartitionBatch {
+                        topic: self.settings.topic.clone(),
+                        partition,
+                        expected_offset: expected,
+                        last_offset: record.offset(),
+                        changes: Vec::new(),
+                    };
+                    self.patiently(partition, || self.store().write(&empty))
+                        .await?
+                }
+                written => written?,
+            };
+            expected = Some(recorded);
+        }
+        expected.ok_or_else(|| Error::Config("an empty batch was written".to_owned()))
+    }
+
+    /// Seeks `partition` to where the store stands, after the store's offset moved.
+    async fn reposition(&self, partition: i32) -> Result<()> {
+        let topic = self.settings.topic.clone();
+        let stored = self
+            .patiently(partition, || self.store().applied_offset(&topic, partition))
+            .await?;
+        let consumer = self.consumer.clone();
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let watermarks = consumer.fetch_watermarks(&topic, partition, KAFKA_TIMEOUT)?;
+            let start = shared.start(partition, stored, watermarks)?;
+            consumer.seek(&topic, partition, start, KAFKA_TIMEOUT)?;
+            lock(&shared.positions).insert(partition, stored);
+            info!(%topic, partition, ?stored, ?start, "partition sought to where the store stands");
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(|e| Error::Config(format!("seeking partition {partition}: {e}")))?
+    }
+
+    /// Runs a store call until it succeeds or fails for good, showing the wait in the status.
+    async fn patiently<T, F, Fut>(&self, partition: i32, call: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let status = &self.shared.status;
+        let result = call
             .retry(forever())
             .when(Error::is_retryable)
-            .notify(|e, delay| warn!(error = %e, ?delay, partition = batch.partition, "store unavailable; retrying"))
-            .await?;
-        Ok(())
+            .notify(|e, delay| {
+                warn!(error = %e, ?delay, partition, "store unavailable; retrying");
+                status.wait(format!("store unavailable: {e}"));
+            })
+            .await;
+        status.proceed();
+        result
     }
 
     /// The offsets as Kafka has them committed, for tests and operators.
     pub fn committed(&self) -> Result<TopicPartitionList> {
-        Ok(self.consumer.committed(Duration::from_secs(10))?)
+        Ok(self.consumer.committed(KAFKA_TIMEOUT)?)
+    }
+}
+
+fn change(key: &str, state: Option<Value>) -> Change {
+    match state {
+        Some(document) => Change::Put {
+            key: key.to_owned(),
+            document,
+        },
+        None => Change::Delete {
+            key: key.to_owned(),
+        },
     }
 }
 
@@ -339,5 +731,14 @@ fn forever() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(50))
         .with_max_delay(Duration::from_secs(5))
+        .without_max_times()
+}
+
+/// Backoff for about [`ASSIGNMENT_PATIENCE`] in all.
+fn patient() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_total_delay(Some(ASSIGNMENT_PATIENCE))
         .without_max_times()
 }

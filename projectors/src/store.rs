@@ -1,6 +1,10 @@
 //! Where read models live. A store applies a partition's batch and records the partition's
-//! applied offset in one atomic step, and ignores changes at or below that offset: this is
-//! what makes redelivery after a crash or a rebalance harmless.
+//! applied offset in one atomic step, after checking that the offset it has recorded is the
+//! one the writer expects: a store that lost data, or was moved by another writer, refuses
+//! the batch ([`Error::OffsetMoved`](crate::Error::OffsetMoved)) instead of folding on a gap.
+//!
+//! Changes at or below the recorded offset, and changes whose per-key sequence is at or below
+//! the one stored for their key, are ignored: redelivery and re-sent events change nothing.
 
 pub mod any;
 pub mod mysql;
@@ -13,21 +17,45 @@ use serde_json::Value;
 use crate::error::Result;
 use crate::projection::Change;
 
-/// The changes one batch makes for one partition, each with the offset of its event.
+/// One document change of a batch, with the offset and per-key sequence of the event that
+/// made it last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    pub offset: i64,
+    /// The event's per-key sequence, when the record carried one and the document is keyed
+    /// by the record's key.
+    pub sequence: Option<i64>,
+    pub change: Change,
+}
+
+/// The changes one batch makes for one partition.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PartitionBatch {
     pub topic: String,
     pub partition: i32,
+    /// The offset the writer last saw recorded for this partition (`None`: nothing).
+    pub expected_offset: Option<i64>,
     /// The offset of the batch's last record; recorded even when that record changed
     /// nothing, so the partition's position always moves forward.
     pub last_offset: i64,
-    pub changes: Vec<(i64, Change)>,
+    pub changes: Vec<Write>,
+}
+
+/// A document as a store holds it, with the sequence of the event that wrote it last.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stored {
+    pub document: Option<Value>,
+    pub sequence: Option<i64>,
 }
 
 pub trait Store: Send + Sync + 'static {
-    /// Applies the changes above the partition's recorded offset and records
-    /// `batch.last_offset`, atomically. Returns the offset recorded afterwards.
+    /// Checks the recorded offset is `batch.expected_offset`, applies the changes above it
+    /// (and above their key's stored sequence) and records `batch.last_offset`, atomically.
+    /// Returns the offset recorded afterwards.
     fn write(&self, batch: &PartitionBatch) -> impl Future<Output = Result<i64>> + Send;
+
+    /// Why the store could never hold `change` (a key or document beyond its limits), if so.
+    fn refuses(&self, change: &Change) -> Option<String>;
 
     /// The offset last applied for a partition, if any.
     fn applied_offset(
@@ -38,8 +66,11 @@ pub trait Store: Send + Sync + 'static {
 
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Value>>> + Send;
 
-    /// Deletes every document and recorded offset of this store's namespace: dropping a
-    /// read model generation that is no longer served.
+    /// The documents and sequences of `keys`, in the same order, for folds that read state.
+    fn load(&self, keys: &[&str]) -> impl Future<Output = Result<Vec<Stored>>> + Send;
+
+    /// Deletes every document, sequence and recorded offset of this store's namespace:
+    /// dropping a read model generation that is no longer served.
     fn clear(&self) -> impl Future<Output = Result<()>> + Send;
 
     /// The generation of read model `model` that reads are served from, if one was chosen.

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use contract::{batch, namespace, put};
 use projectors::store::any::{AnyStore, StoreKind};
 use projectors::store::mysql::{table_prefix, MysqlStore};
-use projectors::store::{PartitionBatch, Store};
-use projectors::Change;
+use projectors::store::{PartitionBatch, Store, Write};
+use projectors::{Change, Error};
 use serde_json::json;
 
 fn mysql_url() -> String {
@@ -50,6 +50,27 @@ async fn changes_to_one_key_within_a_batch_apply_in_order() {
 }
 
 #[tokio::test]
+async fn a_batch_on_an_unexpected_offset_is_refused() {
+    let store = store().await;
+    contract::a_batch_on_an_unexpected_offset_is_refused(&store).await;
+    store.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn re_sent_events_change_nothing() {
+    let store = store().await;
+    contract::re_sent_events_change_nothing(&store).await;
+    store.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn documents_load_with_their_sequences() {
+    let store = store().await;
+    contract::documents_load_with_their_sequences(&store).await;
+    store.clear().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_cleared_namespace_starts_over() {
     let store = store().await;
     contract::a_cleared_namespace_starts_over(&store).await;
@@ -72,7 +93,7 @@ async fn keys_are_exact_and_namespaces_map_to_tables() {
     let namespace = format!("test:Ns-{}", uuid::Uuid::new_v4());
     let store = MysqlStore::connect(&mysql_url(), &namespace).await.unwrap();
     store
-        .write(&batch(0, 1, vec![put(0, "Key", 1), put(1, "key", 2)]))
+        .write(&batch(0, None, 1, vec![put(0, "Key", 1), put(1, "key", 2)]))
         .await
         .unwrap();
     // MySQL's default collations would fold these into one document.
@@ -92,7 +113,11 @@ async fn keys_are_exact_and_namespaces_map_to_tables() {
     assert!(prefix.starts_with("test_ns_"), "{prefix}");
     assert_eq!(
         tables,
-        [format!("{prefix}_documents"), format!("{prefix}_offsets")]
+        [
+            format!("{prefix}_documents"),
+            format!("{prefix}_offsets"),
+            format!("{prefix}_sequences")
+        ]
     );
     store.clear().await.unwrap();
 }
@@ -115,18 +140,30 @@ async fn large_batches_apply_whole() {
                     key: key(o),
                     document: document(o),
                 };
-                (o, put)
+                Write {
+                    offset: o,
+                    sequence: None,
+                    change: put,
+                }
             })
             .collect();
         // Each batch also deletes a tenth of what the previous one wrote.
         if b > 0 {
             let previous = first - per_batch;
-            changes.extend(
-                (previous..previous + per_batch / 10)
-                    .map(|o| (last, Change::Delete { key: key(o) })),
-            );
+            changes.extend((previous..previous + per_batch / 10).map(|o| Write {
+                offset: last,
+                sequence: None,
+                change: Change::Delete { key: key(o) },
+            }));
         }
-        assert_eq!(store.write(&batch(0, last, changes)).await.unwrap(), last);
+        let expected = (b > 0).then(|| first - 1);
+        assert_eq!(
+            store
+                .write(&batch(0, expected, last, changes))
+                .await
+                .unwrap(),
+            last
+        );
     }
     let elapsed = started.elapsed();
     let changes = batches * per_batch + (batches - 1) * per_batch / 10;
@@ -153,22 +190,34 @@ async fn large_batches_apply_whole() {
 }
 
 /// A batch that fails in its second statement leaves neither its first statement's
-/// documents nor its offset behind.
+/// documents nor its offset behind, and a key too long for the table is a permanent refusal
+/// (SQLSTATE 22001), not a retry.
 #[tokio::test]
 async fn a_failing_batch_leaves_nothing() {
     let store = store().await;
     let mut changes: Vec<_> = (0..600).map(|o| put(o, &format!("k{o:03}"), o)).collect();
     // Longer than doc_key's 255 characters, and sorted after every other key.
     changes.push(put(600, &"z".repeat(300), 1));
-    let error = store.write(&batch(0, 600, changes)).await.unwrap_err();
-    assert!(error.to_string().starts_with("mysql store:"), "{error}");
+    let error = store
+        .write(&batch(0, None, 600, changes))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Rejected { .. }), "{error}");
+    assert!(!error.is_retryable(), "{error}");
+    assert!(store
+        .refuses(&Change::Delete {
+            key: "z".repeat(300)
+        })
+        .is_some_and(|reason| reason.contains("300 characters")),);
     assert_eq!(store.get("k000").await.unwrap(), None);
     assert_eq!(store.applied_offset("t", 0).await.unwrap(), None);
     store.clear().await.unwrap();
 }
 
 /// Two owners of one partition at once (a revoked one finishing its batch and the new one
-/// replaying it): the offset row lock serialises them, and the result is as if one wrote.
+/// replaying it): the offset row lock serialises them, the loser of each race is told the
+/// offset moved (and goes on from there, as the runtime does), and the result is as if one
+/// wrote.
 #[tokio::test]
 async fn concurrent_writers_of_a_partition_apply_each_offset_once() {
     let namespace = namespace();
@@ -183,13 +232,24 @@ async fn concurrent_writers_of_a_partition_apply_each_offset_once() {
             let changes = offsets
                 .map(|o| put(o, &format!("k{}", o % 50), o))
                 .collect();
-            batch(0, (n + 1) * 100 - 1, changes)
+            batch(0, None, (n + 1) * 100 - 1, changes)
         })
         .collect();
     let run = |store: MysqlStore, batches: Vec<PartitionBatch>| async move {
-        for batch in &batches {
-            let recorded = store.write(batch).await.unwrap();
-            assert!(recorded >= batch.last_offset);
+        let mut expected = None;
+        for batch in batches {
+            if expected.is_some_and(|e| e >= batch.last_offset) {
+                continue;
+            }
+            let batch = PartitionBatch {
+                expected_offset: expected,
+                ..batch
+            };
+            expected = match store.write(&batch).await {
+                Ok(recorded) => Some(recorded),
+                Err(Error::OffsetMoved { found, .. }) => found,
+                Err(e) => panic!("{e}"),
+            };
         }
     };
     tokio::join!(run(a.clone(), batches.clone()), run(b, batches));
@@ -223,7 +283,7 @@ async fn services_choose_the_backend_by_configuration() {
         .unwrap();
     assert_eq!(store.kind(), StoreKind::Mysql);
     store
-        .write(&batch(0, 0, vec![put(0, "a", 1)]))
+        .write(&batch(0, None, 0, vec![put(0, "a", 1)]))
         .await
         .unwrap();
     assert_eq!(store.get("a").await.unwrap(), Some(json!({ "value": 1 })));
@@ -291,10 +351,10 @@ async fn a_stopped_server_fails_writes_retryably_and_they_resume_when_it_is_back
         .unwrap();
     let keys =
         |offsets: std::ops::Range<i64>| offsets.map(|o| put(o, &format!("k{o}"), o)).collect();
-    store.write(&batch(0, 9, keys(0..10))).await.unwrap();
+    store.write(&batch(0, None, 9, keys(0..10))).await.unwrap();
 
     server.infra("down");
-    let second = batch(0, 19, keys(10..20));
+    let second = batch(0, Some(9), 19, keys(10..20));
     let started = Instant::now();
     let error = store.write(&second).await.unwrap_err();
     assert!(error.is_retryable(), "{error}");

@@ -34,6 +34,27 @@ async fn changes_to_one_key_within_a_batch_apply_in_order() {
 }
 
 #[tokio::test]
+async fn a_batch_on_an_unexpected_offset_is_refused() {
+    let store = store().await;
+    contract::a_batch_on_an_unexpected_offset_is_refused(&store).await;
+    store.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn re_sent_events_change_nothing() {
+    let store = store().await;
+    contract::re_sent_events_change_nothing(&store).await;
+    store.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn documents_load_with_their_sequences() {
+    let store = store().await;
+    contract::documents_load_with_their_sequences(&store).await;
+    store.clear().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_cleared_namespace_starts_over() {
     let store = store().await;
     contract::a_cleared_namespace_starts_over(&store).await;

@@ -27,7 +27,8 @@ pub enum Error {
     #[error("avro: {0}")]
     Avro(#[from] Box<apache_avro::Error>),
 
-    /// A record names a schema id the registry does not have: it can never be decoded here.
+    /// A record names a schema id the registry does not have (yet): retried, since a registry
+    /// that restarted or is being restored may learn it.
     #[error("schema id {0} is unknown to the registry")]
     UnknownSchemaId(u32),
 
@@ -55,6 +56,13 @@ pub enum Error {
         topic: Option<String>,
     },
 
+    /// The group is a projector's: its read model's store owns the offsets, so moving Kafka's
+    /// would change nothing but the lag shown.
+    #[error(
+        "consumer group {group} is a projector whose store owns its offsets; resetting Kafka's changes nothing. Replay with a rebuild (e.g. `iot-platform rebuild`), or empty the read model's store and restart the group"
+    )]
+    StoreOwnedOffsets { group: String },
+
     #[error("reset target {0:?} is not earliest, latest, an RFC 3339 time or epoch milliseconds")]
     BadResetTarget(String),
 
@@ -79,13 +87,18 @@ impl Error {
     /// to input that will never be accepted. Consumers use this to choose retry vs dead-letter.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Kafka(_) | Error::KafkaUnreachable { .. } | Error::Registry { .. } => true,
+            // A registry that restarted may not know an id yet (or lost it until `topics apply`
+            // runs): an event must wait for its schema, never be dead-lettered for lacking it.
+            Error::Kafka(_)
+            | Error::KafkaUnreachable { .. }
+            | Error::Registry { .. }
+            | Error::UnknownSchemaId(_) => true,
             Error::Config(_)
             | Error::IncompatibleSchema { .. }
             | Error::Avro(_)
             | Error::WireFormat(_)
-            | Error::UnknownSchemaId(_)
             | Error::UnknownTopic(_)
+            | Error::StoreOwnedOffsets { .. }
             | Error::GroupActive { .. }
             | Error::NoCommittedOffsets { .. }
             | Error::BadResetTarget(_)

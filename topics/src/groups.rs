@@ -20,6 +20,10 @@ use crate::settings::KafkaSettings;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The metadata projectors commit their offsets with: their read model's store owns the
+/// offsets (a projector starts where its store stands), and Kafka's are there for lag only.
+pub const STORE_OWNED_METADATA: &str = "projectors:store-owned";
+
 /// Where a group stands on one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionLag {
@@ -174,6 +178,11 @@ pub fn reset(
         });
     }
     let (partitions, old) = client.positions(topic)?;
+    if client.store_owned(&partitions)? {
+        return Err(Error::StoreOwnedOffsets {
+            group: group.to_owned(),
+        });
+    }
     if partitions.is_empty() || (topic.is_none() && old.is_empty()) {
         return Err(Error::NoCommittedOffsets {
             group: group.to_owned(),
@@ -315,6 +324,23 @@ impl GroupClient {
             all.retain(|(topic, _)| committed.keys().any(|(t, _)| t == topic));
         }
         Ok((all, committed))
+    }
+
+    /// Whether a projector committed offsets of `partitions` for this group: its store, not
+    /// Kafka, decides where it starts.
+    fn store_owned(&self, partitions: &Partitions) -> Result<bool> {
+        if partitions.is_empty() {
+            return Ok(false);
+        }
+        let mut query = TopicPartitionList::with_capacity(partitions.len());
+        for (topic, partition) in partitions {
+            query.add_partition(topic, *partition);
+        }
+        let committed = self.consumer.committed_offsets(query, TIMEOUT)?;
+        Ok(committed
+            .elements()
+            .iter()
+            .any(|e| e.metadata() == STORE_OWNED_METADATA))
     }
 
     /// Every partition of `topic`, or of every topic.

@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::projection::Change;
 use crate::store::mysql::MysqlStore;
 use crate::store::redis::RedisStore;
-use crate::store::{PartitionBatch, Store};
+use crate::store::{PartitionBatch, Store, Stored};
 
 /// Which backend holds a service's read models.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -98,6 +99,20 @@ impl Store for AnyStore {
         match self {
             AnyStore::Redis(s) => s.write(batch).await,
             AnyStore::Mysql(s) => s.write(batch).await,
+        }
+    }
+
+    fn refuses(&self, change: &Change) -> Option<String> {
+        match self {
+            AnyStore::Redis(s) => s.refuses(change),
+            AnyStore::Mysql(s) => s.refuses(change),
+        }
+    }
+
+    async fn load(&self, keys: &[&str]) -> Result<Vec<Stored>> {
+        match self {
+            AnyStore::Redis(s) => s.load(keys).await,
+            AnyStore::Mysql(s) => s.load(keys).await,
         }
     }
 

@@ -12,6 +12,8 @@
 //! - `<prefix>_documents`: one row per document (`doc_key`, `document` JSON, `updated_at` = when
 //!   its content last changed, for operators).
 //! - `<prefix>_offsets`: per `(topic, partition_id)` the offset applied last.
+//! - `<prefix>_sequences`: per document key the highest per-key sequence applied (kept after
+//!   a delete, so a re-sent older event cannot bring the document back).
 //! - `projector_generations`: shared by every namespace in the database: per read model the
 //!   generation reads are served from.
 //!
@@ -21,7 +23,8 @@
 //! # Atomicity
 //!
 //! A batch is one InnoDB transaction (READ COMMITTED) that first locks the partition's offset
-//! row (`SELECT ... FOR UPDATE`), applies only the changes above that offset and then records the
+//! row (`SELECT ... FOR UPDATE`) and checks it is the offset the writer expects, applies only
+//! the changes above that offset (and above their key's sequence) and then records the
 //! batch's last offset. The lock serialises two writers of one partition (an old owner finishing
 //! after a rebalance and the new one); the transaction makes documents and offset move together,
 //! so a crash at any point either applied the whole batch or nothing of it, and redelivery of
@@ -29,12 +32,15 @@
 //!
 //! # Errors
 //!
-//! Every database error is an [`Error::Store`], which the runtime retries with backoff forever:
-//! a server that is down or restarting pauses the projector, which resumes once it is back. The
+//! SQLSTATE classes 22 (data) and 23 (constraint) are [`Error::Rejected`]: the change can never
+//! apply and the runtime dead-letters its event; keys over [`MAX_KEY_CHARS`] characters and
+//! documents over [`MAX_DOCUMENT_BYTES`] are refused before any SQL runs. Every other database
+//! error is an [`Error::Store`], which the runtime retries with backoff forever: a server that
+//! is down or restarting pauses the projector, which resumes once it is back. The
 //! pool hands out only connections that answer a ping and gives up acquiring one after
 //! [`ACQUIRE_TIMEOUT`], so an outage turns into errors (and retries) instead of a hang.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +50,7 @@ use sqlx::{Executor, MySql, MySqlConnection, QueryBuilder};
 
 use crate::error::{Error, Result};
 use crate::projection::Change;
-use crate::store::{PartitionBatch, Store};
+use crate::store::{PartitionBatch, Store, Stored, Write};
 
 /// How long a call waits for a connection before failing with a retryable error.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -53,6 +59,16 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// would make the write round-trip bound; 512 rows keep a statement far below
 /// `max_allowed_packet` for documents of a few hundred bytes.
 const CHUNK_ROWS: usize = 512;
+
+/// The longest document key: `doc_key` is a `VARCHAR(255)`.
+pub const MAX_KEY_CHARS: usize = 255;
+
+/// The largest document, far below `max_allowed_packet` (16 MiB in MariaDB, 64 MiB in MySQL).
+pub const MAX_DOCUMENT_BYTES: usize = 4 << 20;
+
+/// The most document bytes one multi-row statement carries, so it stays below
+/// `max_allowed_packet` however large the documents are.
+const CHUNK_BYTES: usize = 8 << 20;
 
 /// The longest table prefix: `<prefix>_documents` must fit MySQL's 64-character identifiers.
 const MAX_PREFIX_LEN: usize = 48;
@@ -74,11 +90,16 @@ pub struct MysqlStore {
 struct Statements {
     create_documents: String,
     create_offsets: String,
+    create_sequences: String,
     lock_offset: String,
     insert_offset: String,
     update_offset: String,
     select_offset: String,
     select_document: String,
+    select_documents: String,
+    select_sequences: String,
+    lock_sequences: String,
+    upsert_sequences: String,
     insert_documents: String,
     delete_documents: String,
     drop_tables: String,
@@ -88,6 +109,7 @@ impl Statements {
     fn new(prefix: &str) -> Self {
         let documents = format!("`{prefix}_documents`");
         let offsets = format!("`{prefix}_offsets`");
+        let sequences = format!("`{prefix}_sequences`");
         Self {
             create_documents: format!(
                 "CREATE TABLE IF NOT EXISTS {documents} (
@@ -102,6 +124,12 @@ impl Statements {
                    partition_id INT NOT NULL,
                    applied_offset BIGINT NOT NULL,
                    PRIMARY KEY (topic, partition_id)
+                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+            ),
+            create_sequences: format!(
+                "CREATE TABLE IF NOT EXISTS {sequences} (
+                   doc_key VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
+                   seq BIGINT NOT NULL
                  ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
             ),
             lock_offset: format!(
@@ -120,9 +148,13 @@ impl Statements {
                 "SELECT applied_offset FROM {offsets} WHERE topic = ? AND partition_id = ?"
             ),
             select_document: format!("SELECT document FROM {documents} WHERE doc_key = ?"),
+            select_documents: format!("SELECT doc_key, document FROM {documents} WHERE doc_key IN "),
+            select_sequences: format!("SELECT doc_key, seq FROM {sequences} WHERE doc_key IN "),
+            lock_sequences: format!("SELECT doc_key, seq FROM {sequences} WHERE doc_key IN "),
+            upsert_sequences: format!("INSERT INTO {sequences} (doc_key, seq) "),
             insert_documents: format!("INSERT INTO {documents} (doc_key, document) "),
             delete_documents: format!("DELETE FROM {documents} WHERE doc_key IN "),
-            drop_tables: format!("DROP TABLE IF EXISTS {documents}, {offsets}"),
+            drop_tables: format!("DROP TABLE IF EXISTS {offsets}, {sequences}, {documents}"),
         }
     }
 }
@@ -159,6 +191,54 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// and keeps them all prepared instead of preparing one per batch size.
 fn padded_len(rows: usize) -> usize {
     rows.next_power_of_two().min(CHUNK_ROWS)
+}
+
+/// What a write found: the partition's offset recorded afterwards, or the offset it found
+/// recorded when that was not the one the writer expected.
+enum Outcome {
+    Recorded(i64),
+    Moved(Option<i64>),
+}
+
+/// Splits `rows` into statements of at most [`CHUNK_ROWS`] rows and [`CHUNK_BYTES`] bytes.
+fn chunks<T>(rows: &[T], bytes: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, row) in rows.iter().enumerate() {
+        let row_bytes = bytes(row);
+        if i > start && (i - start == CHUNK_ROWS || size + row_bytes > CHUNK_BYTES) {
+            chunks.push(&rows[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += row_bytes;
+    }
+    if start < rows.len() {
+        chunks.push(&rows[start..]);
+    }
+    chunks
+}
+
+/// `(?, ?, ...)` with the keys bound, padded to a power of two by repeating the last key.
+fn push_key_list<'k>(
+    query: &mut QueryBuilder<'k, MySql>,
+    keys: impl ExactSizeIterator<Item = &'k str> + Clone,
+) {
+    let len = keys.len();
+    let last = keys.clone().last();
+    query.push("(");
+    let mut list = query.separated(", ");
+    for key in keys.chain(std::iter::repeat_n(
+        last.unwrap_or_default(),
+        padded_len(len) - len,
+    )) {
+        list.push_bind(key);
+    }
+    query.push(")");
+}
+
+/// A key as stored: only ever written from a `&str`, so valid UTF-8.
+fn utf8(key: Vec<u8>) -> String {
+    String::from_utf8(key).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn is_missing_table(e: &sqlx::Error) -> bool {
@@ -213,14 +293,17 @@ impl MysqlStore {
         sqlx::query(&self.sql.create_offsets)
             .execute(&self.pool)
             .await?;
+        sqlx::query(&self.sql.create_sequences)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
-    async fn write_once(&self, batch: &PartitionBatch) -> sqlx::Result<i64> {
+    async fn write_once(&self, batch: &PartitionBatch) -> sqlx::Result<Outcome> {
         let sql = &self.sql;
         let mut tx = self.pool.begin().await?;
-        let applied = match self.locked_offset(&mut tx, batch).await? {
-            Some(applied) => applied,
+        let recorded = match self.locked_offset(&mut tx, batch).await? {
+            Some(recorded) => recorded,
             // First write of this partition: create the row so there is something to lock
             // (-1 = nothing applied, as in Redis), then lock it; another writer may have
             // created it meanwhile.
@@ -233,23 +316,39 @@ impl MysqlStore {
                 self.locked_offset(&mut tx, batch).await?.unwrap_or(-1)
             }
         };
+        let found = (recorded >= 0).then_some(recorded);
+        if found != batch.expected_offset {
+            return Ok(Outcome::Moved(found));
+        }
+
+        let fresh = batch.changes.iter().filter(|w| w.offset > recorded);
+        let sequenced: Vec<&Write> = fresh.clone().filter(|w| w.sequence.is_some()).collect();
+        let stored = self.locked_sequences(&mut tx, &sequenced).await?;
 
         // Applying in order is the same as applying each key's last change: puts and deletes
         // then touch disjoint keys and can go in separate statements. Sorted keys make two
         // writers lock rows in the same order.
         let mut latest: BTreeMap<&str, Option<String>> = BTreeMap::new();
-        for (offset, change) in &batch.changes {
-            if *offset <= applied {
-                continue;
+        let mut sequences: BTreeMap<&str, i64> = BTreeMap::new();
+        for write in fresh {
+            let key = write.change.key();
+            if let Some(sequence) = write.sequence {
+                if stored.get(key).is_some_and(|s| *s >= sequence) {
+                    continue;
+                }
+                let highest = sequences.entry(key).or_insert(sequence);
+                *highest = (*highest).max(sequence);
             }
-            match change {
+            match &write.change {
                 Change::Put { key, document } => latest.insert(key, Some(document.to_string())),
                 Change::Delete { key } => latest.insert(key, None),
             };
         }
         let (puts, deletes): (Vec<_>, Vec<_>) = latest.iter().partition(|(_, d)| d.is_some());
 
-        for chunk in puts.chunks(CHUNK_ROWS) {
+        for chunk in chunks(&puts, |(_, document)| {
+            document.as_deref().map_or(0, str::len)
+        }) {
             let rows = chunk
                 .iter()
                 .chain(std::iter::repeat(&chunk[chunk.len() - 1]))
@@ -262,21 +361,25 @@ impl MysqlStore {
             query.build().execute(&mut *tx).await?;
         }
         for chunk in deletes.chunks(CHUNK_ROWS) {
-            let keys = chunk
+            let mut query = QueryBuilder::<MySql>::new(&sql.delete_documents);
+            push_key_list(&mut query, chunk.iter().map(|(key, _)| **key));
+            query.build().execute(&mut *tx).await?;
+        }
+        let sequences: Vec<_> = sequences.into_iter().collect();
+        for chunk in sequences.chunks(CHUNK_ROWS) {
+            let rows = chunk
                 .iter()
                 .chain(std::iter::repeat(&chunk[chunk.len() - 1]))
                 .take(padded_len(chunk.len()));
-            let mut query = QueryBuilder::<MySql>::new(&sql.delete_documents);
-            query.push("(");
-            let mut list = query.separated(", ");
-            for (key, _) in keys {
-                list.push_bind(*key);
-            }
-            query.push(")");
+            let mut query = QueryBuilder::<MySql>::new(&sql.upsert_sequences);
+            query.push_values(rows, |mut row, (key, sequence)| {
+                row.push_bind(*key).push_bind(*sequence);
+            });
+            query.push(" ON DUPLICATE KEY UPDATE seq = GREATEST(seq, VALUES(seq))");
             query.build().execute(&mut *tx).await?;
         }
 
-        let recorded = if batch.last_offset > applied {
+        let recorded = if batch.last_offset > recorded {
             sqlx::query(&sql.update_offset)
                 .bind(batch.last_offset)
                 .bind(&batch.topic)
@@ -285,10 +388,32 @@ impl MysqlStore {
                 .await?;
             batch.last_offset
         } else {
-            applied
+            recorded
         };
         tx.commit().await?;
-        Ok(recorded)
+        Ok(Outcome::Recorded(recorded))
+    }
+
+    /// The stored sequences of the keys `writes` change, locked until the transaction ends.
+    async fn locked_sequences(
+        &self,
+        connection: &mut MySqlConnection,
+        writes: &[&Write],
+    ) -> sqlx::Result<HashMap<String, i64>> {
+        let mut stored = HashMap::new();
+        let mut keys: Vec<&str> = writes.iter().map(|w| w.change.key()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for chunk in keys.chunks(CHUNK_ROWS) {
+            let mut query = QueryBuilder::<MySql>::new(&self.sql.lock_sequences);
+            push_key_list(&mut query, chunk.iter().copied());
+            query.push(" FOR UPDATE");
+            // `utf8mb4_bin` keys come back as binary strings.
+            let rows: Vec<(Vec<u8>, i64)> =
+                query.build_query_as().fetch_all(&mut *connection).await?;
+            stored.extend(rows.into_iter().map(|(k, s)| (utf8(k), s)));
+        }
+        Ok(stored)
     }
 
     async fn locked_offset(
@@ -306,14 +431,73 @@ impl MysqlStore {
 
 impl Store for MysqlStore {
     async fn write(&self, batch: &PartitionBatch) -> Result<i64> {
-        match self.write_once(batch).await {
-            // Cleared (tables dropped) and written again, like a Redis namespace is.
+        let outcome = match self.write_once(batch).await {
+            // Cleared (tables dropped) and written again, like a Redis namespace is; the
+            // offset check then tells the writer the store starts over.
             Err(e) if is_missing_table(&e) => {
                 self.create_tables().await?;
-                Ok(self.write_once(batch).await?)
+                self.write_once(batch).await?
             }
-            result => Ok(result?),
+            outcome => outcome?,
+        };
+        match outcome {
+            Outcome::Recorded(offset) => Ok(offset),
+            Outcome::Moved(found) => Err(Error::OffsetMoved {
+                topic: batch.topic.clone(),
+                partition: batch.partition,
+                expected: batch.expected_offset,
+                found,
+            }),
         }
+    }
+
+    fn refuses(&self, change: &Change) -> Option<String> {
+        let key = change.key();
+        let chars = key.chars().count();
+        if chars > MAX_KEY_CHARS {
+            return Some(format!(
+                "key of {chars} characters is longer than the mysql store's {MAX_KEY_CHARS}"
+            ));
+        }
+        match change {
+            Change::Put { document, .. } => {
+                let bytes = document.to_string().len();
+                (bytes > MAX_DOCUMENT_BYTES).then(|| {
+                    format!("document of {bytes} bytes is larger than the mysql store's {MAX_DOCUMENT_BYTES}")
+                })
+            }
+            Change::Delete { .. } => None,
+        }
+    }
+
+    async fn load(&self, keys: &[&str]) -> Result<Vec<Stored>> {
+        let mut documents: HashMap<String, Value> = HashMap::new();
+        let mut sequences: HashMap<String, i64> = HashMap::new();
+        for chunk in keys.chunks(CHUNK_ROWS) {
+            let mut query = QueryBuilder::<MySql>::new(&self.sql.select_documents);
+            push_key_list(&mut query, chunk.iter().copied());
+            let rows: sqlx::Result<Vec<(Vec<u8>, sqlx::types::Json<Value>)>> =
+                query.build_query_as().fetch_all(&self.pool).await;
+            match rows {
+                Err(e) if is_missing_table(&e) => return Ok(vec![Stored::default(); keys.len()]),
+                rows => documents.extend(rows?.into_iter().map(|(k, d)| (utf8(k), d.0))),
+            }
+            let mut query = QueryBuilder::<MySql>::new(&self.sql.select_sequences);
+            push_key_list(&mut query, chunk.iter().copied());
+            let rows: sqlx::Result<Vec<(Vec<u8>, i64)>> =
+                query.build_query_as().fetch_all(&self.pool).await;
+            match rows {
+                Err(e) if is_missing_table(&e) => {}
+                rows => sequences.extend(rows?.into_iter().map(|(k, s)| (utf8(k), s))),
+            }
+        }
+        Ok(keys
+            .iter()
+            .map(|key| Stored {
+                document: documents.remove(*key),
+                sequence: sequences.get(*key).copied(),
+            })
+            .collect())
     }
 
     async fn applied_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {

@@ -1,5 +1,6 @@
-//! Read models in Redis: one string key per document (`<namespace>:doc:<key>`, JSON) and one
-//! hash of applied offsets per read model (`<namespace>:offsets`, field `<topic>:<partition>`).
+//! Read models in Redis: one string key per document (`<namespace>:doc:<key>`, JSON), one
+//! hash of applied offsets per read model (`<namespace>:offsets`, field `<topic>:<partition>`)
+//! and one hash of per-key sequences (`<namespace>:seqs`, field = document key).
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -7,35 +8,54 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::projection::Change;
-use crate::store::{PartitionBatch, Store};
+use crate::store::{PartitionBatch, Store, Stored};
 
 /// Applies a batch and its offset in one script run, which Redis executes atomically.
-/// ARGV: offsets field, document key prefix, last offset, then (offset, op, key, value)
-/// quadruples. Changes at or below the recorded offset were applied by an earlier delivery.
+/// KEYS: offsets hash, sequences hash. ARGV: offsets field, document key prefix, last offset,
+/// expected recorded offset ('' = none), then (offset, sequence or '', op, key, value)
+/// quintuples. Returns {1, recorded} when applied, {0, recorded} when the recorded offset is
+/// not the expected one. Changes at or below the recorded offset were applied by an earlier
+/// delivery; changes at or below their key's stored sequence are re-sent events.
 const APPLY_BATCH: &str = r"
-local applied = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+local recorded = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+if recorded ~= ARGV[4] then
+  return {0, recorded}
+end
+local applied = tonumber(recorded) or -1
 local prefix = ARGV[2]
-for i = 4, #ARGV, 4 do
+for i = 5, #ARGV, 5 do
   if tonumber(ARGV[i]) > applied then
-    if ARGV[i + 1] == 'put' then
-      redis.call('SET', prefix .. ARGV[i + 2], ARGV[i + 3])
-    else
-      redis.call('DEL', prefix .. ARGV[i + 2])
+    local fresh = true
+    local seq = ARGV[i + 1]
+    if seq ~= '' then
+      local stored = tonumber(redis.call('HGET', KEYS[2], ARGV[i + 3]) or '')
+      if stored and stored >= tonumber(seq) then
+        fresh = false
+      else
+        redis.call('HSET', KEYS[2], ARGV[i + 3], seq)
+      end
+    end
+    if fresh then
+      if ARGV[i + 2] == 'put' then
+        redis.call('SET', prefix .. ARGV[i + 3], ARGV[i + 4])
+      else
+        redis.call('DEL', prefix .. ARGV[i + 3])
+      end
     end
   end
 end
-local last = tonumber(ARGV[3])
-if last > applied then
+if tonumber(ARGV[3]) > applied then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-  return last
+  return {1, ARGV[3]}
 end
-return applied
+return {1, recorded}
 ";
 
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
     offsets_key: String,
+    sequences_key: String,
     document_prefix: String,
     script: Script,
 }
@@ -53,6 +73,7 @@ impl RedisStore {
         Ok(Self {
             connection,
             offsets_key: format!("{namespace}:offsets"),
+            sequences_key: format!("{namespace}:seqs"),
             document_prefix: format!("{namespace}:doc:"),
             script: Script::new(APPLY_BATCH),
         })
@@ -63,21 +84,75 @@ impl Store for RedisStore {
     async fn write(&self, batch: &PartitionBatch) -> Result<i64> {
         let mut invocation = self.script.key(&self.offsets_key);
         invocation
+            .key(&self.sequences_key)
             .arg(format!("{}:{}", batch.topic, batch.partition))
             .arg(&self.document_prefix)
-            .arg(batch.last_offset);
-        for (offset, change) in &batch.changes {
-            match change {
-                Change::Put { key, document } => invocation
-                    .arg(offset)
-                    .arg("put")
-                    .arg(key)
-                    .arg(document.to_string()),
-                Change::Delete { key } => invocation.arg(offset).arg("del").arg(key).arg(""),
+            .arg(batch.last_offset)
+            .arg(
+                batch
+                    .expected_offset
+                    .map(|o| o.to_string())
+                    .unwrap_or_default(),
+            );
+        for write in &batch.changes {
+            let sequence = write.sequence.map(|s| s.to_string()).unwrap_or_default();
+            invocation.arg(write.offset).arg(sequence);
+            match &write.change {
+                Change::Put { key, document } => {
+                    invocation.arg("put").arg(key).arg(document.to_string())
+                }
+                Change::Delete { key } => invocation.arg("del").arg(key).arg(""),
             };
         }
         let mut connection = self.connection.clone();
-        Ok(invocation.invoke_async(&mut connection).await?)
+        let (applied, recorded): (i64, String) = invocation.invoke_async(&mut connection).await?;
+        let recorded = recorded.parse::<i64>().ok();
+        match (applied, recorded) {
+            (1, Some(offset)) => Ok(offset),
+            _ => Err(Error::OffsetMoved {
+                topic: batch.topic.clone(),
+                partition: batch.partition,
+                expected: batch.expected_offset,
+                found: recorded,
+            }),
+        }
+    }
+
+    /// Redis takes keys and values up to 512 MB: nothing a read model writes is refused.
+    fn refuses(&self, _change: &Change) -> Option<String> {
+        None
+    }
+
+    async fn load(&self, keys: &[&str]) -> Result<Vec<Stored>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let documents: Vec<String> = keys
+            .iter()
+            .map(|key| format!("{}{key}", self.document_prefix))
+            .collect();
+        let mut connection = self.connection.clone();
+        let (texts, sequences): (Vec<Option<String>>, Vec<Option<i64>>) = redis::pipe()
+            .cmd("MGET")
+            .arg(&documents)
+            .cmd("HMGET")
+            .arg(&self.sequences_key)
+            .arg(keys)
+            .query_async(&mut connection)
+            .await?;
+        keys.iter()
+            .zip(texts.into_iter().zip(sequences))
+            .map(|(key, (text, sequence))| {
+                let document = text
+                    .map(|t| serde_json::from_str(&t))
+                    .transpose()
+                    .map_err(|e| Error::Store {
+                        backend: "redis",
+                        message: format!("document {key}: {e}"),
+                    })?;
+                Ok(Stored { document, sequence })
+            })
+            .collect()
     }
 
     async fn applied_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
@@ -101,9 +176,11 @@ impl Store for RedisStore {
 
     async fn clear(&self) -> Result<()> {
         let mut connection = self.connection.clone();
-        // Offsets go first: a clear interrupted half-way must leave documents without
-        // offsets (a replay restores them), never offsets that skip deleted documents.
-        let _: () = connection.del(&self.offsets_key).await?;
+        // Offsets and sequences go first: a clear interrupted half-way must leave documents
+        // without offsets (a replay restores them), never offsets that skip deleted documents.
+        let _: () = connection
+            .del(&[&self.offsets_key, &self.sequences_key])
+            .await?;
         let pattern = format!("{}*", self.document_prefix);
         let mut cursor: u64 = 0;
         // SCAN in pages: a namespace of millions of keys must not block Redis in one call.
