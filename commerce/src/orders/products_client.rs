@@ -1,0 +1,90 @@
+//! The orders service's client of the products service's reservation API.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// What the products service answered to a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// The order holds the stock (reserved now, or already by an earlier attempt).
+    Reserved,
+    /// Not enough stock, or the order's reservation was released before it arrived.
+    Refused(String),
+    UnknownProduct(String),
+}
+
+/// The products service did not give a usable answer; what it did is unknown.
+#[derive(Debug, thiserror::Error)]
+#[error("products service: {0}")]
+pub struct Unavailable(pub String);
+
+#[derive(Clone)]
+pub struct ProductsClient {
+    http: reqwest::Client,
+    base_url: String,
+}
+
+impl ProductsClient {
+    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .pool_max_idle_per_host(256)
+                .build()?,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    pub async fn reserve(
+        &self,
+        order_id: Uuid,
+        product_id: i64,
+        quantity: i32,
+    ) -> Result<ReserveOutcome, Unavailable> {
+        let response = self
+            .http
+            .post(format!("{}/reservations", self.base_url))
+            .json(&json!({ "orderId": order_id, "productId": product_id, "quantity": quantity }))
+            .send()
+            .await
+            .map_err(|e| Unavailable(e.to_string()))?;
+        let status = response.status();
+        let message = || async {
+            response
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|body| body["error"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("answered {status}"))
+        };
+        match status.as_u16() {
+            200 | 201 => Ok(ReserveOutcome::Reserved),
+            409 => Ok(ReserveOutcome::Refused(message().await)),
+            404 => Ok(ReserveOutcome::UnknownProduct(message().await)),
+            _ => Err(Unavailable(message().await)),
+        }
+    }
+
+    /// Releases whatever the order holds; succeeds once it holds nothing.
+    pub async fn release(&self, order_id: Uuid) -> Result<bool, Unavailable> {
+        let response = self
+            .http
+            .post(format!("{}/reservations/{order_id}/release", self.base_url))
+            .send()
+            .await
+            .map_err(|e| Unavailable(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(Unavailable(format!(
+                "release answered {}",
+                response.status()
+            )));
+        }
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| Unavailable(e.to_string()))?;
+        Ok(body["released"].as_bool().unwrap_or(false))
+    }
+}

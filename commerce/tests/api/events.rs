@@ -1,0 +1,142 @@
+//! Order and stock events reach their topics through the outbox and decode with the
+//! registry's schema.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use reqwest::StatusCode;
+use tokio::time::Instant;
+use topics::apply::apply;
+use topics::cluster::Cluster;
+use topics::codec::Decoder;
+use topics::commerce::{OrderEvent, OrderEventKind, OrderStatus, StockEvent, StockEventKind};
+use topics::events::Event;
+use topics::kafka::{consumer_config, EVENT_ID_HEADER};
+use topics::registry::Registry;
+use topics::settings::KafkaSettings;
+use topics::spec::CATALOGUE;
+
+use crate::helpers::Shop;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Reads `E`'s topic from the offsets it had at creation, keeping the records with `key`.
+struct Probe<E: Event> {
+    consumer: StreamConsumer,
+    decoder: Decoder<E>,
+}
+
+impl<E: Event> Probe<E> {
+    fn from_end(kafka: &KafkaSettings) -> Self {
+        let consumer: StreamConsumer = consumer_config(kafka, &testkit::unique("commerce_probe"))
+            .create()
+            .expect("consumer");
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..E::TOPIC.partitions {
+            let (_, high) = consumer
+                .fetch_watermarks(E::TOPIC.name, partition, Duration::from_secs(10))
+                .expect("watermarks");
+            assignment
+                .add_partition_offset(E::TOPIC.name, partition, Offset::Offset(high))
+                .unwrap();
+        }
+        consumer.assign(&assignment).expect("assigned");
+        Self {
+            consumer,
+            decoder: Decoder::new(Registry::new(&kafka.schema_registry_url)),
+        }
+    }
+
+    async fn expect(&self, key: &str, count: usize) -> Vec<E> {
+        let deadline = Instant::now() + WAIT;
+        let mut found = Vec::new();
+        while found.len() < count {
+            let message = tokio::time::timeout_at(deadline, self.consumer.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} of {count} events for {key} on {}",
+                        found.len(),
+                        E::TOPIC.name
+                    )
+                })
+                .expect("consumer");
+            if message.key() != Some(key.as_bytes()) {
+                continue;
+            }
+            let has_id = message
+                .headers()
+                .is_some_and(|h| h.iter().any(|h| h.key == EVENT_ID_HEADER));
+            assert!(has_id, "every event carries its event-id header");
+            found.push(
+                self.decoder
+                    .decode(message.payload().unwrap())
+                    .await
+                    .expect("decodes"),
+            );
+        }
+        found
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placing_and_cancelling_an_order_publishes_order_and_stock_events() {
+    let shop = Shop::start().await;
+    let kafka = shop.settings.kafka.clone();
+    let cluster = {
+        let kafka = kafka.clone();
+        tokio::task::spawn_blocking(move || Cluster::connect(&kafka))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    apply(
+        &cluster,
+        &Registry::new(&kafka.schema_registry_url),
+        CATALOGUE,
+    )
+    .await
+    .expect("topics apply");
+    let order_probe = Probe::<OrderEvent>::from_end(&kafka);
+    let stock_probe = Probe::<StockEvent>::from_end(&kafka);
+
+    let product = shop.product(9).await;
+    let (status, order) = shop.order(4, product, 2).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = order["id"].as_str().unwrap().to_owned();
+    let (status, _) = shop.set_status(&id, "Cancelled").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let orders = order_probe.expect(&id, 2).await;
+    assert_eq!(orders[0].kind, OrderEventKind::Placed);
+    assert_eq!(orders[0].status, OrderStatus::Processing);
+    assert_eq!(
+        (
+            orders[0].customer_id,
+            orders[0].product_id,
+            orders[0].quantity
+        ),
+        (4, product, 2)
+    );
+    assert_eq!(orders[1].kind, OrderEventKind::StatusChanged);
+    assert_eq!(orders[1].status, OrderStatus::Cancelled);
+    assert_eq!(orders[1].previous_status, Some(OrderStatus::Processing));
+
+    let stock = stock_probe.expect(&product.to_string(), 3).await;
+    let summary: Vec<_> = stock
+        .iter()
+        .map(|e| (e.kind, e.quantity_change, e.stock_after))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (StockEventKind::Adjusted, 9, 9),
+            (StockEventKind::Reserved, -2, 7),
+            (StockEventKind::Released, 2, 9),
+        ]
+    );
+    assert_eq!(stock[1].order_id.map(|o| o.to_string()), Some(id));
+    shop.stop().await;
+}

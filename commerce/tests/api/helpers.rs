@@ -1,0 +1,250 @@
+use std::future::Future;
+
+use commerce::configuration::Settings;
+use commerce::startup::Application;
+use commerce::Service;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Settings from the environment with databases of the test's own, ephemeral ports and no
+/// seed.
+pub fn test_settings() -> Settings {
+    if std::env::var_os("TEST_LOG").is_some() {
+        commerce::telemetry::init();
+    }
+    let mut settings = commerce::configuration::load().expect("settings load");
+    settings.products_database = testkit::unique("commerce_test_products");
+    settings.customers_database = testkit::unique("commerce_test_customers");
+    settings.orders_database = testkit::unique("commerce_test_orders");
+    settings.reviews_database = testkit::unique("commerce_test_reviews");
+    for addr in [
+        &mut settings.products_listen_addr,
+        &mut settings.customers_listen_addr,
+        &mut settings.orders_listen_addr,
+        &mut settings.reviews_listen_addr,
+    ] {
+        *addr = "127.0.0.1:0".to_owned();
+    }
+    settings.commerce_seed = false;
+    settings
+}
+
+/// One service running in this process.
+pub struct Running {
+    pub address: String,
+    pub pool: PgPool,
+    pub seeded: bool,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    pub async fn start(settings: &Settings, service: Service) -> Self {
+        let app = Application::build(settings.clone(), service)
+            .await
+            .expect("service builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let pool = app.pool().clone();
+        let seeded = app.seeded();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            address,
+            pool,
+            seeded,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("service task").expect("service served");
+        }
+    }
+}
+
+/// Products and orders, wired to each other.
+pub struct Shop {
+    pub settings: Settings,
+    pub products: Running,
+    pub orders: Running,
+    pub client: Client,
+}
+
+impl Shop {
+    pub async fn start() -> Self {
+        Self::start_with(test_settings()).await
+    }
+
+    pub async fn start_with(mut settings: Settings) -> Self {
+        let products = Running::start(&settings, Service::Products).await;
+        settings.orders_products_url = products.address.clone();
+        let orders = Running::start(&settings, Service::Orders).await;
+        Self {
+            settings,
+            products,
+            orders,
+            client: Client::default(),
+        }
+    }
+
+    pub fn products_url(&self, path: &str) -> String {
+        format!("{}{path}", self.products.address)
+    }
+
+    pub fn orders_url(&self, path: &str) -> String {
+        format!("{}{path}", self.orders.address)
+    }
+
+    /// Creates a product with `stock`; returns its id.
+    pub async fn product(&self, stock: i64) -> i64 {
+        let (status, body) = self
+            .client
+            .post(
+                &self.products_url("/products"),
+                &product_body("Test product", stock),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_i64().unwrap()
+    }
+
+    pub async fn stock(&self, product: i64) -> i64 {
+        let (status, body) = self
+            .client
+            .get(&self.products_url(&format!("/products/{product}")))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["stock"].as_i64().unwrap()
+    }
+
+    pub async fn order(&self, customer: i64, product: i64, quantity: i64) -> (StatusCode, Value) {
+        self.client
+            .post(
+                &self.orders_url("/orders"),
+                &order_body(customer, product, quantity),
+            )
+            .await
+    }
+
+    pub async fn set_status(&self, id: &str, status: &str) -> (StatusCode, Value) {
+        self.client
+            .put(
+                &self.orders_url(&format!("/orders/{id}/status")),
+                &json!({ "status": status }),
+            )
+            .await
+    }
+
+    pub async fn stop(self) {
+        self.orders.stop().await;
+        self.products.stop().await;
+        drop_databases(&self.settings).await;
+    }
+}
+
+pub fn product_body(name: &str, stock: i64) -> Value {
+    json!({ "name": name, "description": "for a test", "price": 12.5, "stock": stock })
+}
+
+pub fn order_body(customer: i64, product: i64, quantity: i64) -> Value {
+    json!({ "customerId": customer, "productId": product, "quantity": quantity })
+}
+
+/// A JSON client whose answers are (status, body).
+#[derive(Clone, Default)]
+pub struct Client {
+    pub http: reqwest::Client,
+}
+
+impl Client {
+    async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let text = response.text().await.expect("body read");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: not JSON: {text}"))
+        };
+        (status, body)
+    }
+
+    pub async fn get(&self, url: &str) -> (StatusCode, Value) {
+        Self::send(self.http.get(url)).await
+    }
+
+    pub async fn post(&self, url: &str, body: &Value) -> (StatusCode, Value) {
+        Self::send(self.http.post(url).json(body)).await
+    }
+
+    pub async fn put(&self, url: &str, body: &Value) -> (StatusCode, Value) {
+        Self::send(self.http.put(url).json(body)).await
+    }
+
+    /// A raw body with a JSON content type (for malformed JSON).
+    pub async fn send_raw(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: &str,
+    ) -> (StatusCode, Value) {
+        Self::send(
+            self.http
+                .request(method, url)
+                .header("content-type", "application/json")
+                .body(body.to_owned()),
+        )
+        .await
+    }
+}
+
+/// Asserts a 4xx JSON error whose message mentions `needle`.
+pub fn assert_error(answer: &(StatusCode, Value), status: StatusCode, needle: &str) {
+    assert_eq!(answer.0, status, "{}", answer.1);
+    let message = answer.1["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(needle),
+        "error {message:?} does not mention {needle:?}"
+    );
+}
+
+/// Drops every database of these settings.
+pub async fn drop_databases(settings: &Settings) {
+    let mut server = PgConnection::connect_with(&settings.server_options().unwrap())
+        .await
+        .expect("server connects");
+    for name in [
+        &settings.products_database,
+        &settings.customers_database,
+        &settings.orders_database,
+        &settings.reviews_database,
+    ] {
+        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut server)
+            .await
+            .expect("test database dropped");
+    }
+}
+
+/// Runs `body` with one service started alone, then stops it and drops the databases.
+pub async fn with_service<F, Fut>(service: Service, body: F)
+where
+    F: FnOnce(String, Client) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let settings = test_settings();
+    let running = Running::start(&settings, service).await;
+    body(running.address.clone(), Client::default()).await;
+    running.stop().await;
+    drop_databases(&settings).await;
+}

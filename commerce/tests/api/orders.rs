@@ -1,0 +1,235 @@
+//! `/orders`: placing, reading, and the status life cycle.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{assert_error, order_body, Shop};
+
+#[tokio::test]
+async fn an_order_reserves_its_stock_and_walks_the_life_cycle() {
+    let shop = Shop::start().await;
+    let product = shop.product(10).await;
+    let (status, order) = shop.order(1, product, 3).await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    assert_eq!(order["status"], "Processing");
+    assert_eq!(order["customerId"], 1);
+    assert_eq!(order["quantity"], 3);
+    assert_eq!(shop.stock(product).await, 7);
+    let id = order["id"].as_str().unwrap().to_owned();
+
+    let (status, read) = shop
+        .client
+        .get(&shop.orders_url(&format!("/orders/{id}")))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(read["status"], "Processing");
+    let (status, list) = shop.client.get(&shop.orders_url("/orders")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    assert_error(
+        &shop.set_status(&id, "Delivered").await,
+        StatusCode::CONFLICT,
+        "cannot become Delivered",
+    );
+    let (status, shipped) = shop.set_status(&id, "Shipped").await;
+    assert_eq!(status, StatusCode::OK, "{shipped}");
+    assert_eq!(shipped["status"], "Shipped");
+    assert_error(
+        &shop.set_status(&id, "Cancelled").await,
+        StatusCode::CONFLICT,
+        "cannot become Cancelled",
+    );
+    let (status, delivered) = shop.set_status(&id, "Delivered").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(delivered["status"], "Delivered");
+    assert_error(
+        &shop.set_status(&id, "Shipped").await,
+        StatusCode::CONFLICT,
+        "is Delivered",
+    );
+    assert_eq!(shop.stock(product).await, 7, "delivered stock stays taken");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn cancelling_releases_the_stock_once() {
+    let shop = Shop::start().await;
+    let product = shop.product(5).await;
+    let (_, order) = shop.order(2, product, 5).await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    assert_eq!(shop.stock(product).await, 0);
+    let (status, cancelled) = shop.set_status(&id, "Cancelled").await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(cancelled["status"], "Cancelled");
+    assert_eq!(shop.stock(product).await, 5);
+    assert_error(
+        &shop.set_status(&id, "Cancelled").await,
+        StatusCode::CONFLICT,
+        "is Cancelled",
+    );
+    assert_error(
+        &shop.set_status(&id, "Shipped").await,
+        StatusCode::CONFLICT,
+        "is Cancelled",
+    );
+    assert_eq!(shop.stock(product).await, 5);
+    let owed: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE release_pending")
+        .fetch_one(&shop.orders.pool)
+        .await
+        .unwrap();
+    assert_eq!(owed, 0);
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn insufficient_stock_is_409_and_takes_nothing() {
+    let shop = Shop::start().await;
+    let product = shop.product(2).await;
+    assert_error(
+        &shop.order(1, product, 3).await,
+        StatusCode::CONFLICT,
+        "insufficient stock",
+    );
+    assert_eq!(shop.stock(product).await, 2);
+    let (status, _) = shop.order(1, product, 2).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_error(
+        &shop.order(1, product, 1).await,
+        StatusCode::CONFLICT,
+        "insufficient stock",
+    );
+    assert_eq!(shop.stock(product).await, 0);
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn bad_order_bodies_unknown_ids_and_illegal_statuses_are_4xx() {
+    let shop = Shop::start().await;
+    let c = &shop.client;
+    let product = shop.product(5).await;
+    let url = shop.orders_url("/orders");
+    for (body, needle) in [
+        (order_body(0, product, 1), "customerId"),
+        (order_body(1, -4, 1), "productId"),
+        (order_body(1, product, 0), "quantity"),
+        (order_body(1, product, 1_000_000), "quantity"),
+        (json!({ "customerId": 1, "productId": product }), "quantity"),
+        (
+            json!({ "customerId": "one", "productId": product, "quantity": 1 }),
+            "invalid body",
+        ),
+    ] {
+        assert_error(&c.post(&url, &body).await, StatusCode::BAD_REQUEST, needle);
+    }
+    assert_error(
+        &c.send_raw(Method::POST, &url, "[").await,
+        StatusCode::BAD_REQUEST,
+        "malformed JSON",
+    );
+    assert_error(
+        &shop.order(1, 999, 1).await,
+        StatusCode::NOT_FOUND,
+        "no product with id 999",
+    );
+
+    let missing = Uuid::new_v4();
+    assert_error(
+        &c.get(&shop.orders_url(&format!("/orders/{missing}"))).await,
+        StatusCode::NOT_FOUND,
+        "no order",
+    );
+    assert_error(
+        &c.get(&shop.orders_url("/orders/42")).await,
+        StatusCode::BAD_REQUEST,
+        "UUID",
+    );
+    assert_error(
+        &shop.set_status(&missing.to_string(), "Shipped").await,
+        StatusCode::NOT_FOUND,
+        "no order",
+    );
+
+    let (_, order) = shop.order(1, product, 1).await;
+    let id = order["id"].as_str().unwrap();
+    assert_error(
+        &shop.set_status(id, "Lost").await,
+        StatusCode::BAD_REQUEST,
+        "status must be",
+    );
+    assert_error(
+        &shop.set_status(id, "Pending").await,
+        StatusCode::BAD_REQUEST,
+        "status must be",
+    );
+    assert_error(
+        &shop.set_status(id, "Processing").await,
+        StatusCode::CONFLICT,
+        "cannot become Processing",
+    );
+    assert_error(
+        &c.put(
+            &shop.orders_url(&format!("/orders/{id}/status")),
+            &json!({ "state": "Shipped" }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid body",
+    );
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn a_retried_post_with_the_same_idempotency_key_places_one_order() {
+    let shop = Shop::start().await;
+    let product = shop.product(10).await;
+    let url = shop.orders_url("/orders");
+    let send = |body: serde_json::Value| {
+        let request = shop
+            .client
+            .http
+            .post(&url)
+            .header("Idempotency-Key", "checkout-7")
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (first_status, first) = send(order_body(1, product, 4)).await;
+    assert_eq!(first_status, StatusCode::CREATED);
+    let (again_status, again) = send(order_body(1, product, 4)).await;
+    assert_eq!(again_status, StatusCode::OK);
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(shop.stock(product).await, 6);
+    let (other_status, other) = send(order_body(1, product, 5)).await;
+    assert_eq!(other_status, StatusCode::CONFLICT, "{other}");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn an_order_placed_while_products_is_down_fails_and_is_retryable() {
+    let mut settings = crate::helpers::test_settings();
+    settings.orders_products_url = format!("http://127.0.0.1:{}", testkit::free_port());
+    settings.orders_products_timeout_ms = 500;
+    let orders = crate::helpers::Running::start(&settings, commerce::Service::Orders).await;
+    let client = crate::helpers::Client::default();
+    let answer = client
+        .post(&format!("{}/orders", orders.address), &order_body(1, 1, 1))
+        .await;
+    assert_error(&answer, StatusCode::SERVICE_UNAVAILABLE, "products service");
+    let (status, failed): (String, bool) =
+        sqlx::query_as("SELECT status, release_pending FROM orders")
+            .fetch_one(&orders.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), failed),
+        ("Failed", true),
+        "the release is owed"
+    );
+    orders.stop().await;
+    crate::helpers::drop_databases(&settings).await;
+}

@@ -1,0 +1,218 @@
+//! `/products` and `/reservations`.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{assert_error, product_body, Shop};
+
+#[tokio::test]
+async fn products_are_created_read_listed_and_replaced() {
+    let shop = Shop::start().await;
+    let c = &shop.client;
+    let (status, created) = c
+        .post(&shop.products_url("/products"), &product_body("Tent", 7))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(created["name"], "Tent");
+    assert_eq!(created["price"], json!(12.5));
+    assert_eq!(created["stock"], 7);
+    let id = created["id"].as_i64().unwrap();
+
+    let (status, read) = c.get(&shop.products_url(&format!("/products/{id}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(read, created);
+
+    let replaced =
+        json!({ "name": "Tent XL", "description": "bigger", "price": 99.99, "stock": 3 });
+    let (status, body) = c
+        .put(&shop.products_url(&format!("/products/{id}")), &replaced)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["price"], json!(99.99));
+    assert_eq!(body["stock"], 3);
+
+    let (status, list) = c.get(&shop.products_url("/products")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["name"], "Tent XL");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn bad_product_bodies_and_unknown_ids_are_4xx_with_a_message() {
+    let shop = Shop::start().await;
+    let c = &shop.client;
+    let url = shop.products_url("/products");
+    for (body, needle) in [
+        (json!({ "name": "", "price": 1, "stock": 1 }), "name"),
+        (json!({ "name": "x", "price": -1, "stock": 1 }), "price"),
+        (json!({ "name": "x", "price": 1.234, "stock": 1 }), "price"),
+        (json!({ "name": "x", "price": 1, "stock": -1 }), "stock"),
+        (json!({ "name": "x", "price": 1 }), "stock"),
+        (
+            json!({ "name": "x", "price": "1", "stock": 1 }),
+            "invalid body",
+        ),
+        (
+            json!({ "name": "x", "price": 1, "stock": 1, "colour": "red" }),
+            "colour",
+        ),
+    ] {
+        assert_error(&c.post(&url, &body).await, StatusCode::BAD_REQUEST, needle);
+    }
+    assert_error(
+        &c.send_raw(Method::POST, &url, "{\"name\": ").await,
+        StatusCode::BAD_REQUEST,
+        "malformed JSON",
+    );
+    assert_error(
+        &c.get(&shop.products_url("/products/999")).await,
+        StatusCode::NOT_FOUND,
+        "999",
+    );
+    assert_error(
+        &c.get(&shop.products_url("/products/abc")).await,
+        StatusCode::BAD_REQUEST,
+        "abc",
+    );
+    assert_error(
+        &c.put(&shop.products_url("/products/999"), &product_body("x", 1))
+            .await,
+        StatusCode::NOT_FOUND,
+        "999",
+    );
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn a_reservation_is_taken_once_per_order_and_released_once() {
+    let shop = Shop::start().await;
+    let c = &shop.client;
+    let product = shop.product(10).await;
+    let order = Uuid::new_v4();
+    let body = json!({ "orderId": order, "productId": product, "quantity": 4 });
+    let url = shop.products_url("/reservations");
+
+    let (status, first) = c.post(&url, &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["stockAfter"], 6);
+    let (status, again) = c.post(&url, &body).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a retry finds its reservation: {again}"
+    );
+    assert_eq!(
+        shop.stock(product).await,
+        6,
+        "a retry reserves nothing more"
+    );
+    assert_error(
+        &c.post(
+            &url,
+            &json!({ "orderId": order, "productId": product, "quantity": 5 }),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "different reservation",
+    );
+
+    let (status, reservation) = c
+        .get(&shop.products_url(&format!("/reservations/{order}")))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(reservation["status"], "held");
+
+    let release = shop.products_url(&format!("/reservations/{order}/release"));
+    let (status, released) = c.post(&release, &json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(released["released"], true);
+    let (_, again) = c.post(&release, &json!({})).await;
+    assert_eq!(
+        again["released"], false,
+        "a second release gives nothing back"
+    );
+    assert_eq!(shop.stock(product).await, 10);
+    assert_error(&c.post(&url, &body).await, StatusCode::CONFLICT, "released");
+    assert_eq!(
+        shop.stock(product).await,
+        10,
+        "a released order never reserves again"
+    );
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn a_release_before_the_reservation_refuses_it_and_bad_reservations_are_4xx() {
+    let shop = Shop::start().await;
+    let c = &shop.client;
+    let product = shop.product(3).await;
+    let url = shop.products_url("/reservations");
+    let late = Uuid::new_v4();
+    let (status, released) = c
+        .post(
+            &shop.products_url(&format!("/reservations/{late}/release")),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(released["released"], false);
+    assert_error(
+        &c.post(
+            &url,
+            &json!({ "orderId": late, "productId": product, "quantity": 1 }),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "released",
+    );
+    assert_error(
+        &c.post(
+            &url,
+            &json!({ "orderId": Uuid::new_v4(), "productId": product, "quantity": 4 }),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "insufficient stock",
+    );
+    assert_error(
+        &c.post(
+            &url,
+            &json!({ "orderId": Uuid::new_v4(), "productId": 999, "quantity": 1 }),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "999",
+    );
+    for (body, needle) in [
+        (
+            json!({ "orderId": "x", "productId": product, "quantity": 1 }),
+            "invalid body",
+        ),
+        (
+            json!({ "orderId": Uuid::new_v4(), "productId": product, "quantity": 0 }),
+            "quantity",
+        ),
+        (
+            json!({ "orderId": Uuid::new_v4(), "productId": 0, "quantity": 1 }),
+            "productId",
+        ),
+    ] {
+        assert_error(&c.post(&url, &body).await, StatusCode::BAD_REQUEST, needle);
+    }
+    assert_error(
+        &c.get(&shop.products_url(&format!("/reservations/{}", Uuid::new_v4())))
+            .await,
+        StatusCode::NOT_FOUND,
+        "no reservation",
+    );
+    assert_error(
+        &c.post(&shop.products_url("/reservations/nope/release"), &json!({}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "UUID",
+    );
+    assert_eq!(shop.stock(product).await, 3);
+    shop.stop().await;
+}
