@@ -1,17 +1,22 @@
 //! Read models that can be rebuilt, moved and scaled, on the real broker, registry and Redis:
-//! each test folds a topic of its own, so "the fold of the topic" is exactly what it published.
+//! each test folds a topic of its own, so "the fold of the topic" is exactly what it published,
+//! and judges with the digest every connection keeps (count + hash chain of every event), so
+//! a lost, repeated or reordered event fails the test, not only a wrong last value.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{
-    await_fold, events, eventually, fold, prefilled_topic, private_topic, publish_to, spawn,
-    test_settings, ChildApp,
+    assert_store_holds, await_fold, events, eventually, fold, prefilled_topic, private_topic,
+    publish_to, spawn, test_settings, ChildApp,
 };
+use iot_platform::configuration::Settings;
 use iot_platform::generations;
 use iot_platform::rebuild::rebuild;
-use projectors::runtime::{DEAD_LETTER_OFFSET, DEAD_LETTER_REASON, DEAD_LETTER_TOPIC};
+use projectors::runtime::{
+    DEAD_LETTER_GROUP, DEAD_LETTER_OFFSET, DEAD_LETTER_REASON, DEAD_LETTER_TOPIC,
+};
 use projectors::store::any::StoreKind;
 use projectors::Store;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -61,6 +66,9 @@ async fn a_rebuild_keeps_serving_then_switches_to_an_identical_generation() {
     })
     .await;
     await_fold(&app.base_url, &expected, MINUTE).await;
+    // The new generation's own contents: every connection with the digest of all its events.
+    let new = generations::open_store(&settings, 2).await.unwrap();
+    assert_store_holds(&new, &expected).await;
     let old = generations::open_store(&settings, 1).await.unwrap();
     assert_eq!(
         old.get(&some).await.unwrap(),
@@ -132,38 +140,62 @@ async fn a_projector_killed_mid_replay_resumes_to_the_fold() {
     await_fold(&restarted.base_url, &fold(&published), MINUTE).await;
 }
 
+/// Sends raw `payload` to `topic` under `key`, as a foreign producer would.
+async fn publish_raw(settings: &Settings, topic: &str, key: &str, payload: &[u8]) {
+    let producer: FutureProducer = topics::kafka::producer_config(&settings.kafka)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+/// Every record of `topic` so far, read to its end.
+async fn dead_letters(
+    settings: &Settings,
+    group: &str,
+) -> Vec<projectors::dead_letters::DeadLetter> {
+    let (kafka, topic, group) = (
+        settings.kafka.clone(),
+        settings.iot_dead_letter_topic.clone(),
+        group.to_owned(),
+    );
+    tokio::task::spawn_blocking(move || {
+        projectors::dead_letters::of_group(&kafka, &topic, &group).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_events_are_dead_lettered_and_the_projector_keeps_going() {
+async fn records_not_in_the_wire_format_are_dead_lettered_and_the_projector_keeps_going() {
     let mut settings = test_settings();
     settings.iot_topic = private_topic(&settings, "test-poison").await;
     settings.iot_dead_letter_topic = private_topic(&settings, "test-poison-dlq").await;
     let connection = format!("poison-{}", Uuid::new_v4());
     let before = events(&connection, 1, 1);
     let after = events(&connection, 1, 2);
-    // Not Avro at all, and Avro-shaped but naming a schema id the registry never issued.
     let not_avro = b"{\"not\":\"avro\"}".to_vec();
-    let unknown_schema = [0u8, 0x7f, 0xff, 0xff, 0xf0, 2, 4, 6].to_vec();
 
     publish_to(&settings, &settings.iot_topic, &before).await;
-    let producer: FutureProducer = topics::kafka::producer_config(&settings.kafka)
-        .create()
-        .unwrap();
-    for payload in [&not_avro, &unknown_schema] {
-        producer
-            .send(
-                FutureRecord::to(&settings.iot_topic)
-                    .key(&format!("{connection}-0"))
-                    .payload(payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
+    publish_raw(
+        &settings,
+        &settings.iot_topic,
+        &format!("{connection}-0"),
+        &not_avro,
+    )
+    .await;
     publish_to(&settings, &settings.iot_topic, &after[1..]).await;
 
     let app = spawn(settings.clone()).await;
-    await_fold(&app.base_url, &fold(&after[1..]), MINUTE).await;
+    let mut expected = before.clone();
+    expected.extend_from_slice(&after[1..]);
+    await_fold(&app.base_url, &fold(&expected), MINUTE).await;
 
     let group = format!("test-dlq-{}", Uuid::new_v4());
     let consumer: StreamConsumer = topics::kafka::consumer_config(&settings.kafka, &group)
@@ -172,37 +204,112 @@ async fn poison_events_are_dead_lettered_and_the_projector_keeps_going() {
     consumer
         .subscribe(&[&settings.iot_dead_letter_topic])
         .unwrap();
-    for (payload, offset, reason) in [
-        (&not_avro, "1", "magic byte"),
-        (&unknown_schema, "2", "unknown to the registry"),
-    ] {
-        let message = tokio::time::timeout(MINUTE, consumer.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(message.payload(), Some(payload.as_slice()));
-        let headers = message.headers().unwrap();
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        };
-        let why = header(DEAD_LETTER_REASON).unwrap_or_default();
-        assert!(why.contains(reason), "{why}");
-        assert_eq!(
-            header(DEAD_LETTER_TOPIC).as_deref(),
-            Some(settings.iot_topic.as_str())
-        );
-        assert_eq!(header(DEAD_LETTER_OFFSET).as_deref(), Some(offset));
-    }
+    let message = tokio::time::timeout(MINUTE, consumer.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(message.payload(), Some(not_avro.as_slice()));
+    let headers = message.headers().unwrap();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let why = header(DEAD_LETTER_REASON).unwrap_or_default();
+    assert!(why.contains("magic byte"), "{why}");
+    assert_eq!(
+        header(DEAD_LETTER_TOPIC).as_deref(),
+        Some(settings.iot_topic.as_str())
+    );
+    assert_eq!(header(DEAD_LETTER_OFFSET).as_deref(), Some("1"));
+    assert_eq!(
+        header(DEAD_LETTER_GROUP).as_deref(),
+        Some(settings.iot_group.as_str())
+    );
     app.stop().await;
+}
+
+/// A schema id the registry does not know (it lost it, or has not learned it yet) is not
+/// poison: the projector waits, says so in `/health`, and dead-letters nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_schema_id_pauses_the_projector_and_is_never_dead_lettered() {
+    let mut settings = test_settings();
+    settings.iot_topic = private_topic(&settings, "test-unknown-id").await;
+    settings.iot_dead_letter_topic = private_topic(&settings, "test-unknown-id-dlq").await;
+    let connection = format!("unknown-{}", Uuid::new_v4());
+    let before = events(&connection, 1, 1);
+    publish_to(&settings, &settings.iot_topic, &before).await;
+    // Avro-shaped, naming a schema id the registry never issued.
+    publish_raw(
+        &settings,
+        &settings.iot_topic,
+        &connection,
+        &[0u8, 0x7f, 0xff, 0xff, 0xf0, 2, 4, 6],
+    )
+    .await;
+    let after = events(&connection, 1, 1);
+    publish_to(&settings, &settings.iot_topic, &after).await;
+
+    let app = ChildApp::start(&settings);
+    eventually(
+        "the projector says it waits for the registry",
+        MINUTE,
+        || async {
+            app.health().await.is_some_and(|h| {
+                h["status"] == "waiting"
+                    && h["waitingFor"]
+                        .as_str()
+                        .is_some_and(|w| w.contains("unknown to the registry"))
+            })
+        },
+    )
+    .await;
+    let health = app.health().await.unwrap();
+    assert_eq!(health["deadLettered"], 0, "{health}");
+    // Nothing after the unknown id is applied: the event before it is what is served.
+    let served: Value = reqwest::get(format!("{}/mandates/{connection}", app.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served["eventId"], before[0].event_id.to_string());
+    app.kill_9();
+    assert!(dead_letters(&settings, &settings.iot_group)
+        .await
+        .is_empty());
+}
+
+/// A rebuild whose generation dead-lettered records does not switch unless told to, and says
+/// how many and where.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_with_dead_letters_does_not_switch_unless_accepted() {
+    let mut settings = test_settings();
+    settings.iot_dead_letter_topic = private_topic(&settings, "test-rebuild-dlq").await;
+    let published = prefilled_topic(&mut settings, "rebuild-dlq", 20, 100).await;
+    publish_raw(&settings, &settings.iot_topic, "poison", b"not avro").await;
+
+    let refused = rebuild(&settings, false, false).await.unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        message.contains("dead-lettered 1 record") && message.contains("magic byte"),
+        "{message}"
+    );
+    let catalog = generations::open_store(&settings, 1).await.unwrap();
+    assert_eq!(generations::current(&catalog, &settings).await.unwrap(), 1);
+
+    let report = rebuild(&settings, false, true).await.unwrap();
+    assert_eq!(report.to, 2);
+    let new = generations::open_store(&settings, 2).await.unwrap();
+    assert_store_holds(&new, &fold(&published)).await;
+    new.clear().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_waits_out_a_redis_outage_and_skips_nothing() {
-    let redis = common::IsolatedService::start("redis");
+    let redis = testkit::Isolated::start("redis");
     let mut settings = test_settings();
     settings.redis_url = format!("redis://127.0.0.1:{}", redis.port());
     let published = prefilled_topic(&mut settings, "redis-outage", 500, 30_000).await;
@@ -218,7 +325,7 @@ async fn a_replay_waits_out_a_redis_outage_and_skips_nothing() {
         applied().await > 0
     })
     .await;
-    redis.stop();
+    redis.down();
     // The projector pauses on the store: what it has applied stops moving.
     let deadline = std::time::Instant::now() + MINUTE;
     let mut previous = applied().await;
@@ -238,13 +345,14 @@ async fn a_replay_waits_out_a_redis_outage_and_skips_nothing() {
         (previous as usize) < published.len(),
         "the replay finished before the outage; nothing was tested"
     );
-    redis.resume();
+    redis.up();
     await_fold(&app.base_url, &fold(&published), MINUTE).await;
 }
 
-/// Folds a topic, then empties the store and rewinds the group with `topics reset`: the
-/// replay must rebuild exactly the same read model.
-async fn reset_and_replay_gives_the_fold(store: StoreKind) {
+/// Folds a topic, then empties the store and restarts: the store owns the offsets, so the
+/// projector replays from the start by itself and rebuilds exactly the same read model.
+/// `topics reset` refuses the group: moving Kafka's offsets would change nothing.
+async fn emptying_the_store_replays_the_fold(store: StoreKind) {
     let mut settings = test_settings();
     settings.iot_store = store;
     let published = prefilled_topic(&mut settings, "replay", 100, 2000).await;
@@ -254,31 +362,35 @@ async fn reset_and_replay_gives_the_fold(store: StoreKind) {
     await_fold(&app.base_url, &expected, MINUTE).await;
     app.stop().await;
 
-    let read_model = generations::open_store(&settings, 1).await.unwrap();
-    read_model.clear().await.unwrap();
-    let rewound = topics::groups::reset(
+    let refused = topics::groups::reset(
         &settings.kafka,
         &settings.iot_group,
         Some(&settings.iot_topic),
         topics::groups::ResetTarget::Earliest,
     )
-    .unwrap();
-    assert!(!rewound.is_empty());
+    .unwrap_err();
+    assert!(
+        matches!(refused, topics::Error::StoreOwnedOffsets { .. }),
+        "{refused}"
+    );
+    let read_model = generations::open_store(&settings, 1).await.unwrap();
+    read_model.clear().await.unwrap();
 
     let app = spawn(settings.clone()).await;
     await_fold(&app.base_url, &expected, MINUTE).await;
     app.stop().await;
+    assert_store_holds(&read_model, &expected).await;
     read_model.clear().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reset_and_replay_into_an_empty_redis_gives_the_fold() {
-    reset_and_replay_gives_the_fold(StoreKind::Redis).await;
+async fn emptying_a_redis_store_replays_the_fold() {
+    emptying_the_store_replays_the_fold(StoreKind::Redis).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reset_and_replay_into_an_empty_mysql_gives_the_fold() {
-    reset_and_replay_gives_the_fold(StoreKind::Mysql).await;
+async fn emptying_a_mysql_store_replays_the_fold() {
+    emptying_the_store_replays_the_fold(StoreKind::Mysql).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

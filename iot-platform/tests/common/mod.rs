@@ -12,10 +12,14 @@ use std::time::{Duration, Instant};
 use futures::future::try_join_all;
 use iot_platform::configuration::Settings;
 use iot_platform::startup::Application;
+use projectors::digest::Digest;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::StatusCode;
 use serde_json::Value;
+#[allow(unused_imports)]
+pub use testkit::eventually;
+use testkit::fold::Fold;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use topics::apply::apply;
@@ -40,6 +44,13 @@ pub fn test_settings() -> Settings {
 /// A fresh topic shaped like `connection-mandates`, for tests that fold a whole topic.
 pub async fn private_topic(settings: &Settings, prefix: &str) -> String {
     let name = format!("{prefix}-{}", Uuid::new_v4());
+    create_topic(settings, &name).await;
+    name
+}
+
+/// Creates topic `name` shaped like `connection-mandates` (4 partitions), if it is missing.
+pub async fn create_topic(settings: &Settings, name: &str) {
+    let name = name.to_owned();
     let spec = TopicSpec {
         name: Box::leak(name.clone().into_boxed_str()),
         cleanup_policy: CleanupPolicy::Delete,
@@ -54,7 +65,6 @@ pub async fn private_topic(settings: &Settings, prefix: &str) -> String {
     )
     .await
     .unwrap();
-    name
 }
 
 /// Points `settings` at a fresh private topic holding `count` events over `connections`
@@ -212,23 +222,51 @@ pub async fn publish(settings: &Settings, events: &[ConnectionMandateChanged]) {
     publish_to(settings, ConnectionMandateChanged::TOPIC.name, events).await;
 }
 
-/// The fold of a sequence of events: the last event id per connection.
-pub fn fold(events: &[ConnectionMandateChanged]) -> HashMap<String, String> {
-    events
-        .iter()
-        .map(|e| (e.connection_id.clone(), e.event_id.to_string()))
+/// What a connection of the read model must show: its last event and the digest of all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expected {
+    pub last_event_id: String,
+    pub history: Digest,
+}
+
+/// The fold of a sequence of events, per connection: every event id in order (through
+/// `testkit::fold`), reduced to the last one and the digest the read model keeps. A lost,
+/// repeated or reordered event changes the digest.
+pub fn fold(events: &[ConnectionMandateChanged]) -> HashMap<String, Expected> {
+    let mut fold = Fold::default();
+    for event in events {
+        fold.push(&event.connection_id, &event.event_id.to_string());
+    }
+    fold.keys()
+        .map(|(connection, ids)| {
+            let expected = Expected {
+                last_event_id: ids.last().cloned().unwrap_or_default(),
+                history: Digest::of(ids.iter().map(String::as_str)),
+            };
+            (connection.to_owned(), expected)
+        })
         .collect()
 }
 
-/// Waits until the read model behind `base_url` serves exactly `expected` (last event id per
-/// connection), or panics after `within`.
-pub async fn await_fold(base_url: &str, expected: &HashMap<String, String>, within: Duration) {
+/// Whether a served or stored mandate document is what `expected` says.
+pub fn matches(document: &Value, expected: &Expected) -> bool {
+    document["eventId"].as_str() == Some(expected.last_event_id.as_str())
+        && serde_json::from_value::<Digest>(document["history"].clone())
+            .ok()
+            .as_ref()
+            == Some(&expected.history)
+}
+
+/// Waits until the read model behind `base_url` serves exactly `expected` (per connection:
+/// last event and the digest of every event), or panics after `within`.
+pub async fn await_fold(base_url: &str, expected: &HashMap<String, Expected>, within: Duration) {
     let deadline = Instant::now() + within;
     let client = reqwest::Client::new();
-    let mut pending: Vec<(&String, &String)> = expected.iter().collect();
+    let mut pending: Vec<(&String, &Expected)> = expected.iter().collect();
     loop {
         let mut still = Vec::new();
-        for (connection, event_id) in pending {
+        let mut example = None;
+        for (connection, wanted) in pending {
             let response = client
                 .get(format!("{base_url}/mandates/{connection}"))
                 .send()
@@ -237,8 +275,9 @@ pub async fn await_fold(base_url: &str, expected: &HashMap<String, String>, with
                 Ok(r) if r.status() == StatusCode::OK => r.json::<Value>().await.ok(),
                 _ => None,
             };
-            if shown.as_ref().and_then(|b| b["eventId"].as_str()) != Some(event_id.as_str()) {
-                still.push((connection, event_id));
+            if !shown.as_ref().is_some_and(|d| matches(d, wanted)) {
+                example.get_or_insert_with(|| (connection.clone(), wanted.clone(), shown));
+                still.push((connection, wanted));
             }
         }
         pending = still;
@@ -250,85 +289,36 @@ pub async fn await_fold(base_url: &str, expected: &HashMap<String, String>, with
             "{} of {} connections differ from the fold, e.g. {:?}",
             pending.len(),
             expected.len(),
-            pending.first()
+            example
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// Polls `condition` every 100 ms until it holds, or panics with `what` after `within`.
-pub async fn eventually<F, Fut>(what: &str, within: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A second instance of one infrastructure service, started by `scripts/infra` under a home
-/// and port of its own, so a test can stop it without disturbing other tests.
-pub struct IsolatedService {
-    service: &'static str,
-    home: std::path::PathBuf,
-    port: u16,
-}
-
-impl IsolatedService {
-    pub fn start(service: &'static str) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let home = std::env::temp_dir().join(format!("iot-{service}-{}", Uuid::new_v4().simple()));
-        let isolated = Self {
-            service,
-            home,
-            port,
-        };
-        isolated.infra("up");
-        isolated
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn stop(&self) {
-        self.infra("down");
-    }
-
-    pub fn resume(&self) {
-        self.infra("up");
-    }
-
-    fn infra(&self, action: &str) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/infra");
-        let status = Command::new(script)
-            .args([action, self.service])
-            .env("INFRA_HOME", &self.home)
-            .env(
-                format!("{}_PORT", self.service.to_uppercase()),
-                self.port.to_string(),
-            )
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "scripts/infra {action} {} failed",
-            self.service
-        );
-    }
-}
-
-impl Drop for IsolatedService {
-    fn drop(&mut self) {
-        self.infra("down");
-        let _ = std::fs::remove_dir_all(&self.home);
-    }
+/// Checks a store holds exactly the fold: every connection's document, read from the store
+/// itself rather than through the service.
+pub async fn assert_store_holds(
+    store: &impl projectors::Store,
+    expected: &HashMap<String, Expected>,
+) {
+    let keys: Vec<&str> = expected.keys().map(String::as_str).collect();
+    let stored = store.load(&keys).await.unwrap();
+    let differing: Vec<_> = keys
+        .iter()
+        .zip(&stored)
+        .filter(|(key, stored)| {
+            !stored
+                .document
+                .as_ref()
+                .is_some_and(|d| matches(d, &expected[**key]))
+        })
+        .map(|(key, stored)| (key.to_string(), stored.document.clone()))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "{} of {} stored connections differ from the fold, e.g. {:?}",
+        differing.len(),
+        keys.len(),
+        differing.first()
+    );
 }
