@@ -48,6 +48,14 @@ async fn post_and_mandate_change_publish_one_event_each_with_the_event_id_header
         );
     }
     assert_ne!(events[0].event.event_id, events[1].event.event_id);
+    let seqs: Vec<i64> = events
+        .iter()
+        .map(|r| r.seq.expect("event-seq header"))
+        .collect();
+    assert!(
+        seqs[0] < seqs[1],
+        "event-seq increases per connection: {seqs:?}"
+    );
     app.stop().await;
 }
 

@@ -16,7 +16,7 @@ use topics::apply::apply;
 use topics::cluster::Cluster;
 use topics::codec::Decoder;
 use topics::events::ConnectionMandateChanged;
-use topics::kafka::{consumer_config, EVENT_ID_HEADER};
+use topics::kafka::{consumer_config, EVENT_ID_HEADER, SEQUENCE_HEADER};
 use topics::registry::Registry;
 use topics::settings::KafkaSettings;
 use topics::spec::{CATALOGUE, CONNECTION_MANDATES};
@@ -190,6 +190,8 @@ pub async fn apply_topics(kafka: &KafkaSettings) {
 pub struct Received {
     pub key: String,
     pub header_event_id: Option<String>,
+    /// The `event-seq` header: the outbox row id.
+    pub seq: Option<i64>,
     pub event: ConnectionMandateChanged,
 }
 
@@ -255,13 +257,17 @@ impl EventProbe {
             if !keys.contains(&key.as_str()) {
                 continue;
             }
-            let header_event_id = message.headers().and_then(|headers| {
-                headers
-                    .iter()
-                    .find(|h| h.key == EVENT_ID_HEADER)
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            });
+            let header = |name: &str| {
+                message.headers().and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|h| h.key == name)
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                })
+            };
+            let header_event_id = header(EVENT_ID_HEADER);
+            let seq = header(SEQUENCE_HEADER).map(|v| v.parse().expect("event-seq is decimal"));
             let event = self
                 .decoder
                 .decode(message.payload().expect("payload"))
@@ -270,6 +276,7 @@ impl EventProbe {
             received.push(Received {
                 key,
                 header_event_id,
+                seq,
                 event,
             });
         }

@@ -7,4 +7,5 @@ mod customers;
 mod events;
 mod helpers;
 mod kafka_outage;
+mod ordering;
 mod seed;
