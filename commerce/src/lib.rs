@@ -12,6 +12,7 @@
 //! - [`events`]: writing domain events to a service's outbox inside its transaction.
 //! - [`seed`]: the shipped seed data, loaded once into each empty database.
 //! - [`startup`]: building and running one service.
+//! - [`watch`]: `commerce watch`, printing a domain event once it is on its topic.
 //! - [`configuration`], [`telemetry`]: settings (defaults → `COMMERCE_CONFIG` → env), tracing.
 //!
 //! How an order crosses the orders and products databases is described in `README.md`.
@@ -27,6 +28,7 @@ pub mod reviews;
 pub mod seed;
 pub mod startup;
 pub mod telemetry;
+pub mod watch;
 
 /// One of the four services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
