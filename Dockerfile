@@ -1,4 +1,4 @@
-# Platform services (crm, iot-platform) and the `topics` CLI in one image.
+# Platform services (crm, iot-platform, commerce, connector) and the `topics` CLI in one image.
 # Used by docker-compose.kafka.yml; without Docker use scripts/infra + cargo run.
 
 # ---- build ------------------------------------------------------------------
@@ -10,9 +10,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin crm --bin iot-platform --bin topics \
+RUN cargo build --release --locked --bin crm --bin iot-platform --bin topics --bin commerce --bin connector \
  && mkdir -p /out/bin /out/crm-data \
- && cp target/release/crm target/release/iot-platform target/release/topics /out/bin/ \
+ && cp target/release/crm target/release/iot-platform target/release/topics target/release/commerce target/release/connector /out/bin/ \
  && if [ -d crm/data ]; then cp -r crm/data/. /out/crm-data/; fi
 
 # ---- runtime ----------------------------------------------------------------
@@ -30,6 +30,6 @@ ENV CRM_SEED_CSV=/app/crm/data/customers.csv \
     RUST_LOG=info
 WORKDIR /app
 USER app
-EXPOSE 3005 3008
-# Pick the binary with the service's command: crm | iot-platform | topics apply
+EXPOSE 3005 3008 3010 3011 3012 3013
+# Pick the binary with the service's command: crm | iot-platform | commerce <service> | connector -c FILE | topics apply
 CMD ["crm"]
