@@ -64,7 +64,18 @@ pub struct Config {
     pub snapshot_fetch_size: u32,
     /// How long startup waits for Kafka before failing with a one-line error.
     pub kafka_connect_timeout_ms: u64,
+    /// After SIGTERM: how long to wait for the current transaction to end, and
+    /// then for Kafka to acknowledge what is in flight (each), before exiting
+    /// anyway (what Kafka did not acknowledge is sent again at the next start).
+    pub shutdown_timeout_ms: u64,
 }
+
+/// Session settings pinned on every PostgreSQL connection (replication and
+/// SQL): the connector parses PostgreSQL's text output, and pgoutput prints
+/// values in the walsender session's styles, which `ALTER DATABASE/ROLE ... SET`
+/// would otherwise choose.
+pub const SESSION_OPTIONS: &str = "-c datestyle=ISO -c intervalstyle=postgres \
+     -c bytea_output=hex -c timezone=UTC -c extra_float_digits=3";
 
 const DEFAULTS: &str = r#"
 name = "connector"
@@ -85,6 +96,7 @@ tombstones_on_delete = true
 linger_ms = 5
 snapshot_fetch_size = 10000
 kafka_connect_timeout_ms = 10000
+shutdown_timeout_ms = 15000
 "#;
 
 impl Config {
@@ -152,15 +164,61 @@ impl Config {
         Ok(pg.get_dbname().unwrap_or("postgres").to_string())
     }
 
-    /// pg_walstream needs `replication=database` to open a walsender.
-    pub fn replication_url(&self) -> String {
-        let sep = if self.postgres_url.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        format!("{}{sep}replication=database", self.postgres_url)
+    /// The SQL connection's configuration: `postgres_url` plus the pinned
+    /// [`SESSION_OPTIONS`] (after any `options` the URL has, so ours win).
+    pub fn postgres_config(&self) -> Result<tokio_postgres::Config> {
+        let mut pg: tokio_postgres::Config = self
+            .postgres_url
+            .parse()
+            .map_err(|e| Error::Config(format!("postgres_url: {e}")))?;
+        let options = self.session_options()?;
+        pg.options(&options);
+        Ok(pg)
     }
+
+    fn session_options(&self) -> Result<String> {
+        let pg: tokio_postgres::Config = self
+            .postgres_url
+            .parse()
+            .map_err(|e| Error::Config(format!("postgres_url: {e}")))?;
+        Ok(match pg.get_options() {
+            Some(own) if !own.trim().is_empty() => format!("{own} {SESSION_OPTIONS}"),
+            _ => SESSION_OPTIONS.to_string(),
+        })
+    }
+
+    /// The walsender's URL: `replication=database` (pg_walstream opens a
+    /// logical walsender with it) and the pinned session options.
+    pub fn replication_url(&self) -> Result<String> {
+        let options = self.session_options()?;
+        let (base, query) = self
+            .postgres_url
+            .split_once('?')
+            .unwrap_or((&self.postgres_url, ""));
+        let mut params: Vec<String> = query
+            .split('&')
+            .filter(|p| {
+                !p.is_empty() && !p.starts_with("options=") && !p.starts_with("replication=")
+            })
+            .map(str::to_string)
+            .collect();
+        params.push("replication=database".into());
+        params.push(format!("options={}", percent_encode(&options)));
+        Ok(format!("{base}?{}", params.join("&")))
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -182,6 +240,26 @@ mod tests {
         assert_eq!(cfg.format, Format::Json);
         assert_eq!(cfg.snapshot_mode, SnapshotMode::Initial);
         assert_eq!(cfg.topic_for("public", "orders"), "shop.public.orders");
-        assert!(cfg.replication_url().ends_with("replication=database"));
+        let url = cfg.replication_url().unwrap();
+        assert!(
+            url.contains("?replication=database&options=-c%20datestyle%3DISO"),
+            "{url}"
+        );
+    }
+
+    #[test]
+    fn session_options_follow_the_url_own_options() {
+        let mut cfg = Config::load(None).unwrap();
+        cfg.postgres_url =
+            "postgres://u:p@127.0.0.1:5432/db?options=-c%20search_path%3Dx&connect_timeout=5"
+                .into();
+        let pg = cfg.postgres_config().unwrap();
+        let opts = pg.get_options().unwrap();
+        assert!(
+            opts.starts_with("-c search_path=x -c datestyle=ISO"),
+            "{opts}"
+        );
+        let url = cfg.replication_url().unwrap();
+        assert!(url.starts_with("postgres://u:p@127.0.0.1:5432/db?connect_timeout=5&replication=database&options=-c%20search_path"), "{url}");
     }
 }

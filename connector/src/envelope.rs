@@ -1,7 +1,7 @@
 //! Debezium's change-event envelope (`before`, `after`, `source`, `op`,
 //! `ts_ms`) and key, encoded as Confluent-framed Avro or as plain JSON.
 
-use crate::schema::{avro_name, TableSchema};
+use crate::schema::TableSchema;
 use crate::value::{avro_long, avro_str, json_str, write_avro, write_json, Datum};
 
 /// Reported as `source.version`.
@@ -211,7 +211,8 @@ fn row_json(out: &mut Vec<u8>, table: &TableSchema, row: Option<&[Datum]>) {
         if i > 0 {
             out.push(b',');
         }
-        json_str(out, &avro_name(&col.name));
+        // Column names as they are: Debezium's JsonConverter does not rewrite them.
+        json_str(out, &col.name);
         out.push(b':');
         write_json(out, d);
     }
@@ -240,12 +241,27 @@ pub fn json_key(table: &TableSchema, row: &[Datum]) -> Option<Vec<u8>> {
         if n > 0 {
             out.push(b',');
         }
-        json_str(&mut out, &avro_name(&col.name));
+        json_str(&mut out, &col.name);
         out.push(b':');
         write_json(&mut out, &row[i]);
     }
     out.push(b'}');
     Some(out)
+}
+
+/// The first primary-key column `row` has no value for (a REPLICA IDENTITY
+/// index without the primary key leaves it out of old tuples). Key columns
+/// are required fields, so such a row must never be encoded.
+pub fn missing_key<'a>(table: &'a TableSchema, row: &[Datum]) -> Option<&'a str> {
+    table
+        .key_columns()
+        .find(|(i, _)| matches!(row[*i], Datum::Null))
+        .map(|(_, c)| c.name.as_str())
+}
+
+/// Whether every primary-key column of `row` has a value.
+pub fn has_full_key(table: &TableSchema, row: &[Datum]) -> bool {
+    missing_key(table, row).is_none()
 }
 
 /// Whether the key columns differ between two versions of a row, which

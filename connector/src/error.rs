@@ -43,6 +43,12 @@ pub enum Error {
     )]
     SlotLost(String),
 
+    #[error(
+        "PostgreSQL changed under the connector: {0}; the slot position the connector \
+         resumes from may not exist there: run `connector reset` to take a new snapshot"
+    )]
+    ServerChanged(String),
+
     #[error("Kafka at {servers} is unreachable: {reason}")]
     KafkaUnreachable { servers: String, reason: String },
 
@@ -58,6 +64,43 @@ pub enum Error {
     #[error("schema registry: {0}")]
     Registry(String),
 
+    /// Network errors, timeouts and 5xx answers: retried without limit.
+    #[error("schema registry unavailable: {0}")]
+    RegistryUnavailable(String),
+
+    #[error(
+        "table {table}: {change}, which the schema registry refuses for {subject} as \
+         incompatible with the registered versions ({reason})"
+    )]
+    SchemaIncompatible {
+        table: String,
+        subject: String,
+        change: String,
+        reason: String,
+    },
+
+    #[error(
+        "table {table}: columns {first:?} and {second:?} both become the Avro field {field:?}; \
+         rename one of them (or use format = \"json\", which keeps column names)"
+    )]
+    FieldNameCollision {
+        table: String,
+        first: String,
+        second: String,
+        field: String,
+    },
+
+    #[error(
+        "table {table}: a {op} carries no value for primary-key column {column:?} (its REPLICA \
+         IDENTITY index does not contain the primary key); set REPLICA IDENTITY FULL or DEFAULT, \
+         or use an index that includes the primary key"
+    )]
+    MissingKey {
+        table: String,
+        column: String,
+        op: &'static str,
+    },
+
     #[error("cannot convert {column} value {value:?}: {reason}")]
     Value {
         column: String,
@@ -67,6 +110,21 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether trying again later can succeed: a server that is down or
+    /// restarting, a dropped connection. Everything else (configuration, lost
+    /// slot, incompatible schema, a value that cannot be encoded) is final.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::PostgresConnect(_)
+                | Error::Postgres(_)
+                | Error::Replication(_)
+                | Error::RegistryUnavailable(_)
+        )
+    }
+}
 
 /// tokio-postgres renders server errors as "db error: ERROR: ..." with the
 /// detail on further lines; keep the server's message and SQLSTATE only.

@@ -55,10 +55,13 @@ fn load_blocking(cfg: &Config, topic_exists: bool) -> Result<Option<StoredOffset
         .create()?;
     let timeout = Duration::from_millis(cfg.kafka_connect_timeout_ms.max(5000));
     let deadline = Instant::now() + Duration::from_secs(60);
-    let (low, high) = loop {
-        let err = match consumer.fetch_watermarks(&cfg.offsets_topic, 0, timeout) {
-            Ok((low, high)) if low >= 0 && high >= 0 => break (low, high),
-            Ok((low, high)) => format!("invalid watermarks {low}..{high}"),
+    let topic = cfg.offsets_topic.as_str();
+    // The connector creates the topic with one partition, but one made by
+    // someone else may have more: the record is wherever its key hashed to
+    // (and may have moved if partitions were added), so read them all.
+    let ranges = loop {
+        let err = match partition_ranges(&consumer, topic, timeout) {
+            Ok(ranges) => break ranges,
             Err(e) => {
                 // No offsets topic: a first start (only believed when the
                 // caller did not just create it).
@@ -71,48 +74,96 @@ fn load_blocking(cfg: &Config, topic_exists: bool) -> Result<Option<StoredOffset
         // `status` reports the error at once instead of waiting.
         if !topic_exists || Instant::now() > deadline {
             return Err(Error::Kafka(format!(
-                "reading the offset from {}: {err}",
-                cfg.offsets_topic
+                "reading the offset from {topic}: {err}"
             )));
         }
-        tracing::warn!(error = %err, topic = %cfg.offsets_topic, "offset not readable yet, retrying");
+        tracing::warn!(error = %err, %topic, "offset not readable yet, retrying");
         std::thread::sleep(Duration::from_millis(500));
     };
-    if high <= low {
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = std::collections::HashMap::new();
+    for (partition, low, high) in ranges {
+        if high > low {
+            tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+            remaining.insert(partition, high);
+        }
+    }
+    if remaining.is_empty() {
         return Ok(None);
     }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&cfg.offsets_topic, 0, Offset::Beginning)?;
     consumer.assign(&tpl)?;
-    let mut last = None;
-    loop {
+    // The newest record for our key over all partitions (by its Kafka timestamp).
+    let mut last: Option<(i64, Option<StoredOffset>)> = None;
+    while !remaining.is_empty() {
         if Instant::now() > deadline {
-            return Err(Error::Kafka(format!(
-                "timed out reading {}",
-                cfg.offsets_topic
-            )));
+            return Err(Error::Kafka(format!("timed out reading {topic}")));
         }
         let msg = match consumer.poll(Duration::from_millis(500)) {
             None => continue,
             // Transient (a broker still starting); the deadline bounds it.
             Some(Err(e)) => {
-                tracing::warn!(error = %one_line(&e), topic = %cfg.offsets_topic, "reading offsets, retrying");
+                tracing::warn!(error = %one_line(&e), %topic, "reading offsets, retrying");
                 continue;
             }
             Some(Ok(m)) => m,
         };
         if msg.key() == Some(cfg.name.as_bytes()) {
-            last = match msg.payload() {
+            let at = msg.timestamp().to_millis().unwrap_or(0);
+            let record = match msg.payload() {
                 None => None,
-                Some(p) => Some(serde_json::from_slice::<StoredOffset>(p).map_err(|e| {
-                    Error::Kafka(format!("bad offset record in {}: {e}", cfg.offsets_topic))
-                })?),
+                Some(p) => Some(
+                    serde_json::from_slice::<StoredOffset>(p)
+                        .map_err(|e| Error::Kafka(format!("bad offset record in {topic}: {e}")))?,
+                ),
             };
+            if last.as_ref().is_none_or(|(t, _)| at >= *t) {
+                last = Some((at, record));
+            }
         }
-        if msg.offset() + 1 >= high {
-            return Ok(last);
+        if remaining
+            .get(&msg.partition())
+            .is_some_and(|high| msg.offset() + 1 >= *high)
+        {
+            remaining.remove(&msg.partition());
         }
     }
+    Ok(last.and_then(|(_, r)| r))
+}
+
+/// `(partition, low, high)` watermarks of every partition of `topic`.
+fn partition_ranges(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> std::result::Result<Vec<(i32, i64, i64)>, rdkafka::error::KafkaError> {
+    use rdkafka::error::KafkaError;
+    let md = consumer.fetch_metadata(Some(topic), timeout)?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or(KafkaError::MetadataFetch(
+            rdkafka::types::RDKafkaErrorCode::UnknownTopic,
+        ))?;
+    if let Some(e) = t.error() {
+        return Err(KafkaError::MetadataFetch(e.into()));
+    }
+    if t.partitions().is_empty() {
+        return Err(KafkaError::MetadataFetch(
+            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+        ));
+    }
+    let mut out = Vec::new();
+    for p in t.partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
+        if low < 0 || high < 0 {
+            return Err(KafkaError::MetadataFetch(
+                rdkafka::types::RDKafkaErrorCode::LeaderNotAvailable,
+            ));
+        }
+        out.push((p.id(), low, high));
+    }
+    Ok(out)
 }
 
 fn is_unknown_topic(e: &rdkafka::error::KafkaError) -> bool {

@@ -8,8 +8,12 @@ use crate::config::Config;
 use crate::error::{pg_message, Error, Result};
 use crate::schema::{Column, PgType, TableSchema};
 
+/// A SQL connection with the pinned session settings
+/// ([`crate::config::SESSION_OPTIONS`]).
 pub async fn connect(cfg: &Config) -> Result<Client> {
-    let (client, conn) = tokio_postgres::connect(&cfg.postgres_url, NoTls)
+    let (client, conn) = cfg
+        .postgres_config()?
+        .connect(NoTls)
         .await
         .map_err(|e| Error::PostgresConnect(pg_message(&e)))?;
     tokio::spawn(async move {
@@ -18,6 +22,51 @@ pub async fn connect(cfg: &Config) -> Result<Client> {
         }
     });
     Ok(client)
+}
+
+/// Who the server is, from `IDENTIFY_SYSTEM` on a replication connection: a
+/// resumed stream is only meaningful on the same cluster and timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerIdentity {
+    pub system_id: String,
+    pub timeline: u32,
+}
+
+impl ServerIdentity {
+    /// `None` when `now` is the same server; else what changed, in words.
+    pub fn changed(&self, now: &ServerIdentity) -> Option<String> {
+        if self.system_id != now.system_id {
+            return Some(format!(
+                "it is another cluster (system identifier {} at the first connection, {} now)",
+                self.system_id, now.system_id
+            ));
+        }
+        if self.timeline != now.timeline {
+            return Some(format!(
+                "it switched from timeline {} to {} (a failover or point-in-time recovery)",
+                self.timeline, now.timeline
+            ));
+        }
+        None
+    }
+}
+
+/// Runs `IDENTIFY_SYSTEM` on a short-lived walsender connection.
+pub async fn identify_system(cfg: &Config) -> Result<ServerIdentity> {
+    let url = cfg.replication_url()?;
+    let mut conn = pg_walstream::connection::PgReplicationConnection::connect(&url)?;
+    let r = conn.identify_system()?;
+    let system_id = r.get_value(0, 0);
+    let timeline = r.get_value(0, 1).and_then(|t| t.parse().ok());
+    match (system_id, timeline) {
+        (Some(system_id), Some(timeline)) => Ok(ServerIdentity {
+            system_id,
+            timeline,
+        }),
+        _ => Err(Error::Replication(
+            "IDENTIFY_SYSTEM returned no system identifier or timeline".into(),
+        )),
+    }
 }
 
 /// `wal_level` must be `logical` for a logical slot to exist at all.
@@ -153,7 +202,7 @@ pub async fn table_schema(client: &Client, schema: &str, table: &str) -> Result<
     let rows = client
         .query(
             "SELECT a.attname::text, a.atttypid::int8, a.atttypmod,
-                    COALESCE(a.attnum = ANY(i.indkey::int2[]), false)
+                    COALESCE(a.attnum = ANY(i.indkey::int2[]), false), a.attndims::int4
              FROM pg_attribute a
              JOIN pg_class c ON c.oid = a.attrelid
              JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -174,25 +223,43 @@ pub async fn table_schema(client: &Client, schema: &str, table: &str) -> Result<
             .iter()
             .map(|r| Column {
                 name: r.get(0),
-                ty: PgType::from_oid(r.get::<_, i64>(1) as u32, r.get(2)),
+                ty: PgType::from_column(r.get::<_, i64>(1) as u32, r.get(2), r.get(4)),
                 key: r.get(3),
             })
             .collect(),
     })
 }
 
-/// Primary-key column names of a relation, by OID (pgoutput's key flags
-/// follow REPLICA IDENTITY, which is not the same as the primary key).
-pub async fn primary_key(client: &Client, relid: u32) -> Result<Vec<String>> {
+/// What pgoutput's Relation message does not say about a table's columns.
+#[derive(Debug, Default)]
+pub struct RelationFacts {
+    /// Primary-key column names (pgoutput's key flags follow REPLICA
+    /// IDENTITY, which is not the same as the primary key).
+    pub primary_key: Vec<String>,
+    /// Declared array dimensions per column (`int[][]` = 2).
+    pub dims: std::collections::HashMap<String, i32>,
+}
+
+pub async fn relation_facts(client: &Client, relid: u32) -> Result<RelationFacts> {
     let rows = client
         .query(
-            "SELECT a.attname::text FROM pg_index i
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
-             WHERE i.indrelid = $1::int8::oid AND i.indisprimary",
+            "SELECT a.attname::text, a.attndims::int4,
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid
+                              AND i.indisprimary AND a.attnum = ANY(i.indkey::int2[]))
+             FROM pg_attribute a
+             WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped",
             &[&(relid as i64)],
         )
         .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    let mut facts = RelationFacts::default();
+    for r in rows {
+        let name: String = r.get(0);
+        if r.get::<_, bool>(2) {
+            facts.primary_key.push(name.clone());
+        }
+        facts.dims.insert(name, r.get(1));
+    }
+    Ok(facts)
 }
 
 #[cfg(test)]

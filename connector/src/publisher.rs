@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -40,6 +41,9 @@ impl Publisher {
             .set("linger.ms", cfg.linger_ms.to_string())
             .set("compression.type", "lz4")
             .set("queue.buffering.max.messages", "200000")
+            // Java's murmur2 on the key bytes, like the Java producer Debezium
+            // runs in: a key lands on the same partition as with Debezium.
+            .set("partitioner", "murmur2_random")
             .set("log_level", "3");
         let producer: FutureProducer = client.create()?;
         let admin: AdminClient<DefaultClientContext> = client.create()?;
@@ -148,54 +152,133 @@ impl Registry {
         Ok(Registry {
             base: url.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
                 .timeout(Duration::from_secs(30))
                 .build()?,
             cache: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
-    pub async fn register(&self, subject: &str, schema: &Json) -> Result<u32> {
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// Registers `schema` for `table` under `subject` and returns its id.
+    ///
+    /// A registry that is down, times out or answers 5xx is waited for
+    /// without limit (the stream is held back meanwhile, with a warning per
+    /// attempt): skipping the change or exiting would both be worse. An
+    /// incompatible schema (409) is final, with the column change named.
+    pub async fn register(&self, subject: &str, table: &str, schema: &Json) -> Result<u32> {
         let text = schema.to_string();
         let key = (subject.to_string(), text);
         let mut cache = self.cache.lock().await;
         if let Some(id) = cache.get(&key) {
             return Ok(*id);
         }
-        let url = format!("{}/subjects/{}/versions", self.base, subject);
         let body = serde_json::json!({"schema": key.1, "schemaType": "AVRO"});
-        // The registry may be briefly unavailable; retry rather than lose the stream.
-        let mut attempt = 0;
-        let resp = loop {
-            match self
-                .http
-                .post(&url)
-                .header("Content-Type", "application/vnd.schemaregistry.v1+json")
-                .json(&body)
-                .send()
-                .await
-            {
-                Ok(r) => break r,
-                Err(e) if attempt < 10 => {
-                    attempt += 1;
-                    tracing::warn!(error = %one_line(&e), "schema registry unreachable, retrying");
-                    tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
-                }
-                Err(e) => return Err(e.into()),
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times();
+        let id = (|| self.post(subject, &body))
+            .retry(backoff)
+            .when(Error::is_retryable)
+            .notify(|e, wait| {
+                tracing::warn!(error = %e, %subject, retry_in_ms = wait.as_millis() as u64,
+                    "schema registry unavailable; holding the stream until it answers");
+            })
+            .await;
+        let id = match id {
+            Err(Error::SchemaIncompatible { reason, .. }) => {
+                let change = match self.latest(subject).await {
+                    Some(old) => crate::schema::describe_change(&old, schema),
+                    None => "its schema changes".to_string(),
+                };
+                return Err(Error::SchemaIncompatible {
+                    table: table.to_string(),
+                    subject: subject.to_string(),
+                    change,
+                    reason,
+                });
             }
+            other => other?,
         };
+        cache.insert(key, id);
+        Ok(id)
+    }
+
+    async fn post(&self, subject: &str, body: &Json) -> Result<u32> {
+        let url = format!("{}/subjects/{}/versions", self.base, subject);
+        let resp = self
+            .http
+            .post(&url)
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| Error::RegistryUnavailable(format!("{}: {}", self.base, one_line(&e))))?;
         let status = resp.status();
-        let text = resp.text().await?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| Error::RegistryUnavailable(one_line(&e)))?;
+        let short = || one_line(&text.chars().take(300).collect::<String>());
+        if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+            return Err(Error::RegistryUnavailable(format!(
+                "registering {subject} returned {status}: {}",
+                short()
+            )));
+        }
+        if status.as_u16() == 409 {
+            let reason = serde_json::from_str::<Json>(&text)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(|m| one_line(&m)))
+                .unwrap_or_else(short);
+            return Err(Error::SchemaIncompatible {
+                table: String::new(),
+                subject: subject.to_string(),
+                change: String::new(),
+                reason,
+            });
+        }
         if !status.is_success() {
             return Err(Error::Registry(format!(
                 "registering {subject} returned {status}: {}",
-                text.chars().take(300).collect::<String>()
+                short()
             )));
         }
-        let id = serde_json::from_str::<Json>(&text)
+        serde_json::from_str::<Json>(&text)
             .ok()
             .and_then(|v| v["id"].as_u64())
-            .ok_or_else(|| Error::Registry(format!("unexpected answer for {subject}: {text}")))?;
-        cache.insert(key, id as u32);
-        Ok(id as u32)
+            .map(|id| id as u32)
+            .ok_or_else(|| Error::Registry(format!("unexpected answer for {subject}: {}", short())))
+    }
+
+    /// The latest registered schema of `subject`, if the registry says.
+    async fn latest(&self, subject: &str) -> Option<Json> {
+        let url = format!("{}/subjects/{}/versions/latest", self.base, subject);
+        let v: Json = self.http.get(&url).send().await.ok()?.json().await.ok()?;
+        serde_json::from_str(v["schema"].as_str()?).ok()
+    }
+
+    /// `Ok` when the registry answers (for `status`).
+    pub async fn check(&self) -> Result<()> {
+        let resp = self
+            .http
+            .get(format!("{}/subjects", self.base))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| Error::RegistryUnavailable(one_line(&e)))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(Error::RegistryUnavailable(format!(
+                "GET /subjects returned {}",
+                resp.status()
+            )))
+        }
     }
 }

@@ -4,13 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pg_walstream::{LogicalReplicationStream, ReplicationSlotOptions, ReplicationStreamConfig};
+use backon::{ExponentialBuilder, Retryable};
+use pg_walstream::{
+    LogicalReplicationStream, ReplicationSlotOptions, ReplicationStreamConfig, SharedLsnFeedback,
+};
 use tokio::sync::watch;
 
 use crate::config::{Config, SnapshotMode};
 use crate::error::{Error, Result};
 use crate::offsets::{self, StoredOffset, Tracker};
-use crate::pg::{self, format_lsn};
+use crate::pg::{self, format_lsn, ServerIdentity};
 use crate::publisher::Publisher;
 use crate::stream::{self, Emitter};
 
@@ -42,11 +45,69 @@ fn check_slot(cfg: &Config, slot: &Option<pg::SlotInfo>) -> Result<()> {
     Ok(())
 }
 
+/// Opens the replication stream on the existing slot and starts it at
+/// `from` (0: the slot's own position).
+///
+/// pg_walstream creates a slot that is missing. A slot that disappeared
+/// (dropped by an operator, or a failover to a server without it) must stop
+/// the connector instead: a new slot starts at the current WAL position, and
+/// everything committed in between would be skipped without a trace. So the
+/// server and the slot are checked first, and right after START_REPLICATION
+/// (before anything is read) the slot must still be the one the connector
+/// confirmed: a slot created in between starts past every position the
+/// connector confirmed.
+async fn open_stream(
+    cfg: &Config,
+    pg_client: &tokio_postgres::Client,
+    identity: &ServerIdentity,
+    from: u64,
+    feedback: Option<&Arc<SharedLsnFeedback>>,
+) -> Result<LogicalReplicationStream> {
+    let now = pg::identify_system(cfg).await?;
+    if let Some(change) = identity.changed(&now) {
+        return Err(Error::ServerChanged(change));
+    }
+    let slot = pg::slot_info(pg_client, &cfg.slot_name).await?;
+    check_slot(cfg, &slot)?;
+    let Some(slot) = slot else {
+        return Err(Error::SlotLost(cfg.slot_name.clone()));
+    };
+    let confirmed = from.max(slot.confirmed_flush_lsn.unwrap_or(0));
+    let mut stream =
+        LogicalReplicationStream::new(&cfg.replication_url()?, replication_config(cfg, false))
+            .await
+            .map_err(|e| stream::classify(e, &cfg.slot_name))?;
+    if let Some(f) = feedback {
+        // Keep acknowledging through the tracker's handle.
+        stream.shared_lsn_feedback = f.clone();
+    }
+    stream
+        .start((from > 0).then_some(from))
+        .await
+        .map_err(|e| stream::classify(e, &cfg.slot_name))?;
+    match pg::slot_info(pg_client, &cfg.slot_name).await? {
+        Some(s) if s.confirmed_flush_lsn.unwrap_or(0) <= confirmed => Ok(stream),
+        Some(s) => {
+            tracing::error!(
+                slot = %cfg.slot_name,
+                confirmed_by_connector = %format_lsn(confirmed),
+                slot_now_at = %s.confirmed_flush_lsn.map(format_lsn).unwrap_or_default(),
+                "the slot was dropped and created again while the connector was disconnected"
+            );
+            Err(Error::SlotLost(cfg.slot_name.clone()))
+        }
+        None => Err(Error::SlotLost(cfg.slot_name.clone())),
+    }
+}
+
 /// Runs the connector until `shutdown` flips (or, for `initial_only`, until
 /// the snapshot is published).
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
     let pg_client = pg::connect(&cfg).await?;
     pg::preflight(&pg_client, &cfg).await?;
+    // Every later connection must reach this cluster on this timeline.
+    let identity = pg::identify_system(&cfg).await?;
+    tracing::info!(system_id = %identity.system_id, timeline = identity.timeline, "PostgreSQL identified");
     let publisher = Arc::new(Publisher::connect(&cfg).await?);
     pg::ensure_publication(&pg_client, &cfg).await?;
     publisher.ensure_topic(&cfg.offsets_topic, true).await?;
@@ -80,60 +141,82 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
         publisher: publisher.clone(),
         cfg: cfg.clone(),
     };
-    let mut stream =
-        LogicalReplicationStream::new(&cfg.replication_url(), replication_config(&cfg, snapshot))
-            .await
-            .map_err(|e| stream::classify(e, &cfg.slot_name))?;
-    let (tracker, tracker_task) = Tracker::spawn(
-        publisher.clone(),
-        cfg.clone(),
-        Some(stream.shared_lsn_feedback.clone()),
-        true,
-    );
-
     let mut start_lsn = stored.map(|o| o.lsn);
-    if snapshot {
-        stream.ensure_replication_slot().await?;
-        let name = stream
-            .exported_snapshot_name()
-            .ok_or_else(|| Error::Replication("the new slot exported no snapshot".into()))?
-            .to_string();
-        let lsn = pg::slot_info(&pg_client, &cfg.slot_name)
-            .await?
-            .and_then(|s| s.confirmed_flush_lsn)
-            .ok_or_else(|| Error::Replication("the new slot has no consistent point".into()))?;
-        let tables = pg::published_tables(&pg_client, &cfg).await?;
-        tracing::info!(snapshot = %name, lsn = %format_lsn(lsn), tables = tables.len(), "taking initial snapshot");
-        let started = std::time::Instant::now();
-        let rows = crate::snapshot::run(&emitter, &name, lsn, &tables, &tracker).await?;
-        tracker.drain().await?;
-        let record = StoredOffset {
-            lsn,
-            snapshot_completed: true,
-            ts_ms: chrono::Utc::now().timestamp_millis(),
-        };
-        offsets::store(&publisher, &cfg, Some(record)).await?;
-        tracing::info!(
-            rows,
-            secs = started.elapsed().as_secs_f64(),
-            "snapshot published"
+    let (mut stream, tracker, tracker_task) = if stored.is_some() {
+        // Resuming: the slot exists and must stay the same one.
+        let mut stream =
+            open_stream(&cfg, &pg_client, &identity, start_lsn.unwrap_or(0), None).await?;
+        let _ = &mut stream;
+        let (tracker, task) = Tracker::spawn(
+            publisher.clone(),
+            cfg.clone(),
+            Some(stream.shared_lsn_feedback.clone()),
+            true,
         );
-        if cfg.snapshot_mode == SnapshotMode::InitialOnly {
-            drop(stream);
-            // Nothing will read the slot; keeping it would hold WAL forever.
-            pg::drop_slot(&pg_client, &cfg.slot_name).await?;
-            return Ok(());
-        }
-        start_lsn = Some(lsn);
-    } else if stored.is_none() {
-        // Streaming without snapshot from a fresh slot: record where we begin.
-        stream.ensure_replication_slot().await?;
-    }
-
-    stream
-        .start(start_lsn)
+        (stream, tracker, task)
+    } else {
+        let mut stream = LogicalReplicationStream::new(
+            &cfg.replication_url()?,
+            replication_config(&cfg, snapshot),
+        )
         .await
         .map_err(|e| stream::classify(e, &cfg.slot_name))?;
+        let (tracker, task) = Tracker::spawn(
+            publisher.clone(),
+            cfg.clone(),
+            Some(stream.shared_lsn_feedback.clone()),
+            true,
+        );
+        if snapshot {
+            stream.ensure_replication_slot().await?;
+            let name = stream
+                .exported_snapshot_name()
+                .ok_or_else(|| Error::Replication("the new slot exported no snapshot".into()))?
+                .to_string();
+            let lsn = pg::slot_info(&pg_client, &cfg.slot_name)
+                .await?
+                .and_then(|s| s.confirmed_flush_lsn)
+                .ok_or_else(|| Error::Replication("the new slot has no consistent point".into()))?;
+            let tables = pg::published_tables(&pg_client, &cfg).await?;
+            tracing::info!(snapshot = %name, lsn = %format_lsn(lsn), tables = tables.len(), "taking initial snapshot");
+            let started = std::time::Instant::now();
+            let rows = crate::snapshot::run(&emitter, &name, lsn, &tables, &tracker).await?;
+            tracker.drain().await?;
+            let record = StoredOffset {
+                lsn,
+                snapshot_completed: true,
+                ts_ms: chrono::Utc::now().timestamp_millis(),
+            };
+            offsets::store(&publisher, &cfg, Some(record)).await?;
+            tracing::info!(
+                rows,
+                secs = started.elapsed().as_secs_f64(),
+                "snapshot published"
+            );
+            if cfg.snapshot_mode == SnapshotMode::InitialOnly {
+                drop(stream);
+                // Nothing will read the slot; keeping it would hold WAL forever.
+                pg::drop_slot(&pg_client, &cfg.slot_name).await?;
+                return Ok(());
+            }
+            start_lsn = Some(lsn);
+        } else {
+            // Streaming without snapshot from a fresh slot.
+            stream.ensure_replication_slot().await?;
+            start_lsn = pg::slot_info(&pg_client, &cfg.slot_name)
+                .await?
+                .and_then(|s| s.confirmed_flush_lsn);
+        }
+        stream
+            .start(start_lsn)
+            .await
+            .map_err(|e| stream::classify(e, &cfg.slot_name))?;
+        (stream, tracker, task)
+    };
+    // A reconnect before the first acknowledgement resumes from here.
+    tracker
+        .acked
+        .fetch_max(start_lsn.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
     tracing::info!(slot = %cfg.slot_name, from = %start_lsn.map(format_lsn).unwrap_or_else(|| "slot".into()), "streaming");
 
     let heartbeat = (cfg.heartbeat_interval_ms > 0).then(|| {
@@ -143,9 +226,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
             // Reconnects after a server restart; a missed beat only delays the slot.
             loop {
                 match pg::connect(&hb_cfg).await {
-                    Ok(c) => {
-                        let _ = stream::spawn_heartbeat(c, interval).await;
-                    }
+                    Ok(c) => stream::heartbeat(c, interval).await,
                     Err(e) => tracing::warn!(error = %e, "heartbeat connection failed"),
                 }
                 tokio::time::sleep(interval).await;
@@ -180,19 +261,45 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
         tracing::warn!(%reason, "replication stream lost; reconnecting");
         tracker.drain().await?;
         let from = tracker.acked.load(std::sync::atomic::Ordering::SeqCst);
-        let (new_client, new_stream) = reconnect(&cfg, from, &feedback, shutdown.clone()).await?;
-        pg_client = new_client;
-        stream = new_stream;
+        match reconnect(&cfg, &identity, from, &feedback, shutdown.clone()).await {
+            Ok((new_client, new_stream)) => {
+                pg_client = new_client;
+                stream = new_stream;
+            }
+            Err(e) => break Err(e),
+        }
     };
     if let Some(h) = heartbeat {
         h.abort();
     }
     if result.is_ok() {
-        // Clean stop: publish what is in flight and confirm it to the slot.
-        tracker.drain().await?;
-        stream.send_feedback().await?;
-        publisher.flush(Duration::from_secs(10))?;
-        tracing::info!(lsn = %format_lsn(tracker.acked.load(std::sync::atomic::Ordering::SeqCst)), "stopped");
+        // Clean stop: publish what is in flight and confirm it to the slot,
+        // unless Kafka does not answer in time (an outage): then what it did
+        // not acknowledge is sent again at the next start.
+        let limit = Duration::from_millis(cfg.shutdown_timeout_ms);
+        match tokio::time::timeout(limit, tracker.drain()).await {
+            Ok(drained) => {
+                drained?;
+                stream.send_feedback().await?;
+                if let Err(e) = publisher.flush(Duration::from_secs(5)) {
+                    tracing::warn!(error = %e, "flushing the producer");
+                }
+                tracing::info!(lsn = %format_lsn(tracker.acked.load(std::sync::atomic::Ordering::SeqCst)), "stopped");
+            }
+            Err(_) => {
+                let _ = stream.send_feedback().await;
+                tracing::warn!(
+                    timeout_ms = cfg.shutdown_timeout_ms,
+                    acked = %format_lsn(tracker.acked.load(std::sync::atomic::Ordering::SeqCst)),
+                    "Kafka did not acknowledge everything in time; stopping anyway: \
+                     the unacknowledged changes are sent again at the next start"
+                );
+                tracker_task.abort();
+            }
+        }
+    } else if result.as_ref().is_err_and(|e| !e.is_retryable()) {
+        // Nothing more will be acknowledged; do not wait for Kafka.
+        tracker_task.abort();
     }
     drop(tracker);
     let _ = tracker_task.await;
@@ -200,41 +307,32 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
 }
 
 /// Reopens the catalog connection and the replication stream, retrying
-/// with back-off until PostgreSQL answers (or shutdown is requested).
+/// with back-off while PostgreSQL is unreachable (or until shutdown). A lost
+/// or recreated slot, or another server, is final.
 async fn reconnect(
     cfg: &Config,
+    identity: &ServerIdentity,
     from: u64,
-    feedback: &std::sync::Arc<pg_walstream::SharedLsnFeedback>,
+    feedback: &Arc<SharedLsnFeedback>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(tokio_postgres::Client, LogicalReplicationStream)> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let attempt = async {
-            let client = pg::connect(cfg).await?;
-            let mut s = LogicalReplicationStream::new(
-                &cfg.replication_url(),
-                replication_config(cfg, false),
-            )
-            .await
-            .map_err(|e| stream::classify(e, &cfg.slot_name))?;
-            // Keep acknowledging through the tracker's handle.
-            s.shared_lsn_feedback = feedback.clone();
-            s.start((from > 0).then_some(from))
-                .await
-                .map_err(|e| stream::classify(e, &cfg.slot_name))?;
-            Ok::<_, Error>((client, s))
-        };
-        match attempt.await {
-            Ok(pair) => return Ok(pair),
-            Err(e @ Error::SlotInvalidated { .. }) => return Err(e),
-            Err(e) if *shutdown.borrow() => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "reconnect failed");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times();
+    let attempt = || async {
+        let client = pg::connect(cfg).await?;
+        let stream = open_stream(cfg, &client, identity, from, Some(feedback)).await?;
+        Ok::<_, Error>((client, stream))
+    };
+    attempt
+        .retry(backoff)
+        .when(|e| e.is_retryable() && !*shutdown.borrow())
+        .notify(|e, wait| {
+            tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "reconnect failed");
+        })
+        .await
 }
 
 /// Prints the slot and offset state, including slot lag in bytes.
@@ -255,6 +353,17 @@ pub async fn status(cfg: &Config) -> Result<String> {
                 .map(|l| l.to_string())
                 .unwrap_or_else(|| "?".into()),
         )),
+    }
+    if cfg.format == crate::config::Format::Avro {
+        let registry = crate::publisher::Registry::new(&cfg.schema_registry_url)?;
+        match registry.check().await {
+            Ok(()) => out.push_str(&format!("registry {}: reachable\n", registry.url())),
+            // The stream waits for it (lag_bytes grows) until it answers again.
+            Err(e) => out.push_str(&format!(
+                "registry {}: unavailable, streaming waits for it ({e})\n",
+                registry.url()
+            )),
+        }
     }
     // The slot line is the one that matters during a Kafka outage; still show it.
     match offsets::load(cfg, false).await {

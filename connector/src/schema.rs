@@ -33,10 +33,11 @@ pub enum PgType {
     Int64,
     Float32,
     Float64,
-    /// `scale` is `None` for an unconstrained `numeric`.
+    /// `scale` is `None` for an unconstrained `numeric`; negative (PostgreSQL
+    /// 15: `numeric(3, -2)` rounds to hundreds) for digits left of the point.
     Numeric {
         precision: Option<u32>,
-        scale: Option<u32>,
+        scale: Option<i32>,
     },
     Text,
     Date,
@@ -96,6 +97,16 @@ impl PgType {
         }
     }
 
+    /// [`PgType::from_oid`] for a column declared with `dims` array
+    /// dimensions: a multi-dimensional array has no Avro mapping here and is
+    /// carried as PostgreSQL's text (`{{1,2},{3,4}}`).
+    pub fn from_column(oid: u32, typmod: i32, dims: i32) -> PgType {
+        match PgType::from_oid(oid, typmod) {
+            PgType::Array(_) if dims > 1 => PgType::Other,
+            t => t,
+        }
+    }
+
     /// Whether PostgreSQL may TOAST the value, i.e. whether an update can
     /// leave it out as "unchanged".
     pub fn is_string_like(&self) -> bool {
@@ -118,9 +129,11 @@ fn numeric(typmod: i32) -> PgType {
         };
     }
     let m = (typmod - 4) as u32;
+    // The scale is an 11-bit two's complement number since PostgreSQL 15.
+    let scale = (((m & 0x7ff) ^ 0x400) as i32) - 0x400;
     PgType::Numeric {
         precision: Some((m >> 16) & 0xffff),
-        scale: Some(m & 0xffff),
+        scale: Some(scale),
     }
 }
 
@@ -146,6 +159,23 @@ impl TableSchema {
 
     pub fn has_key(&self) -> bool {
         self.columns.iter().any(|c| c.key)
+    }
+
+    /// `schema.table`, for messages.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
+
+    /// Two columns whose names become the same Avro field name.
+    pub fn avro_name_collision(&self) -> Option<(String, String, String)> {
+        let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+        for c in &self.columns {
+            let field = avro_name(&c.name);
+            if let Some(first) = seen.insert(field.clone(), &c.name) {
+                return Some((first.to_string(), c.name.clone(), field));
+            }
+        }
+        None
     }
 
     fn namespace(&self, prefix: &str) -> String {
@@ -284,7 +314,10 @@ pub fn avro_type(
             (DecimalHandling::String, _) => json!("string"),
             (DecimalHandling::Double, _) => json!("double"),
             (DecimalHandling::Precise, Some(scale)) => {
-                let precision = precision.unwrap_or(0);
+                // Avro's decimal scale cannot be negative: numeric(3, -2) holds
+                // integers, so it becomes scale 0 with room for the zeros.
+                let precision = precision.unwrap_or(0) + scale.min(&0).unsigned_abs();
+                let scale = (*scale).max(0);
                 json!({
                     "type": "bytes",
                     "scale": scale,
@@ -332,6 +365,77 @@ pub fn avro_type(
             "type": "array",
             "items": ["null", avro_type(elem, decimals, named)],
         }),
+    }
+}
+
+/// In words, what changes from the registered schema `old` to `new` (key
+/// or envelope), column by column: for the one-line error when the registry
+/// refuses `new`.
+pub fn describe_change(old: &Json, new: &Json) -> String {
+    fn columns(schema: &Json) -> Vec<(String, Json)> {
+        // The envelope's columns are in `before`'s Value record; a key's at the top.
+        let record = match schema["name"].as_str() {
+            Some("Envelope") => &schema["fields"][0]["type"][1],
+            _ => schema,
+        };
+        record["fields"]
+            .as_array()
+            .map(|fs| {
+                fs.iter()
+                    .filter_map(|f| Some((f["name"].as_str()?.to_string(), f["type"].clone())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    fn render(t: &Json) -> String {
+        match t {
+            Json::String(s) => s.clone(),
+            Json::Array(union) => {
+                let inner: Vec<String> = union
+                    .iter()
+                    .filter(|m| m.as_str() != Some("null"))
+                    .map(render)
+                    .collect();
+                let optional = union.len() > inner.len();
+                format!(
+                    "{}{}",
+                    inner.join("|"),
+                    if optional { " (optional)" } else { "" }
+                )
+            }
+            Json::Object(o) => match (o.get("connect.name"), o.get("type")) {
+                (Some(Json::String(n)), _) => n.clone(),
+                (_, Some(Json::String(ty))) if ty == "array" => {
+                    format!("array of {}", render(&o["items"]))
+                }
+                (_, Some(ty)) => render(ty),
+                _ => t.to_string(),
+            },
+            _ => t.to_string(),
+        }
+    }
+    let (old, new) = (columns(old), columns(new));
+    let mut changes = Vec::new();
+    for (name, ty) in &new {
+        match old.iter().find(|(n, _)| n == name) {
+            None => changes.push(format!("column {name:?} added as {}", render(ty))),
+            Some((_, was)) if was != ty => changes.push(format!(
+                "column {name:?} changes from {} to {}",
+                render(was),
+                render(ty)
+            )),
+            Some(_) => {}
+        }
+    }
+    for (name, ty) in &old {
+        if !new.iter().any(|(n, _)| n == name) {
+            changes.push(format!("column {name:?} ({}) removed", render(ty)));
+        }
+    }
+    if changes.is_empty() {
+        "its schema changes".to_string()
+    } else {
+        changes.join(", ")
     }
 }
 
@@ -437,6 +541,61 @@ mod tests {
         assert_eq!(last["name"], "note");
         assert_eq!(last["default"], Json::Null);
         assert_ne!(v, old.value_schema("shop", DecimalHandling::String));
+    }
+
+    #[test]
+    fn negative_numeric_scale() {
+        // numeric(3, -2): typmod = ((3 << 16) | (-2 & 0x7ff)) + 4
+        let t = PgType::from_oid(1700, ((3 << 16) | (-2i32 & 0x7ff)) + 4);
+        assert_eq!(
+            t,
+            PgType::Numeric {
+                precision: Some(3),
+                scale: Some(-2)
+            }
+        );
+        let mut named = HashSet::new();
+        let a = avro_type(&t, DecimalHandling::Precise, &mut named);
+        assert_eq!(
+            (a["scale"].clone(), a["precision"].clone()),
+            (json!(0), json!(5))
+        );
+    }
+
+    #[test]
+    fn multi_dimensional_arrays_are_text() {
+        assert_eq!(PgType::from_column(1007, -1, 2), PgType::Other);
+        assert_eq!(
+            PgType::from_column(1007, -1, 1),
+            PgType::Array(Box::new(PgType::Int32))
+        );
+    }
+
+    #[test]
+    fn colliding_names_and_changes_are_named() {
+        let mut t = table();
+        t.columns.push(Column {
+            name: "ratio-2".into(),
+            ty: PgType::Text,
+            key: false,
+        });
+        t.columns.push(Column {
+            name: "ratio_2".into(),
+            ty: PgType::Text,
+            key: false,
+        });
+        assert_eq!(
+            t.avro_name_collision(),
+            Some(("ratio-2".into(), "ratio_2".into(), "ratio_2".into()))
+        );
+        let old = table().value_schema("shop", DecimalHandling::String);
+        let mut changed = table();
+        changed.columns[5].ty = PgType::Text;
+        let new = changed.value_schema("shop", DecimalHandling::String);
+        assert_eq!(
+            describe_change(&old, &new),
+            "column \"at\" changes from io.debezium.time.Timestamp (optional) to string (optional)"
+        );
     }
 
     #[test]

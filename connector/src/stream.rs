@@ -47,14 +47,24 @@ impl Emitter {
         self.publisher.ensure_topic(&topic, false).await?;
         let (mut key_id, mut value_id) = (0, 0);
         if self.cfg.format == Format::Avro {
+            if let Some((first, second, field)) = schema.avro_name_collision() {
+                return Err(Error::FieldNameCollision {
+                    table: schema.qualified(),
+                    first,
+                    second,
+                    field,
+                });
+            }
             let reg = self.publisher.registry();
             let dec = self.cfg.decimal_handling;
+            let table = schema.qualified();
             if let Some(k) = schema.key_schema(&self.cfg.name, dec) {
-                key_id = reg.register(&format!("{topic}-key"), &k).await?;
+                key_id = reg.register(&format!("{topic}-key"), &table, &k).await?;
             }
             value_id = reg
                 .register(
                     &format!("{topic}-value"),
+                    &table,
                     &schema.value_schema(&self.cfg.name, dec),
                 )
                 .await?;
@@ -78,6 +88,20 @@ impl Emitter {
         out: &mut Vec<DeliveryFuture>,
     ) -> Result<()> {
         let key_row = after.or(before).expect("an event has a row");
+        // Key columns are required fields: never encode a row without them.
+        for row in [before, after].into_iter().flatten() {
+            if let Some(column) = envelope::missing_key(&ts.schema, row) {
+                return Err(Error::MissingKey {
+                    table: ts.schema.qualified(),
+                    column: column.to_string(),
+                    op: match op {
+                        Op::Delete => "delete",
+                        Op::Update => "update",
+                        _ => "change",
+                    },
+                });
+            }
+        }
         let ev = Event {
             table: &ts.schema,
             op,
@@ -151,9 +175,38 @@ pub fn classify(e: pg_walstream::ReplicationError, slot: &str) -> Error {
     e.into()
 }
 
-/// Runs until `shutdown` flips or an error. On return the tracker still owns
-/// whatever was in flight; the caller drains it.
+/// Runs until `shutdown` flips or an error. A stop requested inside a
+/// transaction lets the transaction finish first (so a clean stop sends
+/// nothing twice), for at most `shutdown_timeout_ms`; past that (a huge
+/// transaction, Kafka down and the producer queue full) it stops where it is,
+/// and the unfinished transaction is sent again in full at the next start. On
+/// return the tracker still owns whatever was in flight; the caller drains it.
 pub async fn run(
+    emitter: &Emitter,
+    pg_client: &Client,
+    stream: &mut LogicalReplicationStream,
+    tracker: &Tracker,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut stop = shutdown.clone();
+    let limit = std::time::Duration::from_millis(emitter.cfg.shutdown_timeout_ms);
+    let hard_stop = async move {
+        let _ = stop.wait_for(|s| *s).await;
+        tokio::time::sleep(limit).await;
+    };
+    tokio::select! {
+        r = stream_changes(emitter, pg_client, stream, tracker, shutdown) => r,
+        _ = hard_stop => {
+            tracing::warn!(
+                timeout_ms = emitter.cfg.shutdown_timeout_ms,
+                "stopping inside a transaction: it is sent again at the next start"
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn stream_changes(
     emitter: &Emitter,
     pg_client: &Client,
     stream: &mut LogicalReplicationStream,
@@ -165,13 +218,23 @@ pub async fn run(
     let mut tables: HashMap<u32, TableState> = HashMap::new();
     let mut txn: Option<Txn> = None;
     let mut last_commit_lsn: u64 = 0;
+    let mut stopping = *shutdown.borrow();
     loop {
         if let Some(f) = tracker.failure() {
             return Err(Error::Kafka(f));
         }
+        if stopping && txn.is_none() {
+            return Ok(());
+        }
         let event = tokio::select! {
             biased;
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed(), if !stopping => {
+                stopping = true;
+                if let Some(t) = &txn {
+                    tracing::info!(xid = t.xid, "stop requested: finishing the current transaction");
+                }
+                continue;
+            }
             ev = stream.next_event(&cancel) => ev.map_err(|e| classify(e, &cfg.slot_name))?,
         };
         let lsn = event.lsn.value();
@@ -183,7 +246,7 @@ pub async fn run(
                 columns,
                 ..
             } => {
-                let pk = pg::primary_key(pg_client, relation_id).await?;
+                let facts = pg::relation_facts(pg_client, relation_id).await?;
                 let schema = TableSchema {
                     schema: namespace.to_string(),
                     table: relation_name.to_string(),
@@ -191,8 +254,15 @@ pub async fn run(
                         .iter()
                         .map(|c| Column {
                             name: c.name.to_string(),
-                            ty: PgType::from_oid(c.type_id, c.type_modifier),
-                            key: pk.iter().any(|k| k.as_str() == c.name.as_ref()),
+                            ty: PgType::from_column(
+                                c.type_id,
+                                c.type_modifier,
+                                facts.dims.get(c.name.as_ref()).copied().unwrap_or(0),
+                            ),
+                            key: facts
+                                .primary_key
+                                .iter()
+                                .any(|k| k.as_str() == c.name.as_ref()),
                         })
                         .collect(),
                 };
@@ -262,9 +332,18 @@ pub async fn run(
             } => {
                 let (ts, t) = lookup(&tables, relation_oid, &mut txn)?;
                 let after = to_row(ts, &new_data, cfg)?;
-                let before = old_data.as_ref().map(|d| to_row(ts, d, cfg)).transpose()?;
-                // pgoutput sends the old key only when it changed (or the full
-                // old row with REPLICA IDENTITY FULL).
+                let old = old_data.as_ref().map(|d| to_row(ts, d, cfg)).transpose()?;
+                // pgoutput sends the old tuple only when a REPLICA IDENTITY
+                // column changed (all columns with FULL). With USING INDEX on
+                // an index without the primary key, that old tuple has no
+                // primary key: it says nothing about the key, so it is neither
+                // a key move nor a usable `before`.
+                let before = match old {
+                    Some(b) if ts.schema.has_key() && !envelope::has_full_key(&ts.schema, &b) => {
+                        None
+                    }
+                    b => b,
+                };
                 let moved = before.as_ref().is_some_and(|b| {
                     ts.schema.has_key() && envelope::key_changed(&ts.schema, b, &after)
                 });
@@ -341,28 +420,24 @@ fn source<'a>(emitter: &'a Emitter, t: &Txn, lsn: u64, last_commit: u64) -> Sour
     }
 }
 
-/// Writes a non-transactional logical-decoding message every `interval`.
-/// It travels through the slot like any change, so the stream can confirm
-/// its LSN even when no captured table is written, and WAL produced by other
-/// tables does not pile up behind the slot.
-pub fn spawn_heartbeat(
-    client: Client,
-    interval: std::time::Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let sql = format!("SELECT pg_logical_emit_message(false, '{HEARTBEAT_PREFIX}', '')");
-            if let Err(e) = client.simple_query(&sql).await {
-                tracing::warn!(error = %crate::error::pg_message(&e), "heartbeat failed");
-                if e.is_closed() {
-                    return;
-                }
+/// Writes a non-transactional logical-decoding message every `interval`
+/// until the connection closes. It travels through the slot like any change,
+/// so the stream can confirm its LSN even when no captured table is written,
+/// and WAL produced by other tables does not pile up behind the slot. Runs in
+/// the caller's task (no task of its own), so cancelling the caller stops it.
+pub async fn heartbeat(client: Client, interval: std::time::Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let sql = format!("SELECT pg_logical_emit_message(false, '{HEARTBEAT_PREFIX}', '')");
+        if let Err(e) = client.simple_query(&sql).await {
+            tracing::warn!(error = %crate::error::pg_message(&e), "heartbeat failed");
+            if e.is_closed() {
+                return;
             }
         }
-    })
+    }
 }
 
 #[cfg(test)]

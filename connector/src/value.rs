@@ -64,7 +64,8 @@ pub fn parse(column: &str, ty: &PgType, text: &str, decimals: DecimalHandling) -
                 None => Datum::Null, // NaN / ±Infinity have no decimal form
                 Some((neg, int, frac)) => match scale {
                     Some(s) => {
-                        let s = *s as usize;
+                        // A negative scale (numeric(3, -2)) holds integers: scale 0.
+                        let s = (*s).max(0) as usize;
                         if frac.len() > s {
                             return Err(bad("more fraction digits than the column scale"));
                         }
@@ -101,7 +102,18 @@ pub fn parse(column: &str, ty: &PgType, text: &str, decimals: DecimalHandling) -
         }
         PgType::Bytea => Datum::Bytes(parse_bytea(text).ok_or_else(|| bad("not bytea hex"))?),
         PgType::Array(elem) => {
-            let items = parse_array(text).ok_or_else(|| bad("not a one-dimensional array"))?;
+            let items = match parse_array(text) {
+                Some(items) => items,
+                // A column declared one-dimensional can still hold a
+                // multi-dimensional value (PostgreSQL does not enforce the
+                // declaration): its elements are kept, in row-major order.
+                None => {
+                    let flat = flatten_array(text).ok_or_else(|| bad("not an array"))?;
+                    tracing::warn!(column, value = %text.chars().take(64).collect::<String>(),
+                        "multi-dimensional value in a one-dimensional array column: elements flattened");
+                    parse_array(&flat).ok_or_else(|| bad("not an array"))?
+                }
+            };
             let mut out = Vec::with_capacity(items.len());
             for item in items {
                 out.push(match item {
@@ -308,6 +320,38 @@ fn parse_bytea(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
         .collect()
+}
+
+/// `{{1,2},{3,4}}` → `{1,2,3,4}` (braces inside quoted elements kept).
+fn flatten_array(text: &str) -> Option<String> {
+    let text = match text.find("={") {
+        Some(i) if text.starts_with('[') => &text[i + 1..],
+        _ => text,
+    };
+    if !text.starts_with("{{") {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let (mut quoted, mut escaped) = (false, false);
+    for c in text.chars() {
+        match c {
+            _ if escaped => {
+                escaped = false;
+                out.push(c);
+            }
+            '\\' if quoted => {
+                escaped = true;
+                out.push(c);
+            }
+            '"' => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            '{' | '}' if !quoted => {}
+            _ => out.push(c),
+        }
+    }
+    Some(format!("{{{out}}}"))
 }
 
 /// One-dimensional array literal `{a,"b c",NULL}` → items (`None` = NULL).
@@ -622,6 +666,30 @@ mod tests {
             unavailable(&PgType::Bytea, DecimalHandling::String),
             Datum::Bytes(UNAVAILABLE.as_bytes().to_vec())
         );
+    }
+
+    #[test]
+    fn multi_dimensional_values_are_flattened_and_negative_scales_are_integers() {
+        let t = PgType::Array(Box::new(PgType::Int32));
+        assert_eq!(
+            p(t, "{{1,2},{3,NULL}}"),
+            Datum::Array(vec![
+                Datum::Int(1),
+                Datum::Int(2),
+                Datum::Int(3),
+                Datum::Null
+            ])
+        );
+        let texts = PgType::Array(Box::new(PgType::Text));
+        assert_eq!(
+            p(texts, r#"{{"a}",b},{c,d}}"#),
+            Datum::Array(["a}", "b", "c", "d"].map(|s| Datum::Str(s.into())).to_vec())
+        );
+        let hundreds = PgType::Numeric {
+            precision: Some(3),
+            scale: Some(-2),
+        };
+        assert_eq!(p(hundreds, "12300"), Datum::Bytes(vec![0x30, 0x0c]));
     }
 
     #[test]
