@@ -21,8 +21,9 @@ use crate::error::{Error, Result};
 /// How long Kafka may take to acknowledge a record before it counts as failed; without it
 /// librdkafka would wait for a broker that is down forever. Below the transaction timeout.
 const MESSAGE_TIMEOUT_MS: &str = "10000";
-/// A topic the cluster does not have fails its records after this, not after 30 s.
-const TOPIC_PROPAGATION_MS: &str = "3000";
+/// A topic the cluster does not have fails its records after this, not after 30 s: a
+/// held-back key whose topic is missing stalls its retry cycle this long.
+const TOPIC_PROPAGATION_MS: &str = "1000";
 /// How often the producer refreshes metadata, so a topic created while a key was held back
 /// is seen within seconds, not the default 5 minutes.
 const METADATA_REFRESH_MS: &str = "3000";

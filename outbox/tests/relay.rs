@@ -365,8 +365,13 @@ async fn a_key_that_cannot_be_written_holds_back_only_itself() {
         late.extend(db.write(&events).await);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let last_write = std::time::Instant::now();
     good_ids.extend(late);
     reader.until_seen(&good_ids, WAIT).await;
+    eprintln!(
+        "good keys all delivered {:?} after their last write",
+        last_write.elapsed()
+    );
 
     let waiting = db.unpublished_keys().await;
     assert_eq!(
@@ -382,6 +387,7 @@ async fn a_key_that_cannot_be_written_holds_back_only_itself() {
     );
 
     // Fix both: the topic appears, the record size limit is raised.
+    let fixed = std::time::Instant::now();
     create_topic(&missing, 1, &[]).await;
     admin()
         .alter_configs(
@@ -400,6 +406,7 @@ async fn a_key_that_cannot_be_written_holds_back_only_itself() {
     all.extend(&lost_ids);
     all.extend(&big_ids);
     reader.until_seen(&all, Duration::from_secs(90)).await;
+    eprintln!("held keys delivered {:?} after the fix", fixed.elapsed());
     reader.drain();
     assert_once(&reader, &all);
     assert_eq!(
