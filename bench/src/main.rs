@@ -4,11 +4,14 @@
 //!
 //! - [`mandates`]: the CQRS loop: CRM API change → visible in the IoT platform, and the IoT
 //!   projector's fold rate against a bare rdkafka consumer of the same topic.
+//! - [`orders`]: orders through the commerce services against a bare conditional UPDATE loop
+//!   on the same PostgreSQL, 0 oversold.
 //! - [`replay`]: rebuilding read models from the log into Redis and MySQL, and a rebuild's
 //!   time to switch.
 //! - [`workload`]: the pre-filled topic, the bare-consumer baseline and the projector runs.
 
 mod mandates;
+mod orders;
 mod replay;
 mod workload;
 
@@ -29,6 +32,9 @@ enum Benchmark {
     /// Replay of a pre-filled topic into Redis and MySQL vs a bare consumer, and the rebuild's
     /// time to switch.
     Replay(replay::Options),
+    /// Orders/s through the commerce services at concurrency 64 vs a bare conditional UPDATE
+    /// loop on the same PostgreSQL, alternating rounds, 0 oversold.
+    Orders(orders::Options),
 }
 
 #[tokio::main]
@@ -36,5 +42,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().benchmark {
         Benchmark::Mandates(options) => mandates::run(options).await,
         Benchmark::Replay(options) => replay::run(options).await,
+        Benchmark::Orders(options) => orders::run(options).await,
     }
 }

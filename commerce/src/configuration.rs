@@ -36,6 +36,8 @@ pub struct Settings {
     pub orders_sweep_interval_ms: u64,
     /// Load the shipped seed data into a service's empty database on its first start.
     pub commerce_seed: bool,
+    /// Database connections per service.
+    pub commerce_pool_size: u32,
 }
 
 impl Default for Settings {
@@ -56,6 +58,7 @@ impl Default for Settings {
             orders_pending_timeout_ms: 30_000,
             orders_sweep_interval_ms: 1_000,
             commerce_seed: true,
+            commerce_pool_size: 32,
         }
     }
 }

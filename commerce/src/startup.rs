@@ -54,8 +54,13 @@ impl Application {
             Service::Orders => &orders::MIGRATOR,
             Service::Reviews => &reviews::MIGRATOR,
         };
-        let pool =
-            database::prepare(&server, settings.database_name(service), migrator, 32).await?;
+        let pool = database::prepare(
+            &server,
+            settings.database_name(service),
+            migrator,
+            settings.commerce_pool_size,
+        )
+        .await?;
         let seeded = if settings.commerce_seed {
             seed::load_once(service, &pool).await?
         } else {

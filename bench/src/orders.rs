@@ -1,0 +1,333 @@
+//! Orders placed through the commerce services (HTTP → orders → reservation at products →
+//! confirm, each step with its outbox row) at a fixed concurrency, against a bare loop of the
+//! same conditional `UPDATE products SET stock = stock - 1 WHERE id = $1 AND stock >= 1` on
+//! the same PostgreSQL, in alternating rounds. Every round sells exactly its stock and checks
+//! that nothing was oversold: stock ends at 0 and never below, the held reservations (or
+//! successful updates) equal the stock, and the extra attempts are refused.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context};
+use commerce::configuration::Settings;
+use commerce::startup::Application;
+use commerce::Service;
+use futures::stream::{self, StreamExt};
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgPool};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Orders that succeed per round (the round's total stock).
+    #[arg(long, default_value_t = 10_000)]
+    orders: u64,
+    /// Concurrent clients (HTTP requests in flight, or bare UPDATE loops).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Products the orders are spread over (round-robin), the same for both sides.
+    #[arg(long, default_value_t = 10)]
+    products: u64,
+    /// Rounds of each side, alternating which goes first.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Database connections of each commerce service and of the bare loop.
+    #[arg(long, default_value_t = 32)]
+    pool_size: u32,
+}
+
+struct Running {
+    address: String,
+    pool: PgPool,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn start(settings: &Settings, service: Service) -> anyhow::Result<Self> {
+        let app = Application::build(settings.clone(), service).await?;
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let pool = app.pool().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            address,
+            pool,
+            stop,
+            task,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await?
+    }
+}
+
+/// One round's outcome.
+struct Round {
+    per_second: f64,
+    refused: u64,
+}
+
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    ensure!(
+        options.products > 0 && options.orders >= options.products,
+        "--orders must be at least --products"
+    );
+    let run = Uuid::new_v4().simple().to_string();
+    let mut settings = commerce::configuration::load()?;
+    settings.products_database = format!("commerce_bench_products_{run}");
+    settings.orders_database = format!("commerce_bench_orders_{run}");
+    settings.products_listen_addr = "127.0.0.1:0".to_owned();
+    settings.orders_listen_addr = "127.0.0.1:0".to_owned();
+    settings.commerce_seed = false;
+    settings.commerce_pool_size = options.pool_size;
+    let products = Running::start(&settings, Service::Products).await?;
+    settings.orders_products_url = products.address.clone();
+    let orders = Running::start(&settings, Service::Orders).await?;
+    let bare_pool = PgPoolOptions::new()
+        .max_connections(options.pool_size)
+        .connect_with(settings.database_options(Service::Products)?)
+        .await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.concurrency)
+        .build()?;
+
+    let per_product = options.orders / options.products;
+    let stock = per_product * options.products;
+    println!(
+        "orders: {stock} orders per round over {} products ({per_product} in stock each) + {} attempts too many, concurrency {}, {} database connections per side, {} rounds each, alternating",
+        options.products, options.concurrency, options.concurrency, options.pool_size, options.rounds
+    );
+    println!("| round | side | orders/s | refused (409) | oversold |");
+    println!("|---|---|---|---|---|");
+    let mut service_rates = Vec::new();
+    let mut bare_rates = Vec::new();
+    for round in 0..options.rounds {
+        let service_first = round % 2 == 0;
+        for side in if service_first {
+            [true, false]
+        } else {
+            [false, true]
+        } {
+            let ids =
+                create_products(&client, &products.address, options.products, per_product).await?;
+            let outcome = if side {
+                service_round(&client, &orders.address, &ids, stock, options.concurrency).await?
+            } else {
+                bare_round(&bare_pool, &ids, stock, options.concurrency).await?
+            };
+            let oversold = check(&products.pool, &ids, per_product, side).await?;
+            ensure!(oversold == 0, "{oversold} oversold");
+            ensure!(
+                outcome.refused == options.concurrency as u64,
+                "{} refused, expected {}",
+                outcome.refused,
+                options.concurrency
+            );
+            let name = if side {
+                "commerce orders (HTTP, 2 services, outbox)"
+            } else {
+                "bare conditional UPDATE"
+            };
+            println!(
+                "| {} | {name} | {:.0} | {} | {oversold} |",
+                round + 1,
+                outcome.per_second,
+                outcome.refused
+            );
+            if side {
+                service_rates.push(outcome.per_second);
+            } else {
+                bare_rates.push(outcome.per_second);
+            }
+        }
+    }
+    let (service_median, service_low, service_high) = summary(&mut service_rates);
+    let (bare_median, bare_low, bare_high) = summary(&mut bare_rates);
+    println!();
+    println!("| side | median/s | range/s | vs bare (median) |");
+    println!("|---|---|---|---|");
+    println!(
+        "| commerce orders | {service_median:.0} | {service_low:.0}–{service_high:.0} | {:.2} |",
+        service_median / bare_median
+    );
+    println!(
+        "| bare conditional UPDATE | {bare_median:.0} | {bare_low:.0}–{bare_high:.0} | 1.00 |"
+    );
+    let goal = 2_000f64.min(0.5 * bare_median);
+    println!(
+        "goal: ≥ {goal:.0} orders/s (the lower of 2000 and 0.5 × bare): {}",
+        if service_median >= goal {
+            "met"
+        } else {
+            "not met"
+        }
+    );
+
+    bare_pool.close().await;
+    orders.stop().await?;
+    products.stop().await?;
+    let mut admin = sqlx::PgConnection::connect_with(&settings.server_options()?).await?;
+    for name in [&settings.products_database, &settings.orders_database] {
+        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut admin)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn create_products(
+    client: &reqwest::Client,
+    products: &str,
+    count: u64,
+    stock: u64,
+) -> anyhow::Result<Vec<i64>> {
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let created: Value = client
+            .post(format!("{products}/products"))
+            .json(&json!({ "name": format!("bench {i}"), "price": 1, "stock": stock }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        ids.push(
+            created["id"]
+                .as_i64()
+                .context("created product has no id")?,
+        );
+    }
+    Ok(ids)
+}
+
+/// `stock` orders plus one too many per client, round-robin over the products.
+async fn service_round(
+    client: &reqwest::Client,
+    orders: &str,
+    products: &[i64],
+    stock: u64,
+    concurrency: usize,
+) -> anyhow::Result<Round> {
+    let refused = Arc::new(AtomicU64::new(0));
+    let url = format!("{orders}/orders");
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<()>> = stream::iter(0..stock + concurrency as u64)
+        .map(|i| {
+            let (client, url, refused) = (client.clone(), url.clone(), refused.clone());
+            let product = products[(i % products.len() as u64) as usize];
+            async move {
+                let response = client
+                    .post(url)
+                    .json(&json!({ "customerId": 1 + i % 5, "productId": product, "quantity": 1 }))
+                    .send()
+                    .await?;
+                match response.status().as_u16() {
+                    201 => Ok(()),
+                    409 => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    other => bail!("POST /orders answered {other}: {}", response.text().await?),
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    results.into_iter().collect::<anyhow::Result<()>>()?;
+    let refused = refused.load(Ordering::Relaxed);
+    Ok(Round {
+        per_second: (stock + concurrency as u64 - refused) as f64 / elapsed.as_secs_f64(),
+        refused,
+    })
+}
+
+/// The same number of attempts as bare statements on `concurrency` loops over one pool.
+async fn bare_round(
+    pool: &PgPool,
+    products: &[i64],
+    stock: u64,
+    concurrency: usize,
+) -> anyhow::Result<Round> {
+    let next = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let total = stock + concurrency as u64;
+    let started = Instant::now();
+    let loops: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (pool, next, refused, products) = (pool.clone(), next.clone(), refused.clone(), products.to_vec());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        return anyhow::Ok(());
+                    }
+                    let product = products[(i % products.len() as u64) as usize];
+                    let updated = sqlx::query(
+                        "UPDATE products SET stock = stock - 1, updated_at = now() WHERE id = $1 AND stock >= 1",
+                    )
+                    .bind(product)
+                    .execute(&pool)
+                    .await?
+                    .rows_affected();
+                    if updated == 0 {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in loops {
+        task.await??;
+    }
+    let elapsed = started.elapsed();
+    let refused = refused.load(Ordering::Relaxed);
+    Ok(Round {
+        per_second: (total - refused) as f64 / elapsed.as_secs_f64(),
+        refused,
+    })
+}
+
+/// Units sold beyond the stock: every product must end at 0, and for the service side its held
+/// reservations must add up to exactly its stock.
+async fn check(pool: &PgPool, products: &[i64], stock: u64, service: bool) -> anyhow::Result<i64> {
+    let mut oversold = 0;
+    for product in products {
+        let left: i32 = sqlx::query_scalar("SELECT stock FROM products WHERE id = $1")
+            .bind(product)
+            .fetch_one(pool)
+            .await?;
+        ensure!(left == 0, "product {product} ends with stock {left}, not 0");
+        if service {
+            let held: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(sum(quantity), 0) FROM reservations WHERE product_id = $1 AND status = 'held'",
+            )
+            .bind(product)
+            .fetch_one(pool)
+            .await?;
+            oversold += held - stock as i64;
+        }
+    }
+    Ok(oversold)
+}
+
+/// (median, lowest, highest).
+fn summary(rates: &mut [f64]) -> (f64, f64, f64) {
+    rates.sort_by(f64::total_cmp);
+    let n = rates.len();
+    let median = if n % 2 == 1 {
+        rates[n / 2]
+    } else {
+        (rates[n / 2 - 1] + rates[n / 2]) / 2.0
+    };
+    (median, rates[0], rates[n - 1])
+}
