@@ -232,7 +232,8 @@ async fn records_not_in_the_wire_format_are_dead_lettered_and_the_projector_keep
 }
 
 /// A schema id the registry does not know (it lost it, or has not learned it yet) is not
-/// poison: the projector waits, says so in `/health`, and dead-letters nothing.
+/// poison: its partition waits, `/health` says so, nothing is dead-lettered, and the other
+/// partitions go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_schema_id_pauses_the_projector_and_is_never_dead_lettered() {
     let mut settings = test_settings();
@@ -240,8 +241,9 @@ async fn an_unknown_schema_id_pauses_the_projector_and_is_never_dead_lettered() 
     settings.iot_dead_letter_topic = private_topic(&settings, "test-unknown-id-dlq").await;
     let connection = format!("unknown-{}", Uuid::new_v4());
     let before = events(&connection, 1, 1);
+    let connection = before[0].connection_id.clone();
     publish_to(&settings, &settings.iot_topic, &before).await;
-    // Avro-shaped, naming a schema id the registry never issued.
+    // Avro-shaped, naming a schema id the registry never issued; same key, same partition.
     publish_raw(
         &settings,
         &settings.iot_topic,
@@ -251,6 +253,9 @@ async fn an_unknown_schema_id_pauses_the_projector_and_is_never_dead_lettered() 
     .await;
     let after = events(&connection, 1, 1);
     publish_to(&settings, &settings.iot_topic, &after).await;
+    // Forty connections spread over the topic's four partitions.
+    let others = events(&format!("others-{}", Uuid::new_v4()), 40, 40);
+    publish_to(&settings, &settings.iot_topic, &others).await;
 
     let app = ChildApp::start(&settings);
     eventually(
@@ -266,9 +271,29 @@ async fn an_unknown_schema_id_pauses_the_projector_and_is_never_dead_lettered() 
         },
     )
     .await;
+    // The other partitions' connections are served (the stuck one's partition holds some of
+    // them back, so not all).
+    let client = reqwest::Client::new();
+    eventually("other partitions' events are applied", MINUTE, || async {
+        let mut served = 0;
+        for other in &others {
+            let url = format!("{}/mandates/{}", app.base_url, other.connection_id);
+            if client
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                served += 1;
+            }
+        }
+        (1..others.len()).contains(&served)
+    })
+    .await;
     let health = app.health().await.unwrap();
     assert_eq!(health["deadLettered"], 0, "{health}");
-    // Nothing after the unknown id is applied: the event before it is what is served.
+    assert_eq!(health["status"], "waiting", "{health}");
+    // Nothing after the unknown id is applied on its partition: the event before it is served.
     let served: Value = reqwest::get(format!("{}/mandates/{connection}", app.base_url))
         .await
         .unwrap()

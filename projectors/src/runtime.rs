@@ -24,9 +24,10 @@
 //!
 //! # Failures
 //!
-//! Transient failures (Kafka, the store, the registry, a schema id the registry does not know
-//! yet) are retried with backoff for as long as they last, and shown in
-//! [`ProjectorStatus::waiting`]. A record that can never apply goes to the dead-letter topic
+//! Transient failures are retried with backoff for as long as they last, and shown in
+//! [`ProjectorStatus::waiting`]: Kafka and the store hold the batch; an unreachable registry,
+//! or one that does not know a record's schema id (yet), pauses that record's partition only,
+//! seeks it back to the record and tries again later while the other partitions go on. A record that can never apply goes to the dead-letter topic
 //! with the reason: bytes that are not the wire format or do not decode with the registry's
 //! schema, and changes the store refuses (beyond its limits, SQL data and constraint errors).
 
@@ -34,7 +35,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use rdkafka::consumer::{
@@ -132,6 +133,8 @@ struct Shared<S> {
     /// Per owned partition, the offset the store has recorded as far as this projector knows
     /// (`None`: nothing). Every write expects it, and moves it.
     positions: Mutex<HashMap<i32, Option<i64>>>,
+    /// Partitions paused until the registry can decode their next record.
+    held: Mutex<HashMap<i32, Held>>,
     /// An error found inside the rebalance callback, where it cannot be returned.
     fatal: Mutex<Option<Error>>,
     /// Wakes the loop out of a wait for records when `fatal` was set.
@@ -199,6 +202,16 @@ impl<S: Store> Shared<S> {
     }
 }
 
+/// A partition waiting for the registry: its record at `offset` could not be decoded yet (the
+/// registry is unreachable, or does not know the schema id), so the partition is paused and
+/// sought back to it, while the other partitions go on.
+struct Held {
+    offset: i64,
+    /// When to resume and try again; `None`: resumed, the next decode tells.
+    resume_at: Option<Instant>,
+    delay: Duration,
+}
+
 /// The consumer's context: positions assigned partitions from the store and keeps
 /// [`ProjectorStatus::assigned`] in step with the group's rebalances.
 struct Membership<S> {
@@ -255,9 +268,11 @@ impl<S: Store> ConsumerContext for Membership<S> {
                     warn!(error = %e, "unassigning partitions failed");
                 }
                 let mut positions = lock(&shared.positions);
+                let mut held = lock(&shared.held);
                 let mut owned = lock(&shared.status.assigned);
                 for partition in &partitions {
                     positions.remove(partition);
+                    held.remove(partition);
                     owned.remove(partition);
                 }
                 info!(partitions = ?*owned, "partitions revoked");
@@ -321,6 +336,7 @@ impl<P: Projection, S: Store> Projector<P, S> {
             topic: settings.topic.clone(),
             status: Arc::new(ProjectorStatus::default()),
             positions: Mutex::default(),
+            held: Mutex::default(),
             fatal: Mutex::default(),
             wake: Notify::new(),
             runtime,
@@ -383,25 +399,36 @@ impl<P: Projection, S: Store> Projector<P, S> {
     /// Waits for a record, then takes whatever else is already fetched, up to `max_batch`.
     /// Returns early (maybe empty) when the rebalance callback found a fatal error.
     async fn next_batch(&self) -> Result<Vec<Taken<'_, P::Event>>> {
-        let first = loop {
-            tokio::select! {
+        let mut taken = Vec::with_capacity(self.settings.max_batch);
+        while taken.is_empty() {
+            let retry_at = lock(&self.shared.held)
+                .values()
+                .filter_map(|h| h.resume_at)
+                .min();
+            let message = tokio::select! {
                 received = self.consumer.recv() => match received {
-                    Ok(message) => break message,
+                    Ok(message) => message,
                     Err(e) => {
                         // librdkafka recovers on its own; a persistent error (a deleted
                         // topic) must not spin.
                         warn!(error = %e, "consumer error");
                         tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
+                        continue;
                     }
                 },
-                () = self.shared.wake.notified() => return Ok(Vec::new()),
+                () = self.shared.wake.notified() => return Ok(taken),
+                () = sleep_until(retry_at) => {
+                    self.resume_due().await?;
+                    continue;
+                }
+            };
+            if let Some(record) = self.take(message).await? {
+                taken.push(record);
             }
-        };
-        let mut taken = Vec::with_capacity(self.settings.max_batch);
-        taken.push(self.take(first).await?);
+        }
         while taken.len() < self.settings.max_batch {
             match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
-                Ok(Ok(message)) => taken.push(self.take(message).await?),
+                Ok(Ok(message)) => taken.extend(self.take(message).await?),
                 Ok(Err(e)) => warn!(error = %e, "consumer error"),
                 Err(_) => break,
             }
@@ -410,33 +437,101 @@ impl<P: Projection, S: Store> Projector<P, S> {
     }
 
     /// Decodes a record; one that can never decode goes to the dead-letter topic. An
-    /// unreachable registry, or one that does not know the record's schema id yet, is waited
-    /// out: a registry that lost its schemas must not turn good events into dead letters.
-    async fn take<'c>(&self, message: BorrowedMessage<'c>) -> Result<Taken<'c, P::Event>> {
+    /// unreachable registry, or one that does not know the record's schema id yet, holds the
+    /// record's partition (`None`): a registry that lost its schemas must not turn good events
+    /// into dead letters, nor stop the partitions it is not needed for.
+    async fn take<'c>(&self, message: BorrowedMessage<'c>) -> Result<Option<Taken<'c, P::Event>>> {
+        let partition = message.partition();
+        if lock(&self.shared.held)
+            .get(&partition)
+            .is_some_and(|h| h.resume_at.is_some())
+        {
+            // Fetched before the partition was held; it is read again once resumed.
+            return Ok(None);
+        }
         let payload = message.payload().unwrap_or_default();
-        let status = &self.shared.status;
-        let decoded = (|| self.decoder.decode(payload))
-            .retry(forever())
-            .when(topics::Error::is_retryable)
-            .notify(|e, delay| {
-                warn!(error = %e, ?delay, partition = message.partition(), offset = message.offset(), "decoding waits for the registry");
-                status.wait(format!("decoding waits for the registry: {e}"));
-            })
-            .await;
-        status.proceed();
-        match decoded {
-            Ok(event) => Ok(Taken {
-                message,
-                event: Some(event),
-            }),
+        match self.decoder.decode(payload).await {
+            Ok(event) => {
+                self.release(partition);
+                Ok(Some(Taken {
+                    message,
+                    event: Some(event),
+                }))
+            }
+            Err(e) if e.is_retryable() => {
+                self.hold(partition, message.offset(), &e);
+                Ok(None)
+            }
             Err(e) => {
+                self.release(partition);
                 self.dead_letter(&message, &e.to_string()).await?;
-                Ok(Taken {
+                Ok(Some(Taken {
                     message,
                     event: None,
-                })
+                }))
             }
         }
+    }
+
+    /// Pauses `partition` at `offset` until the registry may answer, with growing delays.
+    fn hold(&self, partition: i32, offset: i64, error: &topics::Error) {
+        let mut held = lock(&self.shared.held);
+        let delay = held
+            .get(&partition)
+            .map_or(Duration::from_millis(100), |h| {
+                (h.delay * 2).min(Duration::from_secs(5))
+            });
+        held.insert(
+            partition,
+            Held {
+                offset,
+                resume_at: Some(Instant::now() + delay),
+                delay,
+            },
+        );
+        let mut paused = TopicPartitionList::new();
+        paused.add_partition(&self.settings.topic, partition);
+        if let Err(e) = self.consumer.pause(&paused) {
+            warn!(error = %e, partition, "pausing a partition failed");
+        }
+        warn!(error = %error, partition, offset, ?delay, "decoding waits for the registry; partition paused");
+        self.shared.status.wait(format!(
+            "partition {partition} at offset {offset} waits for the registry: {error}"
+        ));
+    }
+
+    /// A record of `partition` decoded: it is no longer held.
+    fn release(&self, partition: i32) {
+        let mut held = lock(&self.shared.held);
+        if held.remove(&partition).is_some() && held.is_empty() {
+            self.shared.status.proceed();
+        }
+    }
+
+    /// Seeks every held partition whose delay is over back to its record and resumes it.
+    async fn resume_due(&self) -> Result<()> {
+        let now = Instant::now();
+        let due: Vec<(i32, i64)> = lock(&self.shared.held)
+            .iter_mut()
+            .filter(|(_, h)| h.resume_at.is_some_and(|at| at <= now))
+            .map(|(partition, h)| {
+                h.resume_at = None;
+                (*partition, h.offset)
+            })
+            .collect();
+        for (partition, offset) in due {
+            let consumer = self.consumer.clone();
+            let topic = self.settings.topic.clone();
+            tokio::task::spawn_blocking(move || {
+                consumer.seek(&topic, partition, Offset::Offset(offset), KAFKA_TIMEOUT)?;
+                let mut resumed = TopicPartitionList::new();
+                resumed.add_partition(&topic, partition);
+                consumer.resume(&resumed)
+            })
+            .await
+            .map_err(|e| Error::Config(format!("resuming partition {partition}: {e}")))??;
+        }
+        Ok(())
     }
 
     /// Sends `message` to the dead-letter topic. Losing the record is the one thing a
@@ -723,6 +818,14 @@ fn change(key: &str, state: Option<Value>) -> Change {
         None => Change::Delete {
             key: key.to_owned(),
         },
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
