@@ -591,16 +591,28 @@ async fn the_lock_session_has_keepalives_and_timeouts() {
     let (_, client_port) = lock_session(&db, &role).await;
     let server_port = db.options.get_port();
     let filter = format!("( sport = :{server_port} and dport = :{client_port} )");
-    let output = std::process::Command::new("ss")
-        .args(["-tnoH", "state", "established", &filter])
-        .output()
-        .expect("ss (iproute2) runs");
-    let line = String::from_utf8_lossy(&output.stdout).into_owned();
-    let timer = line
-        .split("timer:(keepalive,")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .unwrap_or_else(|| panic!("no keepalive timer on the lock session's socket: {line:?}"));
+    // While the relay's poll is in flight the socket shows its retransmission timer instead:
+    // look again until it is idle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let timer = loop {
+        let output = std::process::Command::new("ss")
+            .args(["-tnoH", "state", "established", &filter])
+            .output()
+            .expect("ss (iproute2) runs");
+        let line = String::from_utf8_lossy(&output.stdout).into_owned();
+        if let Some(timer) = line
+            .split("timer:(keepalive,")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+        {
+            break timer.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no keepalive timer on the lock session's socket: {line:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let seconds: f64 = if let Some(ms) = timer.strip_suffix("ms") {
         ms.parse::<f64>().unwrap() / 1000.0
     } else if let Some(s) = timer.strip_suffix("sec") {
