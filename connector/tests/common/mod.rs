@@ -133,11 +133,47 @@ impl TestEnv {
     }
 
     pub fn spawn(&self, tables: &[&str], extra: &[(&str, &str)]) -> Connector {
+        Connector::spawn(&self.env_with(tables, extra))
+    }
+
+    /// [`TestEnv::spawn`] with the connector's log (stderr) kept for
+    /// [`Connector::log`].
+    pub fn spawn_logged(&self, tables: &[&str], extra: &[(&str, &str)]) -> Connector {
+        Connector::spawn_logged(&self.env_with(tables, extra))
+    }
+
+    pub fn env_with(&self, tables: &[&str], extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env = self.connector_env(tables);
         for (k, v) in extra {
             env.push((k.to_string(), v.to_string()));
         }
-        Connector::spawn(&env)
+        env
+    }
+
+    /// The pid of the walsender streaming the slot (START_REPLICATION
+    /// running), if one is.
+    pub async fn streaming_walsender(&self) -> Option<i32> {
+        self.client
+            .query_opt(
+                "SELECT r.pid FROM pg_replication_slots s
+                   JOIN pg_stat_replication r ON r.pid = s.active_pid
+                  WHERE s.slot_name = $1 AND s.active AND r.state IN ('catchup', 'streaming')",
+                &[&self.slot],
+            )
+            .await
+            .unwrap()
+            .map(|row| row.get(0))
+    }
+
+    pub async fn slot_exists(&self) -> bool {
+        self.client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await
+            .unwrap()
+            .is_some()
     }
 
     /// Drops the slot (once no connector holds it), the database, and the
@@ -198,23 +234,52 @@ pub fn bin() -> &'static str {
 /// The connector as a child process; killed (SIGKILL) when dropped.
 pub struct Connector {
     pub child: Child,
+    log: Option<std::path::PathBuf>,
 }
 
 impl Connector {
     pub fn spawn(env: &[(String, String)]) -> Connector {
+        Self::start(env, None)
+    }
+
+    /// Spawns with stderr written to a file, read back by [`Connector::log`].
+    pub fn spawn_logged(env: &[(String, String)]) -> Connector {
+        let path = std::env::temp_dir().join(format!("{}.log", unique("connector")));
+        Self::start(env, Some(path))
+    }
+
+    fn start(env: &[(String, String)], log: Option<std::path::PathBuf>) -> Connector {
         let dir = std::env::temp_dir();
         let mut cmd = Command::new(bin());
+        let stderr = match &log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::inherit(),
+        };
         cmd.current_dir(dir)
             .env_remove("CONNECTOR_CONFIG")
             .env("RUST_LOG", env_or("CONNECTOR_TEST_LOG", "warn"))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }
         Connector {
             child: cmd.spawn().expect("spawn connector"),
+            log,
         }
+    }
+
+    /// What the connector wrote to stderr so far (`spawn_logged` only).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// The exit status, once the process has ended.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     pub fn kill9(&mut self) {
@@ -241,6 +306,12 @@ impl Connector {
 impl Drop for Connector {
     fn drop(&mut self) {
         self.kill9();
+        if let Some(p) = &self.log {
+            if std::thread::panicking() {
+                eprintln!("connector log:\n{}", self.log());
+            }
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -284,11 +355,16 @@ pub struct TopicReader {
     consumer: BaseConsumer,
     schemas: HashMap<u32, apache_avro::Schema>,
     http: reqwest::Client,
+    registry: String,
     pub records: Vec<Record>,
 }
 
 impl TopicReader {
     pub async fn new(bootstrap: &str, topic: &str) -> TopicReader {
+        Self::with_registry(bootstrap, topic, &registry()).await
+    }
+
+    pub async fn with_registry(bootstrap: &str, topic: &str, registry: &str) -> TopicReader {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("group.id", unique("reader"))
@@ -320,6 +396,7 @@ impl TopicReader {
             consumer,
             schemas: HashMap::new(),
             http: reqwest::Client::new(),
+            registry: registry.to_string(),
             records: Vec::new(),
         }
     }
@@ -335,7 +412,7 @@ impl TopicReader {
         if !self.schemas.contains_key(&id) {
             let body: Json = self
                 .http
-                .get(format!("{}/schemas/ids/{id}", registry()))
+                .get(format!("{}/schemas/ids/{id}", self.registry))
                 .send()
                 .await
                 .unwrap()
