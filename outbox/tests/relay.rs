@@ -139,6 +139,10 @@ struct Running {
 }
 
 fn spawn_relay(db: &Db, role: &str) -> Running {
+    spawn_relay_on(db.options.clone(), role)
+}
+
+fn spawn_relay_on(database: PgConnectOptions, role: &str) -> Running {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("outbox=debug")
@@ -148,7 +152,7 @@ fn spawn_relay(db: &Db, role: &str) -> Running {
     let (stop, shutdown) = watch::channel(false);
     let mut config = RelayConfig::new(role, OUTBOX);
     config.batch_size = 50;
-    let relay = Relay::new(config, db.options.clone(), kafka(), json_encoder, shutdown);
+    let relay = Relay::new(config, database, kafka(), json_encoder, shutdown);
     Running {
         stop,
         task: tokio::spawn(relay.run()),
@@ -622,5 +626,156 @@ async fn the_lock_session_has_keepalives_and_timeouts() {
     };
     assert!(seconds <= 10.0, "keepalive timer {timer}");
     relay.stop().await;
+    db.drop_database().await;
+}
+
+/// A TCP proxy to PostgreSQL that can freeze its open connections (bytes stop flowing both
+/// ways, the sockets stay open: a database host that vanished without a reset) and later cut
+/// them, as the server does once its keepalives give up. New connections flow normally.
+struct FreezingProxy {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<Proxied>>>,
+    accept: JoinHandle<()>,
+}
+
+struct Proxied {
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl FreezingProxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let connections: Arc<Mutex<Vec<Proxied>>> = Arc::default();
+        let accept = tokio::spawn({
+            let accepted = accepted.clone();
+            let connections = connections.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let frozen = Arc::new(AtomicBool::new(false));
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let tasks = [
+                        tokio::spawn(forward(client_read, server_write, frozen.clone())),
+                        tokio::spawn(forward(server_read, client_write, frozen.clone())),
+                    ];
+                    connections.lock().unwrap().push(Proxied { frozen, tasks });
+                }
+            }
+        });
+        Self {
+            port,
+            accepted,
+            connections,
+            accept,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn freeze_open_connections(&self) {
+        for connection in self.connections.lock().unwrap().iter() {
+            connection
+                .frozen
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn cut_frozen_connections(&self) {
+        self.connections.lock().unwrap().retain(|connection| {
+            let frozen = connection.frozen.load(std::sync::atomic::Ordering::SeqCst);
+            if frozen {
+                connection.tasks.iter().for_each(JoinHandle::abort);
+            }
+            !frozen
+        });
+    }
+}
+
+impl Drop for FreezingProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for connection in self.connections.lock().unwrap().iter() {
+            connection.tasks.iter().for_each(JoinHandle::abort);
+        }
+    }
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(read) = from.read(&mut buffer).await else {
+            return;
+        };
+        if read == 0 {
+            return;
+        }
+        // Frozen: hold the bytes (and read no more) until the connection is cut.
+        while frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_database_stops_answering_notices_and_starts_over() {
+    let db = Db::create().await;
+    let topic = testkit::unique("outbox_frozen");
+    create_topic(&topic, 1, &[]).await;
+    let upstream = format!("{}:{}", db.options.get_host(), db.options.get_port())
+        .parse()
+        .unwrap();
+    let proxy = FreezingProxy::start(upstream).await;
+    let role = testkit::unique("outbox-relay");
+    let relay = spawn_relay_on(db.options.clone().host("127.0.0.1").port(proxy.port), &role);
+    let mut reader = Reader::new(&[(&topic, 1)]);
+    let mut ids = db.write(&[(topic.as_str(), "k", json!({ "n": 0 }))]).await;
+    reader.until_seen(&ids, WAIT).await;
+
+    let before = proxy.accepted();
+    proxy.freeze_open_connections();
+    let frozen_at = std::time::Instant::now();
+    ids.extend(db.write(&[(topic.as_str(), "k", json!({ "n": 1 }))]).await);
+    testkit::eventually(
+        "the relay notices and connects again",
+        Duration::from_secs(30),
+        || async { proxy.accepted() > before },
+    )
+    .await;
+    let noticed = frozen_at.elapsed();
+    eprintln!("relay noticed its database stopped answering after {noticed:?}");
+    assert!(
+        noticed >= Duration::from_secs(5),
+        "noticed by the query bound, not by a reset: {noticed:?}"
+    );
+
+    // The server still has the frozen session (and its lock) until its keepalives give up;
+    // cutting it is that moment. Then the relay takes the lock on its new session.
+    proxy.cut_frozen_connections();
+    reader.until_seen(&ids, WAIT).await;
+    reader.drain();
+    assert_once(&reader, &ids);
+    relay.stop().await;
+    drop(proxy);
+    delete_topics(&[&topic]).await;
     db.drop_database().await;
 }
