@@ -73,11 +73,15 @@ impl Orders {
                     tracing::info!(id = %order.id, "order placed");
                     Ok((StatusCode::CREATED, confirmed))
                 }
-                // The sweeper failed it meanwhile and releases the stock.
-                None => Err(ApiError::Unavailable(format!(
-                    "order {} was not confirmed in time; its stock is released",
-                    order.id
-                ))),
+                // No longer pending: a concurrent retry with the same idempotency key confirmed
+                // it, or the sweeper failed it meanwhile (and releases the stock).
+                None => match store::get(&self.pool, order.id).await? {
+                    Some(current) if current.status.holds_stock() => Ok((StatusCode::OK, current)),
+                    _ => Err(ApiError::Unavailable(format!(
+                        "order {} was not confirmed in time; its stock is released",
+                        order.id
+                    ))),
+                },
             },
             Ok(ReserveOutcome::Refused(message)) => {
                 store::fail(&self.pool, order.id, &message, false).await?;

@@ -233,3 +233,37 @@ async fn an_order_placed_while_products_is_down_fails_and_is_retryable() {
     orders.stop().await;
     crate::helpers::drop_databases(&settings).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_with_one_idempotency_key_reserve_once() {
+    let shop = Shop::start().await;
+    let product = shop.product(10).await;
+    let url = shop.orders_url("/orders");
+    let answers = futures::future::join_all((0..20).map(|_| {
+        let request = shop
+            .client
+            .http
+            .post(&url)
+            .header("Idempotency-Key", "double-click")
+            .json(&order_body(3, product, 2));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    }))
+    .await;
+    let ids: std::collections::HashSet<_> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert!(
+                *status == StatusCode::CREATED || *status == StatusCode::OK,
+                "{status}: {body}"
+            );
+            body["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one order for one key");
+    assert_eq!(shop.stock(product).await, 8, "reserved once");
+    shop.stop().await;
+}
