@@ -16,7 +16,10 @@
 //!
 //! So a dead holder's lock is released within about 25-30 s. The relay itself bounds every
 //! call on this session by [`QUERY_TIMEOUT`] (client side), so a relay whose database
-//! vanished notices within that time and starts over.
+//! vanished notices within that time and starts over: measured 16 s from the moment the
+//! database stopped answering (the 1 s poll, then the 15 s bound; `outbox/tests/relay.rs`).
+//! The server-side `statement_timeout` is below that bound, so a server that is alive but
+//! slow answers with an error first.
 
 use std::time::Duration;
 
