@@ -149,6 +149,11 @@ async fn killing_the_orders_service_mid_order_leaks_no_stock() {
     let mut pending_at_kill = 0i64;
     for round in 0..ROUNDS {
         let orders = OrdersProcess::start(&settings, port).await;
+        let pool = orders_pool(&settings).await;
+        let round_start: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = (0..CLIENTS)
             .map(|_| {
@@ -167,12 +172,13 @@ async fn killing_the_orders_service_mid_order_leaks_no_stock() {
         for c in clients {
             c.await.unwrap();
         }
-        let pool = orders_pool(&settings).await;
-        let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'Pending'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM orders WHERE status = 'Pending' AND created_at >= $1",
+        )
+        .bind(round_start)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
         pending_at_kill += pending;
         pool.close().await;
         eprintln!("round {round}: {pending} orders pending at the kill");
