@@ -305,16 +305,15 @@ impl<E: Encode> Relay<E> {
                 && published.acknowledged == 0
                 && sent_key_count > 1
                 && published.failed.len() >= sent_key_count;
-            if whole_batch_failed {
-                failed.clear();
-            } else {
+            // Rows that could not be encoded hold their key back whatever Kafka did.
+            if !whole_batch_failed {
                 failed.extend(published.failed);
             }
             for (key, reason) in &failed {
                 let delay = held.hold(key, Instant::now());
                 tracing::warn!(%key, %reason, ?delay, "outbox key held back; other keys go on");
             }
-            if published.aborted && failed.is_empty() {
+            if published.aborted && (whole_batch_failed || failed.is_empty()) {
                 let delay = backoff.next().unwrap_or(MAX_BACKOFF);
                 tracing::warn!(
                     ?delay,

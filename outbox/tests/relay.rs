@@ -347,6 +347,7 @@ async fn a_key_that_cannot_be_written_holds_back_only_itself() {
     let mut good_ids = Vec::new();
     let mut lost_ids = Vec::new();
     let mut big_ids = Vec::new();
+    let mut poison_ids = Vec::new();
     for round in 0..20 {
         let mut events: Vec<(&str, &str, serde_json::Value)> = good_keys
             .iter()
@@ -354,10 +355,17 @@ async fn a_key_that_cannot_be_written_holds_back_only_itself() {
             .collect();
         events.push((missing.as_str(), "lost", json!({ "round": round })));
         events.push((tiny.as_str(), "big", json!({ "round": round, "fill": big })));
+        // A row its encoder refuses holds back its key too.
+        events.push((
+            good.as_str(),
+            "poison",
+            json!({ "round": round, "poison": true }),
+        ));
         let ids = db.write(&events).await;
         good_ids.extend_from_slice(&ids[..good_keys.len()]);
         lost_ids.push(ids[good_keys.len()]);
         big_ids.push(ids[good_keys.len() + 1]);
+        poison_ids.push(ids[good_keys.len() + 2]);
     }
     // Once the relay has failed both keys, later events of the good keys still flow.
     let mut late = Vec::new();
@@ -380,8 +388,12 @@ async fn a_key_that_cannot_be_written_holds_back_only_itself() {
     let waiting = db.unpublished_keys().await;
     assert_eq!(
         waiting,
-        BTreeMap::from([("big".to_owned(), 20), ("lost".to_owned(), 20)]),
-        "only the two failing keys wait"
+        BTreeMap::from([
+            ("big".to_owned(), 20),
+            ("lost".to_owned(), 20),
+            ("poison".to_owned(), 20)
+        ]),
+        "only the failing keys wait"
     );
     reader.drain();
     assert_once(&reader, &good_ids);
@@ -389,8 +401,9 @@ async fn a_key_that_cannot_be_written_holds_back_only_itself() {
         reader.of_key("big").is_empty(),
         "no aborted record is visible"
     );
+    assert!(reader.of_key("poison").is_empty());
 
-    // Fix both: the topic appears, the record size limit is raised.
+    // Fix all three: the topic appears, the record size limit is raised, the rows are mended.
     let fixed = std::time::Instant::now();
     create_topic(&missing, 1, &[]).await;
     admin()
@@ -405,10 +418,15 @@ async fn a_key_that_cannot_be_written_holds_back_only_itself() {
         .for_each(|r| {
             r.unwrap();
         });
+    sqlx::query("UPDATE outbox SET payload = payload - 'poison' WHERE key = 'poison'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let mut reader = Reader::new(&[(&good, 2), (&tiny, 1), (&missing, 1)]);
     let mut all: Vec<Uuid> = good_ids.clone();
     all.extend(&lost_ids);
     all.extend(&big_ids);
+    all.extend(&poison_ids);
     reader.until_seen(&all, Duration::from_secs(90)).await;
     eprintln!("held keys delivered {:?} after the fix", fixed.elapsed());
     reader.drain();
@@ -422,6 +440,11 @@ async fn a_key_that_cannot_be_written_holds_back_only_itself() {
         reader.of_key("big"),
         big_ids,
         "the held key's events arrive in order"
+    );
+    assert_eq!(
+        reader.of_key("poison"),
+        poison_ids,
+        "a mended key's events arrive in order"
     );
     for key in &good_keys {
         let expected: Vec<Uuid> = good_ids
