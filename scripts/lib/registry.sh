@@ -77,7 +77,7 @@ registry_ensure_database() {
   [[ "$REGISTRY_DB" =~ ^[a-z_][a-z0-9_]{0,62}$ ]] ||
     die registry "REGISTRY_DB='$REGISTRY_DB' is not a plain lower-case PostgreSQL name"
   postgres_alive ||
-    die registry "needs PostgreSQL at $(postgres_endpoint) for its storage and nothing answers there (scripts/infra up postgres)" "$PG_LOG"
+    die registry "needs PostgreSQL at $(postgres_endpoint) for its storage and nothing answers there (scripts/infra up postgres)"
   local psql=("$(pg_bin)/psql" -X -Atq -v ON_ERROR_STOP=1 "$(postgres_url)")
   local exists="select 1 from pg_database where datname = '$REGISTRY_DB'" attempt
   # Bounded retry: CREATE DATABASE fails while another session uses template1.

@@ -1,6 +1,8 @@
 //! `scripts/infra` against isolated instances (own home and port), so the shared services
 //! are never touched:
 //! - it reports real liveness: a killed service shows as down (Redis);
+//! - `up registry` alone starts the postgres the registry stores into first, or fails with one
+//!   error line when that port holds something else;
 //! - the registry keeps its schemas, ids and rules in PostgreSQL: after a `kill -9` and
 //!   `up` every subject has the id it had, and new schemas get new ids.
 
@@ -9,17 +11,26 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+/// Services of one isolated `INFRA_HOME`, with the port variables in `env`; `down` (all of
+/// them: only what this home started is stopped) and the home removed on drop.
 struct IsolatedInfra {
     home: PathBuf,
-    port: u16,
+    env: Vec<(&'static str, String)>,
 }
 
 impl IsolatedInfra {
+    fn new(env: Vec<(&'static str, String)>) -> Self {
+        Self {
+            home: std::env::temp_dir().join(testkit::unique("infra-test")),
+            env,
+        }
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/infra"))
             .args(args)
             .env("INFRA_HOME", &self.home)
-            .env("REDIS_PORT", self.port.to_string())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("scripts/infra runs")
     }
@@ -27,21 +38,18 @@ impl IsolatedInfra {
 
 impl Drop for IsolatedInfra {
     fn drop(&mut self) {
-        self.run(&["down", "redis"]);
+        self.run(&["down"]);
         let _ = std::fs::remove_dir_all(&self.home);
     }
 }
 
+fn free_port() -> String {
+    testkit::free_port().to_string()
+}
+
 #[test]
 fn status_reports_a_killed_service_as_down_and_up_brings_it_back() {
-    let infra = IsolatedInfra {
-        home: std::env::temp_dir().join(format!("infra-status-{}", uuid::Uuid::new_v4().simple())),
-        port: TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port(),
-    };
+    let infra = IsolatedInfra::new(vec![("REDIS_PORT", free_port())]);
     let up = infra.run(&["up", "redis"]);
     assert!(
         up.status.success(),
@@ -225,4 +233,55 @@ async fn a_killed_registry_comes_back_with_every_schema_under_its_id() {
     )
     .await;
     assert_eq!(status, reqwest::StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn up_registry_alone_starts_its_postgres_first() {
+    let infra = IsolatedInfra::new(vec![
+        ("POSTGRES_PORT", free_port()),
+        ("REGISTRY_PORT", free_port()),
+    ]);
+    let up = infra.run(&["up", "registry"]);
+    let stdout = String::from_utf8_lossy(&up.stdout).into_owned();
+    assert!(
+        up.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines.len() == 2 && lines[0].starts_with("postgres ") && lines[1].starts_with("registry "),
+        "postgres is started before the registry: {stdout}"
+    );
+    let status = infra.run(&["status", "postgres", "registry"]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+}
+
+#[test]
+fn up_registry_without_a_usable_postgres_fails_with_one_line() {
+    // Something that is not PostgreSQL holds the port.
+    let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+    let infra = IsolatedInfra::new(vec![
+        (
+            "POSTGRES_PORT",
+            squatter.local_addr().unwrap().port().to_string(),
+        ),
+        ("REGISTRY_PORT", free_port()),
+    ]);
+    let up = infra.run(&["up", "registry"]);
+    let stderr = String::from_utf8_lossy(&up.stderr).into_owned();
+    assert!(!up.status.success(), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("infra: ERROR:"))
+        .collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains("postgres") && errors[0].contains("in use"),
+        "{stderr}"
+    );
+    assert!(!infra.run(&["status", "registry"]).status.success());
 }
