@@ -64,7 +64,43 @@ async fn snapshot_under_concurrent_writes_then_streaming_reproduces_the_table() 
         })
         .await;
 
+    // The writer may well finish before the slot exists: stream more once
+    // the snapshot is in, so that the hand-over is tested in both directions.
+    for i in 0..50i64 {
+        env.client
+            .batch_execute(&format!(
+                "BEGIN;
+                 INSERT INTO items VALUES ({}, 1, 'streamed');
+                 UPDATE items SET v = v + 1 WHERE id = {};
+                 DELETE FROM items WHERE id = {};
+                 COMMIT;",
+                200_000 + i,
+                2 + i * 7,
+                10_000 - i
+            ))
+            .await
+            .unwrap();
+    }
+    let expected = table_state(
+        &env,
+        "SELECT id, json_build_object('id', id, 'v', v, 's', s)::text FROM items",
+    )
+    .await;
+    reader
+        .until(120, "the streamed changes after the snapshot", |r| {
+            materialize(r) == expected
+        })
+        .await;
+
     let recs = &reader.records;
+    let streamed = recs
+        .iter()
+        .filter(|r| matches!(r.op(), Some("c" | "u" | "d")))
+        .count();
+    assert!(
+        streamed >= 150,
+        "only {streamed} changes were streamed; the 150 after the snapshot must be"
+    );
     let snapshot: Vec<_> = recs.iter().filter(|r| r.op() == Some("r")).collect();
     let keys: HashSet<_> = snapshot
         .iter()
@@ -183,7 +219,8 @@ async fn toast_numeric_jsonb_arrays_and_added_column() {
         )
         .await
         .unwrap();
-    let mut conn = env.spawn(&["doc"], &[]);
+    // The lossless text form of numeric (the default is Debezium's `precise`).
+    let mut conn = env.spawn(&["doc"], &[("CONNECTOR_DECIMAL_HANDLING", "string")]);
     let topic = env.topic("doc");
     // Wait for the stream to run (the offsets record exists once the empty snapshot is done).
     wait_for(60, "connector streaming", || async {

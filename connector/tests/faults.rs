@@ -1,59 +1,17 @@
-//! Crash and outage tests on a private Kafka broker (started with the
-//! platform's `scripts/infra` under its own INFRA_HOME and ports), so that
-//! stopping Kafka never disturbs anyone else's tests.
+//! Crash and outage tests on a private Kafka broker (`testkit::Isolated`:
+//! `scripts/infra` under a home and free ports of its own), so that stopping
+//! Kafka never disturbs anyone else's tests.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value as Json};
-
-const PORT: &str = "19092";
-
-fn infra(args: &[&str]) {
-    let script = std::env::var("INFRA_SCRIPT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/infra"));
-    assert!(
-        script.exists(),
-        "{} not found (set INFRA_SCRIPT)",
-        script.display()
-    );
-    let status = Command::new(&script)
-        .args(args)
-        .env("INFRA_HOME", "/tmp/connector-infra")
-        .env("KAFKA_PORT", PORT)
-        .env("KAFKA_CONTROLLER_PORT", "19093")
-        .status()
-        .expect("run infra script");
-    assert!(status.success(), "infra {args:?} failed");
-}
-
-/// Stops the private broker even when an assertion fails.
-struct Broker;
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let script = std::env::var("INFRA_SCRIPT")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| {
-                    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/infra")
-                });
-            let _ = Command::new(script)
-                .args(["down", "kafka"])
-                .env("INFRA_HOME", "/tmp/connector-infra")
-                .env("KAFKA_PORT", PORT)
-                .env("KAFKA_CONTROLLER_PORT", "19093")
-                .status();
-        }
-    }
-}
 
 /// The slot is held by a walsender that runs START_REPLICATION. `active`
 /// alone is not enough: the slot is active while CREATE_REPLICATION_SLOT
@@ -94,9 +52,9 @@ async fn streaming_walsender(env: &TestEnv) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_and_kafka_outages_lose_nothing() {
-    infra(&["up", "kafka"]);
-    let _broker = Broker;
-    let kafka = format!("127.0.0.1:{PORT}");
+    let broker = testkit::Isolated::new("kafka");
+    broker.up_async().await;
+    let kafka = broker.address();
     let env = TestEnv::with_kafka(kafka.clone()).await;
     env.client
         .batch_execute("CREATE TABLE load (id bigint PRIMARY KEY, v int NOT NULL)")
@@ -152,7 +110,7 @@ async fn kill_9_under_load_and_kafka_outages_lose_nothing() {
         matches!(streaming_walsender(&env).await, Some(pid) if Some(pid) != killed_walsender)
     })
     .await;
-    infra(&["down", "kafka"]);
+    broker.down_async().await;
     for i in 0..200i64 {
         env.client
             .batch_execute(&format!("UPDATE load SET v = v + 1 WHERE id = {}", i * 3))
@@ -168,12 +126,40 @@ async fn kill_9_under_load_and_kafka_outages_lose_nothing() {
         conn.child.try_wait().unwrap().is_none(),
         "connector died during the Kafka outage"
     );
-    infra(&["up", "kafka"]);
+    // SIGTERM while Kafka is away: a clean exit within the shutdown timeout
+    // (what Kafka never acknowledged comes back from the slot at the next start).
+    let stopped_walsender = streaming_walsender(&env).await;
+    let asked = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &conn.child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = conn.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(60),
+            "SIGTERM during a Kafka outage did not stop the connector"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "SIGTERM during the outage: {status}");
+    eprintln!(
+        "SIGTERM during a Kafka outage: exited in {:?}",
+        asked.elapsed()
+    );
+    broker.up_async().await;
+    conn = env.spawn(&tables, &extra);
+    wait_for(60, "the restarted connector streaming", || async {
+        matches!(streaming_walsender(&env).await, Some(pid) if Some(pid) != stopped_walsender)
+    })
+    .await;
 
     // Another outage, and this time the connector is killed while its
     // producer still holds records Kafka never got: they must come back
     // from the slot.
-    infra(&["down", "kafka"]);
+    broker.down_async().await;
     for i in 0..100i64 {
         env.client
             .batch_execute(&format!(
@@ -188,7 +174,7 @@ async fn kill_9_under_load_and_kafka_outages_lose_nothing() {
     })
     .await;
     conn.kill9();
-    infra(&["up", "kafka"]);
+    broker.up_async().await;
     conn = env.spawn(&tables, &extra);
 
     let rows = env
@@ -253,12 +239,154 @@ async fn kill_9_under_load_and_kafka_outages_lose_nothing() {
         .collect();
     assert_eq!(txids.len(), total + 300);
     eprintln!(
-        "kill -9 x4 + 2 outages: {changes} changes, {duplicates} duplicate records from {} \
+        "kill -9 x4 + SIGTERM + 2 outages: {changes} changes, {duplicates} duplicate records from {} \
          transactions (replays of unacknowledged ones, identical, same lsn)",
         dup_txns.len()
     );
 
     conn.stop();
     env.cleanup().await;
-    infra(&["down", "kafka"]);
+}
+
+/// A writer that keeps committing one-row transactions through server
+/// restarts: a failed statement reconnects and tries the same row again
+/// (`ON CONFLICT DO NOTHING`, since a commit whose answer was lost may have
+/// happened). Returns once `rows` rows are in.
+async fn resilient_writer(url: String, rows: i64, done: Arc<AtomicUsize>) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut i = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while i < rows {
+        assert!(Instant::now() < deadline, "writer stuck at row {i}");
+        let c = match &client {
+            Some(c) if !c.is_closed() => c,
+            _ => match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    client = Some(c);
+                    continue;
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let sql = format!("INSERT INTO pr VALUES ({i}, {i}) ON CONFLICT DO NOTHING");
+        match c.batch_execute(&sql).await {
+            Ok(()) => {
+                i += 1;
+                done.store(i as usize, Ordering::SeqCst);
+            }
+            Err(_) => {
+                client = None;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// `up` right after a `kill -9` of the postmaster can find its backends still
+/// exiting ("lock file postmaster.pid already exists"): try again until they
+/// are gone.
+async fn restart_after_crash(pg: &testkit::Isolated) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/infra");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new(&script)
+            .args(["up", "postgres"])
+            .env("INFRA_HOME", pg.home())
+            .env("POSTGRES_PORT", pg.port().to_string())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "postgres did not come back after kill -9: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_mid_stream_resumes_and_loses_nothing() {
+    let pg = testkit::Isolated::new("postgres");
+    pg.up_async().await;
+    let admin_url = format!("postgres://platform:platform@{}/platform", pg.address());
+    let env = TestEnv::on(testkit::env::kafka_bootstrap(), admin_url).await;
+    env.client
+        .batch_execute("CREATE TABLE pr (id bigint PRIMARY KEY, v bigint NOT NULL)")
+        .await
+        .unwrap();
+    let tables = ["pr"];
+    let mut conn = env.spawn_logged(&tables, &[("CONNECTOR_FORMAT", "json")]);
+    wait_for(60, "connector streaming", || slot_active(&env)).await;
+
+    let rows = 3000i64;
+    let done = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(resilient_writer(env.url.clone(), rows, done.clone()));
+    // Two restarts while rows commit: a clean one and a crash (kill -9,
+    // crash recovery at the next start).
+    for (k, crash) in [(1, false), (2, true)] {
+        wait_for(120, "writer progress", || {
+            let d = done.load(Ordering::SeqCst) as i64;
+            async move { d >= k * rows / 3 }
+        })
+        .await;
+        if crash {
+            pg.kill();
+            restart_after_crash(&pg).await;
+        } else {
+            pg.down_async().await;
+            pg.up_async().await;
+        }
+        assert!(conn.child.try_wait().unwrap().is_none(), "{}", conn.log());
+    }
+    writer.await.unwrap();
+
+    let client = connect(&env.url).await;
+    let in_table: Vec<i64> = client
+        .query("SELECT id FROM pr ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(in_table.len() as i64, rows);
+    let expected: HashMap<String, Json> = in_table
+        .iter()
+        .map(|id| (json!({"id": id}).to_string(), json!({"id": id, "v": id})))
+        .collect();
+    let mut reader = TopicReader::new(&env.kafka, &env.topic("pr")).await;
+    reader
+        .until(180, "every committed row after the restarts", |recs| {
+            materialize(recs) == expected
+        })
+        .await;
+    assert!(conn.child.try_wait().unwrap().is_none(), "{}", conn.log());
+    // Every row was created once: after dropping replays (same key, lsn, op),
+    // the fold has exactly one `c` per key.
+    let mut seen = HashSet::new();
+    let mut fold = testkit::fold::Fold::default();
+    for r in &reader.records {
+        let key = r.key.as_ref().unwrap().to_string();
+        if seen.insert((key.clone(), r.lsn(), r.op().map(str::to_string))) {
+            fold.push(&key, r.op().unwrap_or("tombstone"));
+        }
+    }
+    assert_eq!((fold.len(), fold.events()), (rows as usize, rows as usize));
+    assert!(fold.keys().all(|(_, ops)| ops == ["c"]));
+    eprintln!(
+        "postgres restart + kill -9: {rows} rows, {} records ({} replays)",
+        reader.records.len(),
+        reader.records.len() - rows as usize
+    );
+    conn.stop();
+    drop(client);
+    env.cleanup().await;
 }

@@ -74,6 +74,8 @@ pub struct TestEnv {
     pub publication: String,
     pub offsets_topic: String,
     pub kafka: String,
+    /// The server's `platform` database, where the test database is made.
+    pub admin_url: String,
     pub client: Client,
     /// Set by `cleanup`; otherwise (a failed assertion) `Drop` cleans up, so
     /// that no slot is left holding WAL on the shared server.
@@ -86,13 +88,18 @@ impl TestEnv {
     }
 
     pub async fn with_kafka(kafka: String) -> TestEnv {
+        Self::on(kafka, postgres_admin_url()).await
+    }
+
+    /// On another PostgreSQL server (its `platform` database URL).
+    pub async fn on(kafka: String, admin_url: String) -> TestEnv {
         let db = unique("connector_test");
-        let admin = connect(&postgres_admin_url()).await;
+        let admin = connect(&admin_url).await;
         admin
             .batch_execute(&format!("CREATE DATABASE {db}"))
             .await
             .expect("create database");
-        let url = with_db(&postgres_admin_url(), &db);
+        let url = with_db(&admin_url, &db);
         let client = connect(&url).await;
         let prefix = db.replace("connector_test_", "t");
         TestEnv {
@@ -103,6 +110,7 @@ impl TestEnv {
             url,
             prefix,
             kafka,
+            admin_url,
             client,
             cleaned: false,
         }
@@ -180,7 +188,14 @@ impl TestEnv {
     /// test's topics and registry subjects.
     pub async fn cleanup(mut self) {
         self.cleaned = true;
-        remove(&self.slot, &self.db, &self.kafka, &self.prefix).await;
+        remove(
+            &self.admin_url,
+            &self.slot,
+            &self.db,
+            &self.kafka,
+            &self.prefix,
+        )
+        .await;
     }
 }
 
@@ -190,7 +205,8 @@ impl Drop for TestEnv {
             return;
         }
         // Panicking inside an async test: clean up on a runtime of our own.
-        let (slot, db, kafka, prefix) = (
+        let (admin_url, slot, db, kafka, prefix) = (
+            self.admin_url.clone(),
             self.slot.clone(),
             self.db.clone(),
             self.kafka.clone(),
@@ -198,15 +214,20 @@ impl Drop for TestEnv {
         );
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Runtime::new() {
-                rt.block_on(remove(&slot, &db, &kafka, &prefix));
+                rt.block_on(remove(&admin_url, &slot, &db, &kafka, &prefix));
             }
         })
         .join();
     }
 }
 
-async fn remove(slot: &str, db: &str, kafka: &str, prefix: &str) {
-    let admin = connect(&postgres_admin_url()).await;
+async fn remove(admin_url: &str, slot: &str, db: &str, kafka: &str, prefix: &str) {
+    let Ok((admin, conn)) = tokio_postgres::connect(admin_url, NoTls).await else {
+        return; // an isolated server that is gone already
+    };
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let r = admin
