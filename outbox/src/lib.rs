@@ -22,6 +22,13 @@
 //! whose records cannot be written (missing topic, record too large, encoding fails) is held
 //! back with backoff, its later rows are not sent before it, and every other key keeps flowing.
 //!
+//! Choosing names: one relay role per database (every instance relaying that database shares
+//! it; two databases under one role would fence each other in turn), and per database an
+//! [`Outbox`] whose `relay_lock` / `key_lock_space` no other advisory-lock user there takes.
+//! Ordering is per key across all topics of the outbox. Shutdown lets a started Kafka
+//! transaction finish (bounded by the 10 s message timeout and the 30 s commit/abort bound)
+//! instead of leaving it open to block `read_committed` readers.
+//!
 //! ```no_run
 //! # async fn demo(pool: sqlx::PgPool, db: sqlx::postgres::PgConnectOptions,
 //! #               kafka: topics::settings::KafkaSettings) -> Result<(), outbox::Error> {
