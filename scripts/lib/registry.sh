@@ -93,6 +93,9 @@ registry_start() {
   port_open "$REGISTRY_PORT" &&
     die registry "port $REGISTRY_PORT is in use by another process (not an answering registry)" "$REGISTRY_LOG"
   mkdir -p "$REGISTRY_DIR/tmp" "$LOG_DIR"
+  # 3.0.9 ships org.postgresql.postgresql-42.7.4.jar in lib/ (fast-jar layouts: lib/main/).
+  [[ -n "$(find "$REGISTRY_DIST" -name 'org.postgresql.postgresql-*.jar' -print -quit)" ]] ||
+    die registry "no PostgreSQL JDBC driver (org.postgresql.postgresql-*.jar) in $REGISTRY_DIST"
   registry_ensure_database
   # cwd + tmpdir under INFRA_HOME: Quarkus reads ./config and writes temp files.
   # shellcheck disable=SC2086
