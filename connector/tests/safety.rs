@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -394,6 +395,91 @@ async fn a_registry_restarted_mid_stream_holds_the_stream_then_it_continues() {
     }
     assert_eq!((fold.len(), fold.events()), (100, 100));
     assert!(conn.exited().is_none(), "{}", conn.log());
+    conn.stop();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_inside_a_transaction_ends_on_its_boundary_without_duplicates() {
+    let env = TestEnv::new().await;
+    env.client
+        .batch_execute("CREATE TABLE big (id bigint PRIMARY KEY, v int)")
+        .await
+        .unwrap();
+    // Long enough to finish a transaction this size on a busy machine.
+    let extra = [
+        ("CONNECTOR_FORMAT", "json"),
+        ("CONNECTOR_SHUTDOWN_TIMEOUT_MS", "120000"),
+        ("RUST_LOG", "info,pg_walstream=warn"),
+    ];
+    let mut conn = env.spawn_logged(&["big"], &extra);
+    streaming(&env).await;
+    let rows = 200_000usize;
+    env.client
+        .batch_execute(&format!(
+            "INSERT INTO big SELECT g, 0 FROM generate_series(1, {rows}) g"
+        ))
+        .await
+        .unwrap();
+    // SIGTERM as soon as the transaction is partly published.
+    let probe: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka)
+        .create()
+        .unwrap();
+    let topic = env.topic("big");
+    let published = || {
+        use rdkafka::consumer::Consumer;
+        probe
+            .fetch_watermarks(&topic, 0, Duration::from_secs(5))
+            .map_or(0, |(_, high)| high as usize)
+    };
+    eventually(
+        "the first rows are in Kafka",
+        Duration::from_secs(60),
+        || {
+            let n = published();
+            async move { n > 0 }
+        },
+    )
+    .await;
+    Command::new("kill")
+        .args(["-TERM", &conn.child.id().to_string()])
+        .status()
+        .unwrap();
+    eventually("the connector stops", Duration::from_secs(150), || {
+        let exited = conn.exited().is_some();
+        async move { exited }
+    })
+    .await;
+    let status = conn.exited().expect("stopped");
+    assert!(status.success(), "{status}: {}", conn.log());
+    assert!(
+        conn.log()
+            .contains("stop requested: finishing the current transaction"),
+        "SIGTERM did not arrive inside the transaction: {}",
+        conn.log()
+    );
+    let mut reader = TopicReader::new(&env.kafka, &topic).await;
+    let mut conn = env.spawn_logged(&["big"], &extra);
+    env.client
+        .batch_execute("INSERT INTO big VALUES (0, 0)")
+        .await
+        .unwrap();
+    reader
+        .until(300, "every row, and the one after the restart", |r| {
+            r.len() > rows
+        })
+        .await;
+    let keys: std::collections::HashSet<String> = reader
+        .records
+        .iter()
+        .map(|r| r.key.as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        (keys.len(), reader.records.len()),
+        (rows + 1, rows + 1),
+        "a clean stop must not cause duplicates"
+    );
     conn.stop();
     env.cleanup().await;
 }
