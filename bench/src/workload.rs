@@ -52,14 +52,14 @@ impl Workload {
         for i in 0..events {
             let event = ConnectionMandateChanged {
                 event_id: Uuid::new_v4(),
-                connection_id: format!("bench-{}", i % connections),
+                connection_id: format!("bench-{}", i % connections).parse()?,
                 customer_id: (i % connections) as i64,
                 mandate: MandateLevel::from_level((i % 3) as u8).unwrap_or(MandateLevel::None),
                 occurred_at: 1_763_750_000_000 + i as i64,
             };
             let payload = encoder.encode(&event)?;
             let mut record = BaseRecord::to(&topic)
-                .key(&event.connection_id)
+                .key(event.connection_id.as_str())
                 .payload(&payload);
             loop {
                 match producer.send(record) {

@@ -3,12 +3,12 @@
 
 use std::fmt;
 
+use chrono::Utc;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
-use topics::events::MandateLevel;
+use topics::events::{ConnectionId, ConnectionMandateChanged, MandateLevel};
+use uuid::Uuid;
 
-/// The longest connection id accepted; EANs are 18 digits, the margin is for other schemes.
-pub const MAX_CONNECTION_ID_LEN: usize = 64;
 /// The longest name or city accepted, so a single row cannot bloat every page of the list.
 pub const MAX_TEXT_LEN: usize = 200;
 
@@ -28,7 +28,7 @@ pub struct CustomerDetails {
     pub first_name: String,
     pub last_name: String,
     pub city: String,
-    pub connection_id: String,
+    pub connection_id: ConnectionId,
     #[serde(serialize_with = "serialize_mandate")]
     pub connection_mandate: MandateLevel,
 }
@@ -48,15 +48,7 @@ pub struct CustomerBody {
 
 impl CustomerBody {
     pub fn validate(self) -> Result<CustomerDetails, String> {
-        let connection_id = self.connection_id.trim().to_owned();
-        if connection_id.is_empty() {
-            return Err("connectionId must not be empty".to_owned());
-        }
-        if connection_id.chars().count() > MAX_CONNECTION_ID_LEN {
-            return Err(format!(
-                "connectionId must be at most {MAX_CONNECTION_ID_LEN} characters"
-            ));
-        }
+        let connection_id = ConnectionId::parse(&self.connection_id).map_err(|e| e.to_string())?;
         let text = [
             ("firstName", self.first_name),
             ("lastName", self.last_name),
@@ -76,6 +68,37 @@ impl CustomerBody {
             connection_id,
             connection_mandate: self.connection_mandate,
         })
+    }
+}
+
+/// The events a change of customer `id` from `before` (`None`: a new customer) to `after`
+/// must publish, in publishing order. A change of name or city publishes nothing: the topic
+/// is about mandates on connections.
+pub fn events_for_change(
+    customer_id: i64,
+    before: Option<&CustomerDetails>,
+    after: &CustomerDetails,
+) -> Vec<ConnectionMandateChanged> {
+    let occurred_at = Utc::now().timestamp_millis();
+    let event = |connection_id: &ConnectionId, mandate| ConnectionMandateChanged {
+        event_id: Uuid::new_v4(),
+        connection_id: connection_id.clone(),
+        customer_id,
+        mandate,
+        occurred_at,
+    };
+    match before {
+        None => vec![event(&after.connection_id, after.connection_mandate)],
+        // The customer left the old connection: consumers must stop treating it as covered
+        // by this customer's mandate before they learn about the new one.
+        Some(before) if before.connection_id != after.connection_id => vec![
+            event(&before.connection_id, MandateLevel::None),
+            event(&after.connection_id, after.connection_mandate),
+        ],
+        Some(before) if before.connection_mandate != after.connection_mandate => {
+            vec![event(&after.connection_id, after.connection_mandate)]
+        }
+        Some(_) => Vec::new(),
     }
 }
 
@@ -197,5 +220,63 @@ mod tests {
                 "connectionId": "871687140000000017", "connectionMandate": 2
             })
         );
+    }
+
+    fn details(city: &str, connection_id: &str, mandate: MandateLevel) -> CustomerDetails {
+        CustomerDetails {
+            first_name: "Jan".to_owned(),
+            last_name: "Janssens".to_owned(),
+            city: city.to_owned(),
+            connection_id: connection_id.parse().unwrap(),
+            connection_mandate: mandate,
+        }
+    }
+
+    fn summary(events: &[ConnectionMandateChanged]) -> Vec<(&str, MandateLevel, i64)> {
+        events
+            .iter()
+            .map(|e| (e.connection_id.as_str(), e.mandate, e.customer_id))
+            .collect()
+    }
+
+    #[test]
+    fn a_new_customer_announces_its_mandate() {
+        let after = details("Gent", "A", MandateLevel::BillingOnly);
+        assert_eq!(
+            summary(&events_for_change(1, None, &after)),
+            [("A", MandateLevel::BillingOnly, 1)]
+        );
+    }
+
+    #[test]
+    fn a_city_change_publishes_nothing() {
+        let before = details("Gent", "A", MandateLevel::RealTime);
+        let after = details("Brugge", "A", MandateLevel::RealTime);
+        assert!(events_for_change(1, Some(&before), &after).is_empty());
+    }
+
+    #[test]
+    fn a_mandate_change_publishes_one_event() {
+        let before = details("Gent", "A", MandateLevel::RealTime);
+        let after = details("Gent", "A", MandateLevel::None);
+        assert_eq!(
+            summary(&events_for_change(1, Some(&before), &after)),
+            [("A", MandateLevel::None, 1)]
+        );
+    }
+
+    #[test]
+    fn moving_connection_revokes_the_old_one_first() {
+        let before = details("Gent", "A", MandateLevel::RealTime);
+        let after = details("Gent", "B", MandateLevel::RealTime);
+        let events = events_for_change(1, Some(&before), &after);
+        assert_eq!(
+            summary(&events),
+            [
+                ("A", MandateLevel::None, 1),
+                ("B", MandateLevel::RealTime, 1)
+            ]
+        );
+        assert_ne!(events[0].event_id, events[1].event_id);
     }
 }

@@ -71,7 +71,7 @@ pub async fn seed_once(pool: &PgPool, file: &Path) -> anyhow::Result<SeedOutcome
 
     for customer in &customers {
         store::insert_with_id(&mut tx, customer).await?;
-        let events = store::events_for_change(customer.id, None, &customer.details);
+        let events = crate::domain::events_for_change(customer.id, None, &customer.details);
         outbox::enqueue_unlocked(&mut tx, &events).await?;
     }
     // API-created customers draw ids from the sequence; start it past the imported ones.

@@ -1,12 +1,10 @@
-//! Customer queries. Every change is written together with the events it causes (see
+//! Customer queries. Every change is written together with the events it causes (the rule is
 //! [`events_for_change`]) in one transaction, so the outbox never misses or invents one.
 
-use chrono::Utc;
 use sqlx::{PgPool, Postgres, Transaction};
-use topics::events::{ConnectionMandateChanged, MandateLevel};
-use uuid::Uuid;
+use topics::events::{ConnectionId, MandateLevel};
 
-use crate::domain::{Customer, CustomerDetails};
+use crate::domain::{events_for_change, Customer, CustomerDetails};
 use crate::outbox;
 
 const COLUMNS: &str = "id, first_name, last_name, city, connection_id, connection_mandate";
@@ -37,13 +35,15 @@ impl TryFrom<CustomerRow> for Customer {
                     .into(),
                 )
             })?;
+        let connection_id = ConnectionId::parse(&row.connection_id)
+            .map_err(|e| sqlx::Error::Decode(format!("customer {}: {e}", row.id).into()))?;
         Ok(Customer {
             id: row.id,
             details: CustomerDetails {
                 first_name: row.first_name,
                 last_name: row.last_name,
                 city: row.city,
-                connection_id: row.connection_id,
+                connection_id,
                 connection_mandate,
             },
         })
@@ -93,7 +93,7 @@ pub async fn create(pool: &PgPool, details: CustomerDetails) -> Result<Customer,
     .bind(&details.first_name)
     .bind(&details.last_name)
     .bind(&details.city)
-    .bind(&details.connection_id)
+    .bind(details.connection_id.as_str())
     .bind(i16::from(details.connection_mandate.level()))
     .fetch_one(&mut *tx)
     .await?;
@@ -135,7 +135,7 @@ pub async fn replace(
     .bind(&details.first_name)
     .bind(&details.last_name)
     .bind(&details.city)
-    .bind(&details.connection_id)
+    .bind(details.connection_id.as_str())
     .bind(i16::from(details.connection_mandate.level()))
     .fetch_one(&mut *tx)
     .await?;
@@ -160,103 +160,9 @@ pub(crate) async fn insert_with_id(
     .bind(&details.first_name)
     .bind(&details.last_name)
     .bind(&details.city)
-    .bind(&details.connection_id)
+    .bind(details.connection_id.as_str())
     .bind(i16::from(details.connection_mandate.level()))
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-/// The events a change of customer `id` from `before` (`None`: a new customer) to `after`
-/// must publish, in publishing order. A change of name or city publishes nothing: the topic
-/// is about mandates on connections.
-pub fn events_for_change(
-    customer_id: i64,
-    before: Option<&CustomerDetails>,
-    after: &CustomerDetails,
-) -> Vec<ConnectionMandateChanged> {
-    let occurred_at = Utc::now().timestamp_millis();
-    let event = |connection_id: &str, mandate| ConnectionMandateChanged {
-        event_id: Uuid::new_v4(),
-        connection_id: connection_id.to_owned(),
-        customer_id,
-        mandate,
-        occurred_at,
-    };
-    match before {
-        None => vec![event(&after.connection_id, after.connection_mandate)],
-        // The customer left the old connection: consumers must stop treating it as covered
-        // by this customer's mandate before they learn about the new one.
-        Some(before) if before.connection_id != after.connection_id => vec![
-            event(&before.connection_id, MandateLevel::None),
-            event(&after.connection_id, after.connection_mandate),
-        ],
-        Some(before) if before.connection_mandate != after.connection_mandate => {
-            vec![event(&after.connection_id, after.connection_mandate)]
-        }
-        Some(_) => Vec::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn details(city: &str, connection_id: &str, mandate: MandateLevel) -> CustomerDetails {
-        CustomerDetails {
-            first_name: "Jan".to_owned(),
-            last_name: "Janssens".to_owned(),
-            city: city.to_owned(),
-            connection_id: connection_id.to_owned(),
-            connection_mandate: mandate,
-        }
-    }
-
-    fn summary(events: &[ConnectionMandateChanged]) -> Vec<(&str, MandateLevel, i64)> {
-        events
-            .iter()
-            .map(|e| (e.connection_id.as_str(), e.mandate, e.customer_id))
-            .collect()
-    }
-
-    #[test]
-    fn a_new_customer_announces_its_mandate() {
-        let after = details("Gent", "A", MandateLevel::BillingOnly);
-        assert_eq!(
-            summary(&events_for_change(1, None, &after)),
-            [("A", MandateLevel::BillingOnly, 1)]
-        );
-    }
-
-    #[test]
-    fn a_city_change_publishes_nothing() {
-        let before = details("Gent", "A", MandateLevel::RealTime);
-        let after = details("Brugge", "A", MandateLevel::RealTime);
-        assert!(events_for_change(1, Some(&before), &after).is_empty());
-    }
-
-    #[test]
-    fn a_mandate_change_publishes_one_event() {
-        let before = details("Gent", "A", MandateLevel::RealTime);
-        let after = details("Gent", "A", MandateLevel::None);
-        assert_eq!(
-            summary(&events_for_change(1, Some(&before), &after)),
-            [("A", MandateLevel::None, 1)]
-        );
-    }
-
-    #[test]
-    fn moving_connection_revokes_the_old_one_first() {
-        let before = details("Gent", "A", MandateLevel::RealTime);
-        let after = details("Gent", "B", MandateLevel::RealTime);
-        let events = events_for_change(1, Some(&before), &after);
-        assert_eq!(
-            summary(&events),
-            [
-                ("A", MandateLevel::None, 1),
-                ("B", MandateLevel::RealTime, 1)
-            ]
-        );
-        assert_ne!(events[0].event_id, events[1].event_id);
-    }
 }

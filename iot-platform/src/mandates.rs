@@ -69,7 +69,7 @@ mod tests {
     fn an_event_sets_the_connections_mandate() {
         let event = ConnectionMandateChanged {
             event_id: "6f1c2a3e-0000-4000-8000-000000000001".parse().unwrap(),
-            connection_id: "871685900000000001".to_owned(),
+            connection_id: "871685900000000001".parse().unwrap(),
             customer_id: 7,
             mandate: MandateLevel::BillingOnly,
             occurred_at: 1_763_750_000_123,

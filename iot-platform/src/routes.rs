@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use projectors::runtime::ProjectorStatus;
 use projectors::Store;
 use serde_json::json;
+use topics::events::ConnectionId;
 
 /// What an instance serves: one generation of the read model, and the projector filling it.
 #[derive(Clone)]
@@ -58,7 +59,10 @@ async fn mandate<S: Store + Clone>(
     State(state): State<Arc<AppState<S>>>,
     Path(connection_id): Path<String>,
 ) -> Response {
-    lookup(&state.serving().store, &connection_id).await
+    match ConnectionId::parse(&connection_id) {
+        Ok(id) => lookup(&state.serving().store, &id).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
 }
 
 /// `GET /?connectionId=X`, as the classic service answered it.
@@ -66,17 +70,18 @@ async fn classic_mandate<S: Store + Clone>(
     State(state): State<Arc<AppState<S>>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    match query.get("connectionId").map(|id| id.trim()) {
-        Some(id) if !id.is_empty() => lookup(&state.serving().store, id).await,
-        _ => error(
+    match query.get("connectionId").map(|id| ConnectionId::parse(id)) {
+        Some(Ok(id)) => lookup(&state.serving().store, &id).await,
+        Some(Err(e)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        None => error(
             StatusCode::BAD_REQUEST,
             "query parameter connectionId is required",
         ),
     }
 }
 
-async fn lookup<S: Store>(store: &S, connection_id: &str) -> Response {
-    match store.get(connection_id).await {
+async fn lookup<S: Store>(store: &S, connection_id: &ConnectionId) -> Response {
+    match store.get(connection_id.as_str()).await {
         Ok(Some(document)) => Json(document).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,

@@ -263,7 +263,7 @@ async fn an_unknown_schema_id_pauses_the_projector_and_is_never_dead_lettered() 
     settings.iot_dead_letter_topic = private_topic(&settings, "test-unknown-id-dlq").await;
     let connection = format!("unknown-{}", Uuid::new_v4());
     let before = events(&connection, 1, 1);
-    let connection = before[0].connection_id.clone();
+    let connection = before[0].connection_id.to_string();
     publish_to(&settings, &settings.iot_topic, &before).await;
     // Avro-shaped, naming a schema id the registry never issued; same key, same partition.
     publish_raw(

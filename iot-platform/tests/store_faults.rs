@@ -7,8 +7,9 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use apache_avro::writer::datum::GenericDatumWriter;
 use common::{
-    await_fold, create_topic, event, events, fold, prefilled_topic, private_topic, publish_to,
+    await_fold, create_topic, events, fold, prefilled_topic, private_topic, publish_to,
     test_settings, ChildApp,
 };
 use iot_platform::configuration::Settings;
@@ -16,7 +17,7 @@ use projectors::store::any::StoreKind;
 use projectors::store::mysql::table_prefix;
 use rdkafka::admin::AdminOptions;
 use topics::cluster::Cluster;
-use topics::events::{ConnectionMandateChanged, MandateLevel};
+use topics::events::{ConnectionMandateChanged, Event, MandateLevel};
 use uuid::Uuid;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -96,16 +97,30 @@ async fn dropped_mysql_tables_are_refilled_from_the_log() {
     .unwrap();
 }
 
-/// A foreign producer publishes a connection id longer than the MySQL store's keys can be:
-/// it is dead-lettered with the reason, and later events on every partition still apply.
+/// A foreign producer publishes a 256-character connection id (valid Avro, the registered
+/// schema): it never gets past the edge (the contract's `ConnectionId` is bounded), so it is
+/// dead-lettered with the reason, and later events on every partition still apply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_the_store_cannot_hold_is_dead_lettered_and_every_partition_goes_on() {
     let mut settings = test_settings();
     settings.iot_store = StoreKind::Mysql;
     settings.iot_dead_letter_topic = private_topic(&settings, "test-long-key-dlq").await;
     let before = prefilled_topic(&mut settings, "long-key", 40, 200).await;
-    let long = event(&"8".repeat(256), MandateLevel::RealTime, 1);
-    publish_to(&settings, &settings.iot_topic, std::slice::from_ref(&long)).await;
+    let long = foreign_record(&settings, &"8".repeat(256)).await;
+    let producer: rdkafka::producer::FutureProducer =
+        topics::kafka::producer_config(&settings.kafka)
+            .create()
+            .unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&settings.iot_topic)
+                .key(&"8".repeat(256))
+                .payload(&long),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
     let after = events(&format!("long-key-after-{}", Uuid::new_v4()), 40, 200);
     publish_to(&settings, &settings.iot_topic, &after).await;
 
@@ -130,6 +145,39 @@ async fn a_key_the_store_cannot_hold_is_dead_lettered_and_every_partition_goes_o
     let health = app.health().await.unwrap();
     assert_eq!(health["deadLettered"], 1, "{health}");
     assert_eq!(health["status"], "ok", "{health}");
+}
+
+/// A mandate event as a producer that does not use the platform's types would write it: the
+/// registered schema and wire format, with any connection id.
+async fn foreign_record(settings: &Settings, connection_id: &str) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Foreign<'a> {
+        event_id: Uuid,
+        connection_id: &'a str,
+        customer_id: i64,
+        mandate: MandateLevel,
+        occurred_at: i64,
+    }
+    let registry = topics::registry::Registry::new(&settings.kafka.schema_registry_url);
+    let schema_id = topics::codec::Encoder::<ConnectionMandateChanged>::connect(&registry)
+        .await
+        .unwrap()
+        .schema_id();
+    let writer = GenericDatumWriter::builder(ConnectionMandateChanged::schema())
+        .human_readable(true)
+        .build()
+        .unwrap();
+    let mut payload = vec![0];
+    payload.extend_from_slice(&schema_id.to_be_bytes());
+    let record = Foreign {
+        event_id: Uuid::new_v4(),
+        connection_id,
+        customer_id: 1,
+        mandate: MandateLevel::RealTime,
+        occurred_at: 1,
+    };
+    writer.write_ser(&mut payload, &record).unwrap();
+    payload
 }
 
 /// The topic is deleted and created again, empty, under the same name: the store has applied

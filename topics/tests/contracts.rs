@@ -229,7 +229,7 @@ fn the_cli_applies_the_catalogue_and_refuses_a_breaking_schema() {
 fn mandate(connection_id: &str, mandate: MandateLevel) -> ConnectionMandateChanged {
     ConnectionMandateChanged {
         event_id: Uuid::new_v4(),
-        connection_id: connection_id.to_owned(),
+        connection_id: connection_id.parse().unwrap(),
         customer_id: 42,
         mandate,
         occurred_at: 1_763_750_000_000,
@@ -328,7 +328,7 @@ async fn events_round_trip_through_kafka_in_the_wire_format() {
         received.push(decoder.decode(message.payload().unwrap()).await.unwrap());
     }
     assert_eq!(received[0], sent);
-    assert_eq!(received[1].connection_id, "EAN-2");
+    assert_eq!(received[1].connection_id.as_str(), "EAN-2");
     assert_eq!(received[1].mandate, MandateLevel::BillingOnly);
 
     let garbage = decoder.decode(b"{\"not\":\"avro\"}").await.unwrap_err();

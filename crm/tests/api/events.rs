@@ -40,7 +40,7 @@ async fn post_and_mandate_change_publish_one_event_each_with_the_event_id_header
     );
     for received in &events {
         assert_eq!(received.key, connection);
-        assert_eq!(received.event.connection_id, connection);
+        assert_eq!(received.event.connection_id.as_str(), connection);
         assert_eq!(
             received.header_event_id.as_deref(),
             Some(received.event.event_id.to_string().as_str()),

@@ -169,7 +169,7 @@ impl Drop for ChildApp {
 pub fn event(connection_id: &str, mandate: MandateLevel, at: i64) -> ConnectionMandateChanged {
     ConnectionMandateChanged {
         event_id: Uuid::new_v4(),
-        connection_id: connection_id.to_owned(),
+        connection_id: connection_id.parse().unwrap(),
         customer_id: 1,
         mandate,
         occurred_at: at,
@@ -235,7 +235,7 @@ pub struct Expected {
 pub fn fold(events: &[ConnectionMandateChanged]) -> HashMap<String, Expected> {
     let mut fold = Fold::default();
     for event in events {
-        fold.push(&event.connection_id, &event.event_id.to_string());
+        fold.push(event.connection_id.as_str(), &event.event_id.to_string());
     }
     fold.keys()
         .map(|(connection, ids)| {
