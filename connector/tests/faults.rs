@@ -265,7 +265,11 @@ async fn resilient_writer(url: String, rows: i64, done: Arc<AtomicUsize>) {
                     tokio::spawn(async move {
                         let _ = conn.await;
                     });
-                    client = Some(c);
+                    // The dev server commits asynchronously; an acknowledged
+                    // commit must survive the kill -9 for the count to hold.
+                    if c.batch_execute("SET synchronous_commit = on").await.is_ok() {
+                        client = Some(c);
+                    }
                     continue;
                 }
                 Err(_) => {
