@@ -138,5 +138,13 @@ impl Drop for Isolated {
     fn drop(&mut self) {
         let _ = self.command("down").output();
         let _ = std::fs::remove_dir_all(&self.home);
+        if let Some((_, database)) = self.env.iter().find(|(k, _)| k == "REGISTRY_DB") {
+            let _ = Command::new("psql")
+                .args(["-X", "-q", &crate::env::postgres_url(), "-c"])
+                .arg(format!(
+                    "drop database if exists \"{database}\" with (force)"
+                ))
+                .output();
+        }
     }
 }
