@@ -31,7 +31,7 @@
 //! with the reason: bytes that are not the wire format or do not decode with the registry's
 //! schema, and changes the store refuses (beyond its limits, SQL data and constraint errors).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -608,10 +608,14 @@ impl<P: Projection, S: Store> Projector<P, S> {
             let Some(last) = records.last().map(Taken::offset) else {
                 continue;
             };
-            let written = match self.write(partition, expected, &records).await {
+            // Records dead-lettered while folding, so the event-by-event path does not send
+            // them twice.
+            let mut dead = HashSet::new();
+            let written = match self.write(partition, expected, &records, &mut dead).await {
                 Err(e @ Error::Rejected { .. }) => {
                     warn!(error = %e, partition, "the store refused part of a batch; writing it event by event");
-                    self.write_one_by_one(partition, expected, &records).await
+                    self.write_one_by_one(partition, expected, &records, &mut dead)
+                        .await
                 }
                 written => written,
             };
@@ -648,11 +652,14 @@ impl<P: Projection, S: Store> Projector<P, S> {
 
     /// Folds one partition's records into their documents and writes them with the
     /// partition's last offset, waiting out store outages. Returns the recorded offset.
+    /// Records whose document the store refuses are dead-lettered (before the write, so a
+    /// crash never records their offset without them) and added to `dead`.
     async fn write(
         &self,
         partition: i32,
         expected: Option<i64>,
         records: &[Taken<'_, P::Event>],
+        dead: &mut HashSet<i64>,
     ) -> Result<i64> {
         // Each decoded record with the key of the document it folds into.
         let keyed: Vec<(String, &Taken<'_, P::Event>)> = records
@@ -683,6 +690,9 @@ impl<P: Projection, S: Store> Projector<P, S> {
             let Some(event) = &record.event else {
                 continue;
             };
+            if dead.contains(&record.offset()) {
+                continue;
+            }
             let document = documents.entry(key.as_str()).or_insert(Working {
                 state: None,
                 sequence: None,
@@ -701,6 +711,7 @@ impl<P: Projection, S: Store> Projector<P, S> {
             let folded = self.projection.fold(document.state.as_ref(), event);
             if let Some(reason) = self.store().refuses(&change(key, folded.clone())) {
                 self.dead_letter(&record.message, &reason).await?;
+                dead.insert(record.offset());
                 continue;
             }
             document.state = folded;
@@ -740,12 +751,14 @@ impl<P: Projection, S: Store> Projector<P, S> {
         partition: i32,
         mut expected: Option<i64>,
         records: &[Taken<'_, P::Event>],
+        dead: &mut HashSet<i64>,
     ) -> Result<i64> {
         for (i, record) in records.iter().enumerate() {
             let one = &records[i..=i];
-            let recorded = match self.write(partition, expected, one).await {
+            let recorded = match self.write(partition, expected, one, dead).await {
                 Err(Error::Rejected { message, .. }) => {
                     self.dead_letter(&record.message, &message).await?;
+                    dead.insert(record.offset());
                     // Past the refused record, with nothing changed.
                     let empty = PartitionBatch {
                         topic: self.settings.topic.clone(),
