@@ -3,7 +3,9 @@
 //! same conditional `UPDATE products SET stock = stock - 1 WHERE id = $1 AND stock >= 1` on
 //! the same PostgreSQL, in alternating rounds. Every round sells exactly its stock and checks
 //! that nothing was oversold: stock ends at 0 and never below, the held reservations (or
-//! successful updates) equal the stock, and the extra attempts are refused.
+//! successful updates) equal the stock, and the extra attempts are refused. A third side runs
+//! the bare UPDATE in a transaction with a `pg_notify`, the part of an outbox write that
+//! serialises commits.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -69,6 +71,23 @@ impl Running {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Service = 0,
+    Bare = 1,
+    BareNotify = 2,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Service => "commerce orders (HTTP, 2 services, outbox)",
+            Side::Bare => "bare conditional UPDATE",
+            Side::BareNotify => "bare conditional UPDATE + pg_notify, one transaction",
+        }
+    }
+}
+
 /// One round's outcome.
 struct Round {
     per_second: f64,
@@ -107,23 +126,27 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     );
     println!("| round | side | orders/s | refused (409) | oversold |");
     println!("|---|---|---|---|---|");
-    let mut service_rates = Vec::new();
-    let mut bare_rates = Vec::new();
+    let mut rates: [Vec<f64>; 3] = Default::default();
     for round in 0..options.rounds {
-        let service_first = round % 2 == 0;
-        for side in if service_first {
-            [true, false]
-        } else {
-            [false, true]
-        } {
+        // Alternate which side goes first, so neither always runs on a warmer server.
+        let mut order = [Side::Service, Side::Bare, Side::BareNotify];
+        order.rotate_left(round % 3);
+        for side in order {
             let ids =
                 create_products(&client, &products.address, options.products, per_product).await?;
-            let outcome = if side {
-                service_round(&client, &orders.address, &ids, stock, options.concurrency).await?
-            } else {
-                bare_round(&bare_pool, &ids, stock, options.concurrency).await?
+            let outcome = match side {
+                Side::Service => {
+                    service_round(&client, &orders.address, &ids, stock, options.concurrency)
+                        .await?
+                }
+                Side::Bare => {
+                    bare_round(&bare_pool, &ids, stock, options.concurrency, false).await?
+                }
+                Side::BareNotify => {
+                    bare_round(&bare_pool, &ids, stock, options.concurrency, true).await?
+                }
             };
-            let oversold = check(&products.pool, &ids, per_product, side).await?;
+            let oversold = check(&products.pool, &ids, per_product, side == Side::Service).await?;
             ensure!(oversold == 0, "{oversold} oversold");
             ensure!(
                 outcome.refused == options.concurrency as u64,
@@ -131,36 +154,34 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 outcome.refused,
                 options.concurrency
             );
-            let name = if side {
-                "commerce orders (HTTP, 2 services, outbox)"
-            } else {
-                "bare conditional UPDATE"
-            };
             println!(
-                "| {} | {name} | {:.0} | {} | {oversold} |",
+                "| {} | {} | {:.0} | {} | {oversold} |",
                 round + 1,
+                side.name(),
                 outcome.per_second,
                 outcome.refused
             );
-            if side {
-                service_rates.push(outcome.per_second);
-            } else {
-                bare_rates.push(outcome.per_second);
-            }
+            rates[side as usize].push(outcome.per_second);
         }
     }
+    let [mut service_rates, mut bare_rates, mut notify_rates] = rates;
     let (service_median, service_low, service_high) = summary(&mut service_rates);
     let (bare_median, bare_low, bare_high) = summary(&mut bare_rates);
+    let (notify_median, notify_low, notify_high) = summary(&mut notify_rates);
     println!();
     println!("| side | median/s | range/s | vs bare (median) |");
     println!("|---|---|---|---|");
-    println!(
-        "| commerce orders | {service_median:.0} | {service_low:.0}–{service_high:.0} | {:.2} |",
-        service_median / bare_median
-    );
-    println!(
-        "| bare conditional UPDATE | {bare_median:.0} | {bare_low:.0}–{bare_high:.0} | 1.00 |"
-    );
+    for (side, median, low, high) in [
+        (Side::Service, service_median, service_low, service_high),
+        (Side::Bare, bare_median, bare_low, bare_high),
+        (Side::BareNotify, notify_median, notify_low, notify_high),
+    ] {
+        println!(
+            "| {} | {median:.0} | {low:.0}–{high:.0} | {:.2} |",
+            side.name(),
+            median / bare_median
+        );
+    }
     let goal = 2_000f64.min(0.5 * bare_median);
     println!(
         "goal: ≥ {goal:.0} orders/s (the lower of 2000 and 0.5 × bare): {}",
@@ -251,12 +272,15 @@ async fn service_round(
     })
 }
 
-/// The same number of attempts as bare statements on `concurrency` loops over one pool.
+/// The same number of attempts as bare statements on `concurrency` loops over one pool. With
+/// `notify`, each UPDATE runs in a transaction with a `pg_notify`, as every outbox write does:
+/// NOTIFY takes a database-wide lock at commit, which this side measures.
 async fn bare_round(
     pool: &PgPool,
     products: &[i64],
     stock: u64,
     concurrency: usize,
+    notify: bool,
 ) -> anyhow::Result<Round> {
     let next = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
@@ -272,13 +296,19 @@ async fn bare_round(
                         return anyhow::Ok(());
                     }
                     let product = products[(i % products.len() as u64) as usize];
-                    let updated = sqlx::query(
+                    let update = sqlx::query(
                         "UPDATE products SET stock = stock - 1, updated_at = now() WHERE id = $1 AND stock >= 1",
                     )
-                    .bind(product)
-                    .execute(&pool)
-                    .await?
-                    .rows_affected();
+                    .bind(product);
+                    let updated = if notify {
+                        let mut tx = pool.begin().await?;
+                        let updated = update.execute(&mut *tx).await?.rows_affected();
+                        sqlx::query("SELECT pg_notify('bench_orders', '')").execute(&mut *tx).await?;
+                        tx.commit().await?;
+                        updated
+                    } else {
+                        update.execute(&pool).await?.rows_affected()
+                    };
                     if updated == 0 {
                         refused.fetch_add(1, Ordering::Relaxed);
                     }
