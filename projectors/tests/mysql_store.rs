@@ -5,9 +5,6 @@
 
 mod contract;
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use contract::{batch, namespace, put};
@@ -290,70 +287,18 @@ async fn services_choose_the_backend_by_configuration() {
     store.clear().await.unwrap();
 }
 
-/// A MariaDB of our own on a free port, stopped when the test ends however it ends.
-struct IsolatedMysql {
-    home: PathBuf,
-    port: u16,
-}
-
-impl IsolatedMysql {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let home = std::env::temp_dir().join(format!("mysql-{}", uuid::Uuid::new_v4()));
-        let server = Self { home, port };
-        server.infra("up");
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("mysql://platform:platform@127.0.0.1:{}/platform", self.port)
-    }
-
-    fn infra(&self, action: &str) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/infra");
-        let output = Command::new(script)
-            .args([action, "mysql"])
-            .env("INFRA_HOME", &self.home)
-            .env("MYSQL_PORT", self.port.to_string())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "infra {action} mysql: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-}
-
-impl Drop for IsolatedMysql {
-    fn drop(&mut self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/infra");
-        let _ = Command::new(script)
-            .args(["down", "mysql"])
-            .env("INFRA_HOME", &self.home)
-            .env("MYSQL_PORT", self.port.to_string())
-            .output();
-        let _ = std::fs::remove_dir_all(&self.home);
-    }
-}
-
 /// The server stops under a connected store: writes fail with a retryable error (promptly,
 /// not hanging), and once it is back the same store writes again with nothing lost.
 #[tokio::test]
 async fn a_stopped_server_fails_writes_retryably_and_they_resume_when_it_is_back() {
-    let server = IsolatedMysql::start();
-    let store = MysqlStore::connect(&server.url(), &namespace())
-        .await
-        .unwrap();
+    let server = testkit::Isolated::start("mysql");
+    let url = format!("mysql://platform:platform@{}/platform", server.address());
+    let store = MysqlStore::connect(&url, &namespace()).await.unwrap();
     let keys =
         |offsets: std::ops::Range<i64>| offsets.map(|o| put(o, &format!("k{o}"), o)).collect();
     store.write(&batch(0, None, 9, keys(0..10))).await.unwrap();
 
-    server.infra("down");
+    server.down();
     let second = batch(0, Some(9), 19, keys(10..20));
     let started = Instant::now();
     let error = store.write(&second).await.unwrap_err();
@@ -365,7 +310,7 @@ async fn a_stopped_server_fails_writes_retryably_and_they_resume_when_it_is_back
     );
     println!("while down: {error} after {:.2?}", started.elapsed());
 
-    server.infra("up");
+    server.up();
     // What the runtime does: the same batch again until the store takes it.
     let mut attempts = 1;
     let recorded = loop {

@@ -6,20 +6,21 @@ use std::time::Duration;
 use serde_json::json;
 use topics::events::MandateLevel;
 
+use testkit::{free_port, Isolated};
+
 use crate::helpers::{
-    apply_topics, connection_id, customer_body, free_port, spawn_with, test_settings, EventProbe,
-    IsolatedKafka,
+    apply_topics, connection_id, customer_body, spawn_with, test_settings, EventProbe,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_succeed_while_kafka_is_down_and_their_events_arrive_after_it_returns() {
-    let kafka = IsolatedKafka::new();
+    let kafka = Isolated::new("kafka");
     let mut settings = test_settings();
-    settings.kafka = kafka.settings(&settings.kafka.schema_registry_url);
+    settings.kafka.kafka_bootstrap_servers = kafka.address();
     // The topic must exist on this broker before it goes down, as it would in production.
-    kafka.up().await;
+    kafka.up_async().await;
     apply_topics(&settings.kafka).await;
-    kafka.down().await;
+    kafka.down_async().await;
 
     let app = spawn_with(settings.clone()).await;
     let (first, second) = (connection_id(), connection_id());
@@ -40,7 +41,7 @@ async fn writes_succeed_while_kafka_is_down_and_their_events_arrive_after_it_ret
         .unwrap();
     assert_eq!(waiting, 4, "the events wait in the outbox");
 
-    kafka.up().await;
+    kafka.up_async().await;
     let probe = EventProbe::from_beginning(&settings.kafka).await;
     let events = probe
         .expect(&[&first, &second], 4, Duration::from_secs(90))
