@@ -3,7 +3,6 @@
 mod contract;
 
 use projectors::store::redis::RedisStore;
-use projectors::Store;
 
 async fn store() -> RedisStore {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
@@ -12,54 +11,15 @@ async fn store() -> RedisStore {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_batch_applies_with_its_offset_and_redelivery_changes_nothing() {
-    let store = store().await;
-    contract::a_batch_applies_with_its_offset_and_redelivery_changes_nothing(&store).await;
-    store.clear().await.unwrap();
-}
-
-#[tokio::test]
-async fn partitions_keep_their_own_offsets_and_deletes_apply() {
-    let store = store().await;
-    contract::partitions_keep_their_own_offsets_and_deletes_apply(&store).await;
-    store.clear().await.unwrap();
-}
-
-#[tokio::test]
-async fn changes_to_one_key_within_a_batch_apply_in_order() {
-    let store = store().await;
-    contract::changes_to_one_key_within_a_batch_apply_in_order(&store).await;
-    store.clear().await.unwrap();
-}
-
-#[tokio::test]
-async fn a_batch_on_an_unexpected_offset_is_refused() {
-    let store = store().await;
-    contract::a_batch_on_an_unexpected_offset_is_refused(&store).await;
-    store.clear().await.unwrap();
-}
-
-#[tokio::test]
-async fn re_sent_events_change_nothing() {
-    let store = store().await;
-    contract::re_sent_events_change_nothing(&store).await;
-    store.clear().await.unwrap();
-}
-
-#[tokio::test]
-async fn documents_load_with_their_sequences() {
-    let store = store().await;
-    contract::documents_load_with_their_sequences(&store).await;
-    store.clear().await.unwrap();
-}
-
-#[tokio::test]
-async fn a_cleared_namespace_starts_over() {
-    let store = store().await;
-    contract::a_cleared_namespace_starts_over(&store).await;
-    store.clear().await.unwrap();
-}
+contract::contract_tests!(store:
+    a_batch_applies_with_its_offset_and_redelivery_changes_nothing,
+    partitions_keep_their_own_offsets_and_deletes_apply,
+    changes_to_one_key_within_a_batch_apply_in_order,
+    a_batch_on_an_unexpected_offset_is_refused,
+    re_sent_events_change_nothing,
+    documents_load_with_their_sequences,
+    a_cleared_namespace_starts_over,
+);
 
 #[tokio::test]
 async fn generations_switch() {

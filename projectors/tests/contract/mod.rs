@@ -6,6 +6,22 @@
 #![allow(dead_code)] // each backend's test file uses the helpers it needs
 
 use projectors::store::{PartitionBatch, Store, Stored, Write};
+
+/// One `#[tokio::test]` per contract case, each on a fresh store from `$store` (an async fn
+/// in the calling test file), cleared afterwards.
+macro_rules! contract_tests {
+    ($store:ident: $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let store = $store().await;
+                contract::$case(&store).await;
+                projectors::Store::clear(&store).await.unwrap();
+            }
+        )+
+    };
+}
+pub(crate) use contract_tests;
 use projectors::{Change, Error};
 use serde_json::json;
 
