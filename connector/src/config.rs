@@ -68,6 +68,9 @@ pub struct Config {
     /// then for Kafka to acknowledge what is in flight (each), before exiting
     /// anyway (what Kafka did not acknowledge is sent again at the next start).
     pub shutdown_timeout_ms: u64,
+    /// Debezium's `provide.transaction.metadata`: BEGIN/END records on
+    /// `<name>.transaction` and each event's `transaction` block.
+    pub provide_transaction_metadata: bool,
 }
 
 /// Session settings pinned on every PostgreSQL connection (replication and
@@ -97,6 +100,7 @@ linger_ms = 5
 snapshot_fetch_size = 10000
 kafka_connect_timeout_ms = 10000
 shutdown_timeout_ms = 15000
+provide_transaction_metadata = false
 "#;
 
 impl Config {
@@ -153,6 +157,11 @@ impl Config {
 
     pub fn topic_for(&self, schema: &str, table: &str) -> String {
         format!("{}.{}.{}", self.name, schema, table)
+    }
+
+    /// Where transaction metadata goes (Debezium's `<topic.prefix>.transaction`).
+    pub fn transaction_topic(&self) -> String {
+        format!("{}.transaction", self.name)
     }
 
     /// The database name, for `source.db`.

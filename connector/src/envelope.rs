@@ -59,6 +59,19 @@ pub struct Source<'a> {
     pub lsn: Option<u64>,
     /// Debezium's `["<last commit lsn>","<lsn>"]`.
     pub sequence: Option<String>,
+    /// The envelope's `transaction` block (with transaction metadata on).
+    pub transaction: Option<TxBlock<'a>>,
+}
+
+/// Debezium's `transaction` block of an event (with transaction metadata on).
+#[derive(Debug, Clone, Copy)]
+pub struct TxBlock<'a> {
+    /// `<txId>:<commit lsn>`, also the key of the transaction topic's records.
+    pub id: &'a str,
+    /// Position of the event among the transaction's events, from 1.
+    pub total_order: u64,
+    /// Position among the transaction's events of the same table, from 1.
+    pub data_collection_order: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -113,7 +126,15 @@ impl Event<'_> {
         opt_long(&mut out, s.tx_id);
         opt_long(&mut out, s.lsn.map(|l| l as i64));
         opt_long(&mut out, None); // xmin
-        out.push(0); // transaction: null
+        match &self.source.transaction {
+            None => out.push(0),
+            Some(t) => {
+                out.push(2);
+                avro_str(&mut out, t.id);
+                avro_long(&mut out, t.total_order as i64);
+                avro_long(&mut out, t.data_collection_order as i64);
+            }
+        }
         avro_str(&mut out, self.op.code());
         opt_long(&mut out, Some(self.ts_us.div_euclid(1000)));
         opt_long(&mut out, Some(self.ts_us));
@@ -159,14 +180,109 @@ impl Event<'_> {
         opt_json_long(&mut out, s.tx_id);
         out.extend_from_slice(b",\"lsn\":");
         opt_json_long(&mut out, s.lsn.map(|l| l as i64));
+        out.extend_from_slice(b",\"xmin\":null},\"transaction\":");
+        match &self.source.transaction {
+            None => out.extend_from_slice(b"null"),
+            Some(t) => {
+                out.extend_from_slice(b"{\"id\":");
+                json_str(&mut out, t.id);
+                let _ = write!(
+                    out,
+                    ",\"total_order\":{},\"data_collection_order\":{}}}",
+                    t.total_order, t.data_collection_order
+                );
+            }
+        }
         let _ = write!(
             out,
-            ",\"xmin\":null}},\"transaction\":null,\"op\":\"{}\",\"ts_ms\":{},\"ts_us\":{},\"ts_ns\":{}}}",
+            ",\"op\":\"{}\",\"ts_ms\":{},\"ts_us\":{},\"ts_ns\":{}}}",
             self.op.code(),
             self.ts_us.div_euclid(1000),
             self.ts_us,
             self.ts_us.saturating_mul(1000)
         );
+        out
+    }
+}
+
+/// A BEGIN (`counts` = None) or END record of the transaction topic.
+pub struct TxRecord<'a> {
+    pub id: &'a str,
+    /// Per table (`schema.table`), how many events the transaction had.
+    pub counts: Option<&'a [(String, u64)]>,
+    pub ts_ms: i64,
+}
+
+impl TxRecord<'_> {
+    fn status(&self) -> &'static str {
+        if self.counts.is_some() {
+            "END"
+        } else {
+            "BEGIN"
+        }
+    }
+
+    pub fn avro_key(&self, schema_id: u32) -> Vec<u8> {
+        let mut out = framed(schema_id, 32);
+        avro_str(&mut out, self.id);
+        out
+    }
+
+    pub fn avro_value(&self, schema_id: u32) -> Vec<u8> {
+        let mut out = framed(schema_id, 64);
+        avro_str(&mut out, self.status());
+        avro_str(&mut out, self.id);
+        match self.counts {
+            None => {
+                out.push(0);
+                out.push(0);
+            }
+            Some(counts) => {
+                opt_long(&mut out, Some(counts.iter().map(|(_, n)| *n as i64).sum()));
+                out.push(2);
+                if !counts.is_empty() {
+                    avro_long(&mut out, counts.len() as i64);
+                    for (table, n) in counts {
+                        avro_str(&mut out, table);
+                        avro_long(&mut out, *n as i64);
+                    }
+                }
+                out.push(0);
+            }
+        }
+        avro_long(&mut out, self.ts_ms);
+        out
+    }
+
+    pub fn json_key(&self) -> Vec<u8> {
+        let mut out = b"{\"id\":".to_vec();
+        json_str(&mut out, self.id);
+        out.push(b'}');
+        out
+    }
+
+    pub fn json_value(&self) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut out = Vec::with_capacity(128);
+        let _ = write!(out, "{{\"status\":\"{}\",\"id\":", self.status());
+        json_str(&mut out, self.id);
+        match self.counts {
+            None => out.extend_from_slice(b",\"event_count\":null,\"data_collections\":null"),
+            Some(counts) => {
+                let total: u64 = counts.iter().map(|(_, n)| n).sum();
+                let _ = write!(out, ",\"event_count\":{total},\"data_collections\":[");
+                for (i, (table, n)) in counts.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(b"{\"data_collection\":");
+                    json_str(&mut out, table);
+                    let _ = write!(out, ",\"event_count\":{n}}}");
+                }
+                out.push(b']');
+            }
+        }
+        let _ = write!(out, ",\"ts_ms\":{}}}", self.ts_ms);
         out
     }
 }
@@ -365,6 +481,11 @@ mod tests {
                 tx_id: Some(42),
                 lsn: Some(1234),
                 sequence: Some("[\"1\",\"1234\"]".into()),
+                transaction: Some(TxBlock {
+                    id: "42:1300",
+                    total_order: 3,
+                    data_collection_order: 2,
+                }),
             },
             ts_us: 6_001,
         };
@@ -382,6 +503,10 @@ mod tests {
         assert_eq!(v["ts_us"], 6_001);
         assert_eq!(v["source"]["ts_ms"], 5);
         assert_eq!(v["source"]["ts_ns"], 5_000_000);
+        assert_eq!(
+            v["transaction"],
+            json!({"id": "42:1300", "total_order": 3, "data_collection_order": 2})
+        );
 
         let key_schema = t.key_schema("shop", DecimalHandling::Precise).unwrap();
         let k = decode(&key_schema, &avro_key(&t, &after, 3).unwrap());
@@ -390,6 +515,7 @@ mod tests {
         let j: Json = serde_json::from_slice(&ev.json_value()).unwrap();
         assert_eq!(j["after"]["tags"], json!([1, null]));
         assert_eq!(j["source"]["table"], "t");
+        assert_eq!(j["transaction"], v["transaction"]);
     }
 
     #[test]
@@ -424,6 +550,7 @@ mod tests {
                 tx_id: None,
                 lsn: None,
                 sequence: None,
+                transaction: None,
             },
             ts_us: 1,
         };
@@ -439,6 +566,41 @@ mod tests {
         let v = Json::try_from(v).unwrap();
         assert_eq!(v["after"]["id"], 1);
         assert_eq!(v["after"]["note"], Json::Null);
+    }
+
+    #[test]
+    fn transaction_records_round_trip_through_apache_avro() {
+        let counts = vec![("public.a".to_string(), 2), ("public.b".to_string(), 1)];
+        let end = TxRecord {
+            id: "7:99",
+            counts: Some(&counts),
+            ts_ms: 5,
+        };
+        let v = decode(
+            &crate::schema::transaction_value_schema(),
+            &end.avro_value(1),
+        );
+        assert_eq!(
+            v,
+            json!({"status": "END", "id": "7:99", "event_count": 3, "ts_ms": 5,
+                   "data_collections": [{"data_collection": "public.a", "event_count": 2},
+                                        {"data_collection": "public.b", "event_count": 1}]})
+        );
+        let j: Json = serde_json::from_slice(&end.json_value()).unwrap();
+        assert_eq!(j, v);
+        let begin = TxRecord {
+            id: "7:99",
+            counts: None,
+            ts_ms: 5,
+        };
+        let v = decode(
+            &crate::schema::transaction_value_schema(),
+            &begin.avro_value(1),
+        );
+        assert_eq!(v["status"], "BEGIN");
+        assert_eq!(v["event_count"], Json::Null);
+        let k = decode(&crate::schema::transaction_key_schema(), &begin.avro_key(2));
+        assert_eq!(k, json!({"id": "7:99"}));
     }
 
     #[test]
@@ -464,6 +626,7 @@ mod tests {
                 tx_id: None,
                 lsn: None,
                 sequence: None,
+                transaction: None,
             },
             ts_us: 6_000,
         };

@@ -253,6 +253,42 @@ impl TableSchema {
     }
 }
 
+/// Key of the transaction topic's records (Debezium's).
+pub fn transaction_key_schema() -> Json {
+    json!({
+        "type": "record",
+        "name": "TransactionMetadataKey",
+        "namespace": "io.debezium.connector.common",
+        "fields": [{"name": "id", "type": "string"}],
+        "connect.name": "io.debezium.connector.common.TransactionMetadataKey",
+    })
+}
+
+/// Value of the transaction topic's BEGIN/END records (Debezium's).
+pub fn transaction_value_schema() -> Json {
+    json!({
+        "type": "record",
+        "name": "TransactionMetadataValue",
+        "namespace": "io.debezium.connector.common",
+        "fields": [
+            {"name": "status", "type": "string"},
+            {"name": "id", "type": "string"},
+            {"name": "event_count", "type": ["null", "long"], "default": null},
+            {"name": "data_collections", "type": ["null", {"type": "array", "items": {
+                "type": "record",
+                "name": "ConnectDefault",
+                "namespace": "io.confluent.connect.avro",
+                "fields": [
+                    {"name": "data_collection", "type": "string"},
+                    {"name": "event_count", "type": "long"},
+                ],
+            }}], "default": null},
+            {"name": "ts_ms", "type": "long"},
+        ],
+        "connect.name": "io.debezium.connector.common.TransactionMetadataValue",
+    })
+}
+
 fn source_schema() -> Json {
     json!({
         "type": "record",
@@ -596,6 +632,12 @@ mod tests {
             describe_change(&old, &new),
             "column \"at\" changes from io.debezium.time.Timestamp (optional) to string (optional)"
         );
+    }
+
+    #[test]
+    fn transaction_schemas_are_valid_avro() {
+        apache_avro::Schema::parse_str(&transaction_key_schema().to_string()).unwrap();
+        apache_avro::Schema::parse_str(&transaction_value_schema().to_string()).unwrap();
     }
 
     #[test]

@@ -146,6 +146,7 @@ async fn emit(
         tx_id: None,
         lsn: Some(lsn),
         sequence: Some(format!("[null,\"{lsn}\"]")),
+        transaction: None,
     };
     emitter
         .emit(ts, Op::Read, None, Some(row), source, out)

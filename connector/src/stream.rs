@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::config::{Config, Format};
-use crate::envelope::{self, Event, Op, SnapshotMarker, Source};
+use crate::envelope::{self, Event, Op, SnapshotMarker, Source, TxBlock, TxRecord};
 use crate::error::{Error, Result};
 use crate::offsets::{Ack, Pending, Tracker};
 use crate::pg;
@@ -127,12 +127,99 @@ impl Emitter {
         }
         Ok(())
     }
+
+    /// Sends a BEGIN or END record to the transaction topic.
+    async fn emit_transaction(
+        &self,
+        rec: &TxRecord<'_>,
+        out: &mut Vec<DeliveryFuture>,
+    ) -> Result<()> {
+        let topic = self.cfg.transaction_topic();
+        self.publisher.ensure_topic(&topic, false).await?;
+        let (key, value) = match self.cfg.format {
+            Format::Avro => {
+                let reg = self.publisher.registry();
+                let key_id = reg
+                    .register(
+                        &format!("{topic}-key"),
+                        &topic,
+                        &crate::schema::transaction_key_schema(),
+                    )
+                    .await?;
+                let value_id = reg
+                    .register(
+                        &format!("{topic}-value"),
+                        &topic,
+                        &crate::schema::transaction_value_schema(),
+                    )
+                    .await?;
+                (rec.avro_key(key_id), rec.avro_value(value_id))
+            }
+            Format::Json => (rec.json_key(), rec.json_value()),
+        };
+        out.push(
+            self.publisher
+                .send(&topic, Some(&key), Some(&value))
+                .await?,
+        );
+        Ok(())
+    }
 }
 
 struct Txn {
     xid: u32,
     ts_us: i64,
     deliveries: Vec<DeliveryFuture>,
+    /// Transaction metadata: `<xid>:<commit lsn>`, whether BEGIN went out,
+    /// the events so far, per table.
+    id: String,
+    begun: bool,
+    total: u64,
+    counts: Vec<(String, u64)>,
+}
+
+impl Txn {
+    /// With transaction metadata on: BEGIN before the first event, and the
+    /// next event's `transaction` block (orders counted from 1).
+    async fn next_block(
+        &mut self,
+        emitter: &Emitter,
+        table: &TableSchema,
+    ) -> Result<Option<(u64, u64)>> {
+        if !emitter.cfg.provide_transaction_metadata {
+            return Ok(None);
+        }
+        if !self.begun {
+            self.begun = true;
+            let rec = TxRecord {
+                id: &self.id,
+                counts: None,
+                ts_ms: self.ts_us.div_euclid(1000),
+            };
+            emitter.emit_transaction(&rec, &mut self.deliveries).await?;
+        }
+        self.total += 1;
+        let name = table.qualified();
+        let n = match self.counts.iter_mut().find(|(t, _)| *t == name) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                self.counts.push((name, 1));
+                1
+            }
+        };
+        Ok(Some((self.total, n)))
+    }
+}
+
+fn block(id: &str, orders: Option<(u64, u64)>) -> Option<TxBlock<'_>> {
+    orders.map(|(total_order, data_collection_order)| TxBlock {
+        id,
+        total_order,
+        data_collection_order,
+    })
 }
 
 /// Turns a pgoutput tuple into datums in column order. pgoutput leaves out
@@ -271,13 +358,17 @@ async fn stream_changes(
             }
             EventType::Begin {
                 transaction_id,
+                final_lsn,
                 commit_timestamp,
-                ..
             } => {
                 txn = Some(Txn {
                     xid: transaction_id,
                     ts_us: commit_timestamp.timestamp_micros(),
                     deliveries: Vec::new(),
+                    id: format!("{transaction_id}:{}", final_lsn.value()),
+                    begun: false,
+                    total: 0,
+                    counts: Vec::new(),
                 });
             }
             EventType::Commit {
@@ -285,10 +376,18 @@ async fn stream_changes(
                 commit_lsn,
                 ..
             } => {
-                let t = txn.take();
-                if let Some(t) = &t {
+                let mut t = txn.take();
+                if let Some(t) = &mut t {
                     let lag_us = chrono::Utc::now().timestamp_micros() - t.ts_us;
                     tracing::debug!(xid = t.xid, lag_us, "commit received");
+                    if t.begun {
+                        let rec = TxRecord {
+                            id: &t.id,
+                            counts: Some(&t.counts),
+                            ts_ms: t.ts_us.div_euclid(1000),
+                        };
+                        emitter.emit_transaction(&rec, &mut t.deliveries).await?;
+                    }
                 }
                 tracker
                     .push(Pending {
@@ -320,6 +419,11 @@ async fn stream_changes(
                 let (ts, t) = lookup(&tables, relation_oid, &mut txn)?;
                 let after = to_row(ts, &data, cfg)?;
                 let s = source(emitter, t, lsn, last_commit_lsn);
+                let orders = t.next_block(emitter, &ts.schema).await?;
+                let s = Source {
+                    transaction: block(&t.id, orders),
+                    ..s
+                };
                 emitter
                     .emit(ts, Op::Create, None, Some(&after), s, &mut t.deliveries)
                     .await?;
@@ -350,15 +454,30 @@ async fn stream_changes(
                 if moved {
                     let b = before.as_deref();
                     let s = source(emitter, t, lsn, last_commit_lsn);
+                    let orders = t.next_block(emitter, &ts.schema).await?;
+                    let s = Source {
+                        transaction: block(&t.id, orders),
+                        ..s
+                    };
                     emitter
                         .emit(ts, Op::Delete, b, None, s, &mut t.deliveries)
                         .await?;
                     let s = source(emitter, t, lsn, last_commit_lsn);
+                    let orders = t.next_block(emitter, &ts.schema).await?;
+                    let s = Source {
+                        transaction: block(&t.id, orders),
+                        ..s
+                    };
                     emitter
                         .emit(ts, Op::Create, None, Some(&after), s, &mut t.deliveries)
                         .await?;
                 } else {
                     let s = source(emitter, t, lsn, last_commit_lsn);
+                    let orders = t.next_block(emitter, &ts.schema).await?;
+                    let s = Source {
+                        transaction: block(&t.id, orders),
+                        ..s
+                    };
                     emitter
                         .emit(
                             ts,
@@ -379,6 +498,11 @@ async fn stream_changes(
                 let (ts, t) = lookup(&tables, relation_oid, &mut txn)?;
                 let before = to_row(ts, &old_data, cfg)?;
                 let s = source(emitter, t, lsn, last_commit_lsn);
+                let orders = t.next_block(emitter, &ts.schema).await?;
+                let s = Source {
+                    transaction: block(&t.id, orders),
+                    ..s
+                };
                 emitter
                     .emit(ts, Op::Delete, Some(&before), None, s, &mut t.deliveries)
                     .await?;
@@ -417,6 +541,7 @@ fn source<'a>(emitter: &'a Emitter, t: &Txn, lsn: u64, last_commit: u64) -> Sour
         tx_id: Some(t.xid as i64),
         lsn: Some(lsn),
         sequence: Some(format!("[\"{last_commit}\",\"{lsn}\"]")),
+        transaction: None,
     }
 }
 

@@ -553,3 +553,71 @@ async fn snapshot_modes_initial_only_and_never() {
     conn.stop();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_metadata_topic_and_blocks() {
+    let env = TestEnv::new().await;
+    env.client
+        .batch_execute(
+            "CREATE TABLE ta (id int PRIMARY KEY, v int); CREATE TABLE tb (id int PRIMARY KEY)",
+        )
+        .await
+        .unwrap();
+    let mut conn = env.spawn(
+        &["ta", "tb"],
+        &[("CONNECTOR_PROVIDE_TRANSACTION_METADATA", "true")],
+    );
+    // Streaming, not just creating the slot (writes before its consistent
+    // point would be snapshot rows, outside any transaction).
+    wait_for(60, "connector streaming", || async {
+        env.streaming_walsender().await.is_some()
+    })
+    .await;
+    env.client
+        .batch_execute(
+            "BEGIN; INSERT INTO ta VALUES (1, 1), (2, 2); INSERT INTO tb VALUES (1); COMMIT;
+             UPDATE ta SET v = 3 WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    let mut tx = TopicReader::new(&env.kafka, &format!("{}.transaction", env.prefix)).await;
+    tx.until(60, "BEGIN, END, BEGIN, END", |r| r.len() >= 4)
+        .await;
+    let v = |i: usize| tx.records[i].value.clone().unwrap();
+    let (id1, id2) = (v(0)["id"].clone(), v(2)["id"].clone());
+    assert_ne!(id1, id2);
+    assert_eq!(tx.records[0].key, Some(json!({"id": id1})));
+    assert_eq!(
+        (v(0)["status"].clone(), v(0)["event_count"].clone()),
+        (json!("BEGIN"), Json::Null)
+    );
+    assert_eq!(v(1)["status"], "END");
+    assert_eq!(v(1)["id"], id1);
+    assert_eq!(v(1)["event_count"], 3);
+    assert_eq!(
+        v(1)["data_collections"],
+        json!([{"data_collection": "public.ta", "event_count": 2},
+               {"data_collection": "public.tb", "event_count": 1}])
+    );
+    assert_eq!(v(3)["event_count"], 1);
+
+    let mut a = TopicReader::new(&env.kafka, &env.topic("ta")).await;
+    a.until(60, "three changes of ta", |r| r.len() >= 3).await;
+    let mut b = TopicReader::new(&env.kafka, &env.topic("tb")).await;
+    b.until(60, "one change of tb", |r| !r.is_empty()).await;
+    let block = |r: &Record| r.value.as_ref().unwrap()["transaction"].clone();
+    assert_eq!(
+        a.records.iter().map(block).collect::<Vec<_>>(),
+        vec![
+            json!({"id": id1, "total_order": 1, "data_collection_order": 1}),
+            json!({"id": id1, "total_order": 2, "data_collection_order": 2}),
+            json!({"id": id2, "total_order": 1, "data_collection_order": 1}),
+        ]
+    );
+    assert_eq!(
+        block(&b.records[0]),
+        json!({"id": id1, "total_order": 3, "data_collection_order": 1})
+    );
+    conn.stop();
+    env.cleanup().await;
+}
