@@ -71,6 +71,9 @@ pub struct Config {
     /// Debezium's `provide.transaction.metadata`: BEGIN/END records on
     /// `<name>.transaction` and each event's `transaction` block.
     pub provide_transaction_metadata: bool,
+    /// A TRUNCATE becomes an event with op `t` (null key, no before/after)
+    /// per table; off by default, as Debezium's `skipped.operations=t`.
+    pub truncate_events: bool,
 }
 
 /// Session settings pinned on every PostgreSQL connection (replication and
@@ -101,6 +104,7 @@ snapshot_fetch_size = 10000
 kafka_connect_timeout_ms = 10000
 shutdown_timeout_ms = 15000
 provide_transaction_metadata = false
+truncate_events = false
 "#;
 
 impl Config {

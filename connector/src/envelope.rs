@@ -13,6 +13,8 @@ pub enum Op {
     Create,
     Update,
     Delete,
+    /// TRUNCATE of the table (with `truncate_events` on).
+    Truncate,
 }
 
 impl Op {
@@ -22,6 +24,7 @@ impl Op {
             Op::Create => "c",
             Op::Update => "u",
             Op::Delete => "d",
+            Op::Truncate => "t",
         }
     }
 }

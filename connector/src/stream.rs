@@ -128,6 +128,29 @@ impl Emitter {
         Ok(())
     }
 
+    /// Sends a truncate event (op `t`): null key, no `before`/`after`.
+    pub async fn emit_truncate(
+        &self,
+        ts: &TableState,
+        source: Source<'_>,
+        out: &mut Vec<DeliveryFuture>,
+    ) -> Result<()> {
+        let ev = Event {
+            table: &ts.schema,
+            op: Op::Truncate,
+            before: None,
+            after: None,
+            source,
+            ts_us: chrono::Utc::now().timestamp_micros(),
+        };
+        let value = match self.cfg.format {
+            Format::Avro => ev.avro_value(ts.value_id),
+            Format::Json => ev.json_value(),
+        };
+        out.push(self.publisher.send(&ts.topic, None, Some(&value)).await?);
+        Ok(())
+    }
+
     /// Sends a BEGIN or END record to the transaction topic.
     async fn emit_transaction(
         &self,
@@ -507,9 +530,29 @@ async fn stream_changes(
                     .emit(ts, Op::Delete, Some(&before), None, s, &mut t.deliveries)
                     .await?;
             }
+            EventType::Truncate { tables: names, .. } if cfg.truncate_events => {
+                let Some(t) = txn.as_mut() else {
+                    return Err(Error::Replication("TRUNCATE outside a transaction".into()));
+                };
+                for name in &names {
+                    let Some(ts) = tables
+                        .values()
+                        .find(|ts| ts.schema.qualified() == name.as_ref())
+                    else {
+                        continue;
+                    };
+                    let s = source(emitter, t, lsn, last_commit_lsn);
+                    let orders = t.next_block(emitter, &ts.schema).await?;
+                    let s = Source {
+                        transaction: block(&t.id, orders),
+                        ..s
+                    };
+                    emitter.emit_truncate(ts, s, &mut t.deliveries).await?;
+                }
+            }
             EventType::Truncate { tables: names, .. } => {
                 // Debezium skips truncates by default; so do we, loudly.
-                tracing::warn!(tables = ?names, "TRUNCATE is not propagated");
+                tracing::warn!(tables = ?names, "TRUNCATE is not propagated (truncate_events = false)");
             }
             _ => {}
         }

@@ -621,3 +621,35 @@ async fn transaction_metadata_topic_and_blocks() {
     conn.stop();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_becomes_op_t_when_enabled() {
+    let env = TestEnv::new().await;
+    env.client
+        .batch_execute("CREATE TABLE tr (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut conn = env.spawn(&["tr"], &[("CONNECTOR_TRUNCATE_EVENTS", "true")]);
+    wait_for(60, "connector streaming", || async {
+        env.streaming_walsender().await.is_some()
+    })
+    .await;
+    env.client
+        .batch_execute("INSERT INTO tr VALUES (1); TRUNCATE tr; INSERT INTO tr VALUES (2);")
+        .await
+        .unwrap();
+    let mut reader = TopicReader::new(&env.kafka, &env.topic("tr")).await;
+    reader.until(60, "c, t, c", |r| r.len() >= 3).await;
+    let ops: Vec<_> = reader.records.iter().map(|r| r.op()).collect();
+    assert_eq!(ops, vec![Some("c"), Some("t"), Some("c")]);
+    let t = &reader.records[1];
+    assert_eq!(t.key, None);
+    let v = t.value.as_ref().unwrap();
+    assert_eq!(
+        (v["before"].clone(), v["after"].clone()),
+        (Json::Null, Json::Null)
+    );
+    assert_eq!(v["source"]["table"], "tr");
+    conn.stop();
+    env.cleanup().await;
+}
