@@ -39,6 +39,10 @@ pub struct Options {
     /// Database connections of each commerce service and of the bare loop.
     #[arg(long, default_value_t = 32)]
     pool_size: u32,
+    /// Run the outbox relays in the services (publishing to Kafka while orders are placed);
+    /// `--relay false` measures the API and database path alone.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    relay: bool,
 }
 
 struct Running {
@@ -107,6 +111,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     settings.orders_listen_addr = "127.0.0.1:0".to_owned();
     settings.commerce_seed = false;
     settings.commerce_pool_size = options.pool_size;
+    settings.commerce_outbox_relay = options.relay;
     let products = Running::start(&settings, Service::Products).await?;
     settings.orders_products_url = products.address.clone();
     let orders = Running::start(&settings, Service::Orders).await?;
@@ -123,6 +128,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     println!(
         "orders: {stock} orders per round over {} products ({per_product} in stock each) + {} attempts too many, concurrency {}, {} database connections per side, {} rounds each, alternating",
         options.products, options.concurrency, options.concurrency, options.pool_size, options.rounds
+    );
+    println!(
+        "outbox relays {} while orders are placed",
+        if options.relay {
+            "publish to Kafka"
+        } else {
+            "off (events stay in the outbox)"
+        }
     );
     println!("| round | side | orders/s | refused (409) | oversold |");
     println!("|---|---|---|---|---|");

@@ -38,6 +38,9 @@ pub struct Settings {
     pub commerce_seed: bool,
     /// Database connections per service.
     pub commerce_pool_size: u32,
+    /// Run the outbox relay inside the products and orders services. Off, events wait in the
+    /// outbox tables for a relay run elsewhere (any instance with it on, for that database).
+    pub commerce_outbox_relay: bool,
 }
 
 impl Default for Settings {
@@ -59,6 +62,7 @@ impl Default for Settings {
             orders_sweep_interval_ms: 1_000,
             commerce_seed: true,
             commerce_pool_size: 32,
+            commerce_outbox_relay: true,
         }
     }
 }

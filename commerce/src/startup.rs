@@ -114,18 +114,21 @@ impl Application {
         // databases (say, two test runs) never do.
         let role = format!("commerce-{name}-outbox-relay");
         let registry = &self.settings.kafka.schema_registry_url;
+        let relay = self.settings.commerce_outbox_relay;
         let router = match self.service {
             Service::Products => {
-                tasks.push(tokio::spawn(
-                    Relay::new(
-                        RelayConfig::new(role, PRODUCTS_OUTBOX),
-                        database,
-                        self.settings.kafka.clone(),
-                        AvroEncoder::<StockEvent>::new(registry),
-                        stopped.clone(),
-                    )
-                    .run(),
-                ));
+                if relay {
+                    tasks.push(tokio::spawn(
+                        Relay::new(
+                            RelayConfig::new(role, PRODUCTS_OUTBOX),
+                            database,
+                            self.settings.kafka.clone(),
+                            AvroEncoder::<StockEvent>::new(registry),
+                            stopped.clone(),
+                        )
+                        .run(),
+                    ));
+                }
                 products::router(self.pool.clone())
             }
             Service::Orders => {
@@ -137,16 +140,18 @@ impl Application {
                     pool: self.pool.clone(),
                     products: client,
                 };
-                tasks.push(tokio::spawn(
-                    Relay::new(
-                        RelayConfig::new(role, ORDERS_OUTBOX),
-                        database,
-                        self.settings.kafka.clone(),
-                        AvroEncoder::<OrderEvent>::new(registry),
-                        stopped.clone(),
-                    )
-                    .run(),
-                ));
+                if relay {
+                    tasks.push(tokio::spawn(
+                        Relay::new(
+                            RelayConfig::new(role, ORDERS_OUTBOX),
+                            database,
+                            self.settings.kafka.clone(),
+                            AvroEncoder::<OrderEvent>::new(registry),
+                            stopped.clone(),
+                        )
+                        .run(),
+                    ));
+                }
                 tasks.push(tokio::spawn(
                     Sweeper {
                         orders: orders.clone(),
