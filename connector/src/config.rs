@@ -74,6 +74,9 @@ pub struct Config {
     /// A TRUNCATE becomes an event with op `t` (null key, no before/after)
     /// per table; off by default, as Debezium's `skipped.operations=t`.
     pub truncate_events: bool,
+    /// Logical decoding messages (`pg_logical_emit_message`, other than the
+    /// connector's heartbeats) become op `m` records on `<name>.message`.
+    pub logical_messages: bool,
 }
 
 /// Session settings pinned on every PostgreSQL connection (replication and
@@ -105,6 +108,7 @@ kafka_connect_timeout_ms = 10000
 shutdown_timeout_ms = 15000
 provide_transaction_metadata = false
 truncate_events = false
+logical_messages = false
 "#;
 
 impl Config {
@@ -161,6 +165,11 @@ impl Config {
 
     pub fn topic_for(&self, schema: &str, table: &str) -> String {
         format!("{}.{}.{}", self.name, schema, table)
+    }
+
+    /// Where logical decoding messages go (Debezium's `<topic.prefix>.message`).
+    pub fn message_topic(&self) -> String {
+        format!("{}.message", self.name)
     }
 
     /// Where transaction metadata goes (Debezium's `<topic.prefix>.transaction`).

@@ -113,22 +113,12 @@ impl Event<'_> {
         let mut out = framed(schema_id, 256);
         write_row(&mut out, self.table, self.before);
         write_row(&mut out, self.table, self.after);
-        let s = &self.source;
-        avro_str(&mut out, VERSION);
-        avro_str(&mut out, "postgresql");
-        avro_str(&mut out, s.name);
-        avro_long(&mut out, s.ts_us.div_euclid(1000));
-        out.push(0); // snapshot: branch 0 (string) of [string, null]
-        avro_str(&mut out, s.snapshot.as_str());
-        avro_str(&mut out, s.db);
-        opt_str(&mut out, s.sequence.as_deref());
-        opt_long(&mut out, Some(s.ts_us));
-        opt_long(&mut out, Some(s.ts_us.saturating_mul(1000)));
-        avro_str(&mut out, &self.table.schema);
-        avro_str(&mut out, &self.table.table);
-        opt_long(&mut out, s.tx_id);
-        opt_long(&mut out, s.lsn.map(|l| l as i64));
-        opt_long(&mut out, None); // xmin
+        avro_source(
+            &mut out,
+            &self.source,
+            &self.table.schema,
+            &self.table.table,
+        );
         match &self.source.transaction {
             None => out.push(0),
             Some(t) => {
@@ -154,36 +144,9 @@ impl Event<'_> {
         row_json(&mut out, self.table, self.before);
         out.extend_from_slice(b",\"after\":");
         row_json(&mut out, self.table, self.after);
-        out.extend_from_slice(b",\"source\":{\"version\":");
-        json_str(&mut out, VERSION);
-        out.extend_from_slice(b",\"connector\":\"postgresql\",\"name\":");
-        json_str(&mut out, s.name);
-        let _ = write!(
-            out,
-            ",\"ts_ms\":{},\"snapshot\":\"{}\",\"db\":",
-            s.ts_us.div_euclid(1000),
-            s.snapshot.as_str()
-        );
-        json_str(&mut out, s.db);
-        out.extend_from_slice(b",\"sequence\":");
-        match &s.sequence {
-            Some(seq) => json_str(&mut out, seq),
-            None => out.extend_from_slice(b"null"),
-        }
-        let _ = write!(
-            out,
-            ",\"ts_us\":{},\"ts_ns\":{},\"schema\":",
-            s.ts_us,
-            s.ts_us.saturating_mul(1000)
-        );
-        json_str(&mut out, &self.table.schema);
-        out.extend_from_slice(b",\"table\":");
-        json_str(&mut out, &self.table.table);
-        out.extend_from_slice(b",\"txId\":");
-        opt_json_long(&mut out, s.tx_id);
-        out.extend_from_slice(b",\"lsn\":");
-        opt_json_long(&mut out, s.lsn.map(|l| l as i64));
-        out.extend_from_slice(b",\"xmin\":null},\"transaction\":");
+        out.extend_from_slice(b",\"source\":");
+        json_source(&mut out, s, &self.table.schema, &self.table.table);
+        out.extend_from_slice(b",\"transaction\":");
         match &self.source.transaction {
             None => out.extend_from_slice(b"null"),
             Some(t) => {
@@ -204,6 +167,59 @@ impl Event<'_> {
             self.ts_us,
             self.ts_us.saturating_mul(1000)
         );
+        out
+    }
+}
+
+/// A logical decoding message (`pg_logical_emit_message`) as Debezium's
+/// op `m` record on `<name>.message`: key `{prefix}`, value `{op, ts_ms,
+/// source, message: {prefix, content}}` (`source.schema`/`table` empty).
+pub struct MessageRecord<'a> {
+    pub prefix: &'a str,
+    pub content: &'a [u8],
+    pub source: Source<'a>,
+    /// When the connector processed it, in µs.
+    pub ts_us: i64,
+}
+
+impl MessageRecord<'_> {
+    pub fn avro_key(&self, schema_id: u32) -> Vec<u8> {
+        let mut out = framed(schema_id, 32);
+        avro_str(&mut out, self.prefix);
+        out
+    }
+
+    pub fn avro_value(&self, schema_id: u32) -> Vec<u8> {
+        let mut out = framed(schema_id, 256);
+        avro_str(&mut out, "m");
+        opt_long(&mut out, Some(self.ts_us.div_euclid(1000)));
+        avro_source(&mut out, &self.source, "", "");
+        avro_str(&mut out, self.prefix);
+        write_avro(&mut out, &Datum::Bytes(self.content.to_vec()), false);
+        out
+    }
+
+    pub fn json_key(&self) -> Vec<u8> {
+        let mut out = b"{\"prefix\":".to_vec();
+        json_str(&mut out, self.prefix);
+        out.push(b'}');
+        out
+    }
+
+    pub fn json_value(&self) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut out = Vec::with_capacity(256);
+        let _ = write!(
+            out,
+            "{{\"op\":\"m\",\"ts_ms\":{},\"source\":",
+            self.ts_us.div_euclid(1000)
+        );
+        json_source(&mut out, &self.source, "", "");
+        out.extend_from_slice(b",\"message\":{\"prefix\":");
+        json_str(&mut out, self.prefix);
+        out.extend_from_slice(b",\"content\":");
+        write_json(&mut out, &Datum::Bytes(self.content.to_vec()));
+        out.extend_from_slice(b"}}");
         out
     }
 }
@@ -288,6 +304,60 @@ impl TxRecord<'_> {
         let _ = write!(out, ",\"ts_ms\":{}}}", self.ts_ms);
         out
     }
+}
+
+/// Debezium's `source` block, Avro.
+fn avro_source(out: &mut Vec<u8>, s: &Source<'_>, schema: &str, table: &str) {
+    avro_str(out, VERSION);
+    avro_str(out, "postgresql");
+    avro_str(out, s.name);
+    avro_long(out, s.ts_us.div_euclid(1000));
+    out.push(0); // snapshot: branch 0 (string) of [string, null]
+    avro_str(out, s.snapshot.as_str());
+    avro_str(out, s.db);
+    opt_str(out, s.sequence.as_deref());
+    opt_long(out, Some(s.ts_us));
+    opt_long(out, Some(s.ts_us.saturating_mul(1000)));
+    avro_str(out, schema);
+    avro_str(out, table);
+    opt_long(out, s.tx_id);
+    opt_long(out, s.lsn.map(|l| l as i64));
+    opt_long(out, None); // xmin
+}
+
+/// Debezium's `source` block, JSON.
+fn json_source(out: &mut Vec<u8>, s: &Source<'_>, schema: &str, table: &str) {
+    use std::io::Write as _;
+    out.extend_from_slice(b"{\"version\":");
+    json_str(out, VERSION);
+    out.extend_from_slice(b",\"connector\":\"postgresql\",\"name\":");
+    json_str(out, s.name);
+    let _ = write!(
+        out,
+        ",\"ts_ms\":{},\"snapshot\":\"{}\",\"db\":",
+        s.ts_us.div_euclid(1000),
+        s.snapshot.as_str()
+    );
+    json_str(out, s.db);
+    out.extend_from_slice(b",\"sequence\":");
+    match &s.sequence {
+        Some(seq) => json_str(out, seq),
+        None => out.extend_from_slice(b"null"),
+    }
+    let _ = write!(
+        out,
+        ",\"ts_us\":{},\"ts_ns\":{},\"schema\":",
+        s.ts_us,
+        s.ts_us.saturating_mul(1000)
+    );
+    json_str(out, schema);
+    out.extend_from_slice(b",\"table\":");
+    json_str(out, table);
+    out.extend_from_slice(b",\"txId\":");
+    opt_json_long(out, s.tx_id);
+    out.extend_from_slice(b",\"lsn\":");
+    opt_json_long(out, s.lsn.map(|l| l as i64));
+    out.extend_from_slice(b",\"xmin\":null}");
 }
 
 fn opt_json_long(out: &mut Vec<u8>, v: Option<i64>) {
@@ -604,6 +674,35 @@ mod tests {
         assert_eq!(v["event_count"], Json::Null);
         let k = decode(&crate::schema::transaction_key_schema(), &begin.avro_key(2));
         assert_eq!(k, json!({"id": "7:99"}));
+    }
+
+    #[test]
+    fn message_records_round_trip_through_apache_avro() {
+        let m = MessageRecord {
+            prefix: "audit",
+            content: b"hi",
+            source: Source {
+                name: "shop",
+                db: "db",
+                ts_us: 5_000,
+                snapshot: SnapshotMarker::False,
+                tx_id: Some(9),
+                lsn: Some(77),
+                sequence: None,
+                transaction: None,
+            },
+            ts_us: 6_000,
+        };
+        let v = decode(&crate::schema::message_value_schema(), &m.avro_value(1));
+        assert_eq!(v["op"], "m");
+        assert_eq!(v["message"]["prefix"], "audit");
+        assert_eq!(v["source"]["lsn"], 77);
+        assert_eq!(v["source"]["table"], "");
+        let k = decode(&crate::schema::message_key_schema(), &m.avro_key(2));
+        assert_eq!(k, json!({"prefix": "audit"}));
+        let j: Json = serde_json::from_slice(&m.json_value()).unwrap();
+        assert_eq!(j["message"], json!({"prefix": "audit", "content": "aGk="}));
+        assert_eq!(j["source"], v["source"]);
     }
 
     #[test]

@@ -289,6 +289,40 @@ pub fn transaction_value_schema() -> Json {
     })
 }
 
+/// Key of the `<name>.message` records.
+pub fn message_key_schema() -> Json {
+    json!({
+        "type": "record",
+        "name": "MessageKey",
+        "namespace": "io.debezium.connector.postgresql",
+        "fields": [{"name": "prefix", "type": "string"}],
+        "connect.name": "io.debezium.connector.postgresql.MessageKey",
+    })
+}
+
+/// Value of the `<name>.message` records (logical decoding messages, op `m`).
+pub fn message_value_schema() -> Json {
+    json!({
+        "type": "record",
+        "name": "MessageValue",
+        "namespace": "io.debezium.connector.postgresql",
+        "fields": [
+            {"name": "op", "type": "string"},
+            {"name": "ts_ms", "type": ["null", "long"], "default": null},
+            {"name": "source", "type": source_schema()},
+            {"name": "message", "type": {
+                "type": "record",
+                "name": "Message",
+                "fields": [
+                    {"name": "prefix", "type": "string"},
+                    {"name": "content", "type": "bytes"},
+                ],
+            }},
+        ],
+        "connect.name": "io.debezium.connector.postgresql.MessageValue",
+    })
+}
+
 fn source_schema() -> Json {
     json!({
         "type": "record",

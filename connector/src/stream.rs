@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::config::{Config, Format};
-use crate::envelope::{self, Event, Op, SnapshotMarker, Source, TxBlock, TxRecord};
+use crate::envelope::{self, Event, MessageRecord, Op, SnapshotMarker, Source, TxBlock, TxRecord};
 use crate::error::{Error, Result};
 use crate::offsets::{Ack, Pending, Tracker};
 use crate::pg;
@@ -148,6 +148,43 @@ impl Emitter {
             Format::Json => ev.json_value(),
         };
         out.push(self.publisher.send(&ts.topic, None, Some(&value)).await?);
+        Ok(())
+    }
+
+    /// Sends a logical decoding message to the message topic.
+    async fn emit_message(
+        &self,
+        m: &MessageRecord<'_>,
+        out: &mut Vec<DeliveryFuture>,
+    ) -> Result<()> {
+        let topic = self.cfg.message_topic();
+        self.publisher.ensure_topic(&topic, false).await?;
+        let (key, value) = match self.cfg.format {
+            Format::Avro => {
+                let reg = self.publisher.registry();
+                let key_id = reg
+                    .register(
+                        &format!("{topic}-key"),
+                        &topic,
+                        &crate::schema::message_key_schema(),
+                    )
+                    .await?;
+                let value_id = reg
+                    .register(
+                        &format!("{topic}-value"),
+                        &topic,
+                        &crate::schema::message_value_schema(),
+                    )
+                    .await?;
+                (m.avro_key(key_id), m.avro_value(value_id))
+            }
+            Format::Json => (m.json_key(), m.json_value()),
+        };
+        out.push(
+            self.publisher
+                .send(&topic, Some(&key), Some(&value))
+                .await?,
+        );
         Ok(())
     }
 
@@ -529,6 +566,54 @@ async fn stream_changes(
                 emitter
                     .emit(ts, Op::Delete, Some(&before), None, s, &mut t.deliveries)
                     .await?;
+            }
+            EventType::Message {
+                flags,
+                message_lsn,
+                prefix,
+                content,
+            } if cfg.logical_messages => {
+                let transactional = flags & 1 == 1;
+                let source = Source {
+                    name: &emitter.cfg.name,
+                    db: &emitter.db,
+                    ts_us: txn
+                        .as_ref()
+                        .filter(|_| transactional)
+                        .map_or_else(|| chrono::Utc::now().timestamp_micros(), |t| t.ts_us),
+                    snapshot: SnapshotMarker::False,
+                    tx_id: txn.as_ref().filter(|_| transactional).map(|t| t.xid as i64),
+                    lsn: Some(message_lsn.value()),
+                    sequence: Some(format!(
+                        "[\"{last_commit_lsn}\",\"{}\"]",
+                        message_lsn.value()
+                    )),
+                    transaction: None,
+                };
+                let m = MessageRecord {
+                    prefix: &prefix,
+                    content: &content,
+                    source,
+                    ts_us: chrono::Utc::now().timestamp_micros(),
+                };
+                match txn.as_mut().filter(|_| transactional) {
+                    // Published and acknowledged with its transaction.
+                    Some(t) => emitter.emit_message(&m, &mut t.deliveries).await?,
+                    None => {
+                        let mut deliveries = Vec::new();
+                        emitter.emit_message(&m, &mut deliveries).await?;
+                        tracker
+                            .push(Pending {
+                                deliveries,
+                                ack: if txn.is_none() {
+                                    Ack::Lsn(message_lsn.value())
+                                } else {
+                                    Ack::None
+                                },
+                            })
+                            .await?;
+                    }
+                }
             }
             EventType::Truncate { tables: names, .. } if cfg.truncate_events => {
                 let Some(t) = txn.as_mut() else {

@@ -653,3 +653,44 @@ async fn truncate_becomes_op_t_when_enabled() {
     conn.stop();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_decoding_messages_become_op_m_when_enabled() {
+    let env = TestEnv::new().await;
+    env.client
+        .batch_execute("CREATE TABLE lm (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut conn = env.spawn(&["lm"], &[("CONNECTOR_LOGICAL_MESSAGES", "true")]);
+    wait_for(60, "connector streaming", || async {
+        env.streaming_walsender().await.is_some()
+    })
+    .await;
+    env.client
+        .batch_execute(
+            "BEGIN; INSERT INTO lm VALUES (1);
+                    SELECT pg_logical_emit_message(true, 'audit', 'hello'); COMMIT;
+             SELECT pg_logical_emit_message(false, 'ping', 'x');",
+        )
+        .await
+        .unwrap();
+    let mut messages = TopicReader::new(&env.kafka, &format!("{}.message", env.prefix)).await;
+    messages.until(60, "two messages", |r| r.len() >= 2).await;
+    let mut lm = TopicReader::new(&env.kafka, &env.topic("lm")).await;
+    lm.until(60, "the insert", |r| !r.is_empty()).await;
+    let v = |i: usize| messages.records[i].value.clone().unwrap();
+    assert_eq!(messages.records[0].key, Some(json!({"prefix": "audit"})));
+    assert_eq!(v(0)["op"], "m");
+    assert_eq!(v(0)["message"]["prefix"], "audit");
+    assert_eq!(
+        v(0)["source"]["txId"],
+        lm.records[0].value.as_ref().unwrap()["source"]["txId"]
+    );
+    assert_eq!(v(1)["message"]["prefix"], "ping");
+    assert_eq!(v(1)["source"]["txId"], Json::Null);
+    // Heartbeats (connector_heartbeat) are not published.
+    messages.poll().await;
+    assert_eq!(messages.records.len(), 2);
+    conn.stop();
+    env.cleanup().await;
+}
