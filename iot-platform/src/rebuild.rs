@@ -6,6 +6,7 @@
 //! store and consumer group keep their offsets, and the store skips what it already applied.
 //! One interrupted between the switch and the drop leaves the old generation's data behind.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,7 @@ pub enum RebuildError {
     #[error("consumer group {group} has active members ({state}); is another rebuild running?")]
     GroupActive { group: String, state: String },
     #[error(
-        "generation {generation} dead-lettered {} record(s) ({}); reads stay on the current generation. Look at {topic}, fix the cause, and rerun, or rerun with --accept-dead-letters to switch anyway",
+        "generation {generation} dead-lettered {} record(s) ({}); reads stay on the current generation and generation {generation} was dropped. Look at {topic}, fix the cause and rerun, or rerun with --accept-dead-letters to switch anyway",
         .dead.len(), locations(.dead)
     )]
     DeadLetters {
@@ -56,6 +57,35 @@ fn locations(dead: &[DeadLetter]) -> String {
     shown.join("; ")
 }
 
+async fn cluster_partitions(settings: &Settings) -> Result<Vec<i32>, RebuildError> {
+    Ok(Cluster::connect(&settings.kafka)?
+        .partitions(&settings.iot_topic)
+        .await?
+        .ok_or_else(|| RebuildError::NoTopic(settings.iot_topic.clone()))?
+        .iter()
+        .map(|p| p.id)
+        .collect())
+}
+
+async fn recorded_nothing(
+    partitions: &[i32],
+    store: &ReadStore,
+    topic: &str,
+) -> Result<bool, RebuildError> {
+    for partition in partitions {
+        if store.applied_offset(topic, *partition).await?.is_some() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RebuildReport {
     pub from: u32,
@@ -66,11 +96,15 @@ pub struct RebuildReport {
     pub time_to_switch: Duration,
 }
 
-/// How far generation `store` is behind the topic, in records.
+/// How far generation `store` is behind the topic, in records. A partition's next record is
+/// the one after the store's last offset, or where the projector stood when it last ran out of
+/// records: past the transaction markers a transactional producer (the outbox relay) leaves
+/// after its last record, which the store's offset never covers.
 async fn lag(
     cluster: &Cluster,
     store: &ReadStore,
     topic: &str,
+    idle: &BTreeMap<i32, i64>,
 ) -> Result<(i64, i64), RebuildError> {
     let partitions = cluster
         .partitions(topic)
@@ -79,10 +113,13 @@ async fn lag(
     let (mut total, mut behind) = (0, 0);
     for partition in &partitions {
         total += partition.high_watermark - partition.low_watermark;
-        let next = match store.applied_offset(topic, partition.id).await? {
+        let stored = match store.applied_offset(topic, partition.id).await? {
             Some(applied) => applied + 1,
             None => partition.low_watermark,
         };
+        let next = idle
+            .get(&partition.id)
+            .map_or(stored, |idle| stored.max(*idle));
         behind += (partition.high_watermark - next).max(0);
     }
     Ok((total, behind))
@@ -122,6 +159,15 @@ pub async fn rebuild(
     let to = from + 1;
     let store = generations::open_store(settings, to).await?;
     check_group(settings, to).await?;
+    // A rebuild that starts on an empty generation counts the dead letters of this run only;
+    // one that resumes counts those of the generation's earlier runs too.
+    let fresh = recorded_nothing(
+        &cluster_partitions(settings).await?,
+        &store,
+        &settings.iot_topic,
+    )
+    .await?;
+    let since = fresh.then(now_ms);
     let projector = generations::projector(settings, to, store.clone())?;
     let status = projector.status();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -148,7 +194,8 @@ pub async fn rebuild(
     );
     progress.set_prefix(to.to_string());
     loop {
-        let (total, behind) = lag(&cluster, &store, &settings.iot_topic).await?;
+        let idle = status.idle_positions();
+        let (total, behind) = lag(&cluster, &store, &settings.iot_topic, &idle).await?;
         progress.set_length(u64::try_from(total).unwrap_or_default());
         progress.set_position(u64::try_from(total - behind).unwrap_or_default());
         progress.set_message(behind.to_string());
@@ -172,14 +219,17 @@ pub async fn rebuild(
         settings.kafka.clone(),
         settings.iot_dead_letter_topic.clone(),
     );
-    let dead = tokio::task::spawn_blocking(move || dead_letters::of_group(&kafka, &topic, &group))
-        .await
-        .map_err(|e| RebuildError::Stopped(e.to_string()))??;
+    let dead =
+        tokio::task::spawn_blocking(move || dead_letters::of_group(&kafka, &topic, &group, since))
+            .await
+            .map_err(|e| RebuildError::Stopped(e.to_string()))??;
     if !dead.is_empty() {
         if !accept_dead_letters {
             progress.abandon_with_message("0, not switched");
             let _ = stop.send(());
             let _ = task.await;
+            // Not served and not resumed: a rerun after the cause is fixed starts it afresh.
+            store.clear().await?;
             return Err(RebuildError::DeadLetters {
                 generation: to,
                 topic: settings.iot_dead_letter_topic.clone(),

@@ -1,5 +1,6 @@
 //! Reading a dead-letter topic back: which records a consumer group could never apply.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -26,12 +27,14 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
-/// Every record `group` sent to `dead_letter_topic`, read from its start to its current end.
-/// Blocking: call it from `spawn_blocking`.
+/// Every record `group` sent to `dead_letter_topic` (at or after `since`, epoch ms, when
+/// given), read from its start to its current end, each source record once: a record
+/// dead-lettered again after a redelivery counts once. Blocking: call it from `spawn_blocking`.
 pub fn of_group(
     kafka: &KafkaSettings,
     dead_letter_topic: &str,
     group: &str,
+    since: Option<i64>,
 ) -> Result<Vec<DeadLetter>> {
     // Assigned, never subscribed or committed: the reader joins no group.
     let consumer: BaseConsumer =
@@ -52,6 +55,7 @@ pub fn of_group(
         }
     }
     let mut found = Vec::new();
+    let mut seen = HashSet::new();
     if ends.is_empty() {
         return Ok(found);
     }
@@ -79,7 +83,10 @@ pub fn of_group(
         if header(DEAD_LETTER_GROUP).as_deref() != Some(group) {
             continue;
         }
-        found.push(DeadLetter {
+        if since.is_some_and(|since| message.timestamp().to_millis().is_some_and(|at| at < since)) {
+            continue;
+        }
+        let dead = DeadLetter {
             topic: header(DEAD_LETTER_TOPIC).unwrap_or_default(),
             partition: header(DEAD_LETTER_PARTITION)
                 .and_then(|p| p.parse().ok())
@@ -88,7 +95,11 @@ pub fn of_group(
                 .and_then(|o| o.parse().ok())
                 .unwrap_or(-1),
             reason: header(DEAD_LETTER_REASON).unwrap_or_default(),
-        });
+        };
+        let source = (dead.topic.clone(), dead.partition, dead.offset);
+        if seen.insert(source) {
+            found.push(dead);
+        }
     }
     Ok(found)
 }

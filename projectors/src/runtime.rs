@@ -31,8 +31,9 @@
 //! with the reason: bytes that are not the wire format or do not decode with the registry's
 //! schema, and changes the store refuses (beyond its limits, SQL data and constraint errors).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,6 +42,7 @@ use backon::{ExponentialBuilder, Retryable};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
@@ -61,9 +63,8 @@ use crate::store::{PartitionBatch, Store, Write};
 /// How long to wait after a consumer error before polling again.
 const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
 
-/// How long a partition assignment waits for the store's offset before the projector stops:
-/// the assignment runs inside the consumer's poll, where a shutdown cannot interrupt it.
-const ASSIGNMENT_PATIENCE: Duration = Duration::from_secs(60);
+/// How long without a record before the projector counts as idle and notes its positions.
+const IDLE_TICK: Duration = Duration::from_millis(200);
 
 /// Kafka metadata calls (watermarks, seeks).
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,7 +96,13 @@ pub struct ProjectorStatus {
     /// Events skipped because their document had already seen their per-key sequence.
     pub duplicates: AtomicU64,
     assigned: Mutex<BTreeSet<i32>>,
-    waiting: Mutex<Option<String>>,
+    /// Why the store is being waited out, while it is.
+    store_wait: Mutex<Option<String>>,
+    /// Per held partition, why it waits for the registry.
+    registry_waits: Mutex<BTreeMap<i32, String>>,
+    /// Per owned partition, the consumer's position when the projector last went idle (every
+    /// record before it applied): past transaction markers, unlike the store's last offset.
+    idle_positions: Mutex<BTreeMap<i32, i64>>,
 }
 
 impl ProjectorStatus {
@@ -104,18 +111,19 @@ impl ProjectorStatus {
         lock(&self.assigned).iter().copied().collect()
     }
 
-    /// What the projector is waiting out right now (an unreachable store or registry, a
-    /// schema id the registry does not know), if anything.
+    /// What the projector is waiting out right now (an unreachable store, or the registry
+    /// for a partition whose next record it cannot decode yet), if anything.
     pub fn waiting(&self) -> Option<String> {
-        lock(&self.waiting).clone()
+        lock(&self.store_wait)
+            .clone()
+            .or_else(|| lock(&self.registry_waits).values().next().cloned())
     }
 
-    fn wait(&self, reason: String) {
-        *lock(&self.waiting) = Some(reason);
-    }
-
-    fn proceed(&self) {
-        lock(&self.waiting).take();
+    /// Per owned partition, the next offset to read as of the last time the projector had
+    /// nothing to do: every record before it is applied (or dead-lettered), and transaction
+    /// markers are behind it. A rebuild compares it with the high watermark.
+    pub fn idle_positions(&self) -> BTreeMap<i32, i64> {
+        lock(&self.idle_positions).clone()
     }
 }
 
@@ -139,6 +147,9 @@ struct Shared<S> {
     fatal: Mutex<Option<Error>>,
     /// Wakes the loop out of a wait for records when `fatal` was set.
     wake: Notify,
+    /// Set when shutdown was asked for: the rebalance callback, which runs inside the
+    /// consumer's poll where the shutdown future cannot be seen, stops retrying then.
+    stopping: Arc<AtomicBool>,
     runtime: Handle,
 }
 
@@ -180,18 +191,26 @@ impl<S: Store> Shared<S> {
             .iter()
             .map(|e| e.partition())
             .collect();
+        // Transient failures are waited out for as long as they last, unless shutdown was
+        // asked for meanwhile.
+        let wait = |e: &Error| e.is_retryable() && !self.stopping.load(Ordering::Relaxed);
         for partition in partitions {
-            let stored = tokio::task::block_in_place(|| {
+            let (stored, watermarks) = tokio::task::block_in_place(|| {
                 self.runtime.block_on(async {
-                    (|| self.store.applied_offset(&self.topic, partition))
-                        .retry(patient())
-                        .when(Error::is_retryable)
+                    let stored = (|| self.store.applied_offset(&self.topic, partition))
+                        .retry(forever())
+                        .when(wait)
                         .notify(|e, delay| warn!(error = %e, ?delay, partition, "store unavailable while taking a partition; retrying"))
-                        .await
+                        .await?;
+                    let watermarks = (|| async {
+                        Ok::<_, Error>(consumer.fetch_watermarks(&self.topic, partition, KAFKA_TIMEOUT)?)
+                    })
+                    .retry(forever())
+                    .when(wait)
+                    .notify(|e, delay| warn!(error = %e, ?delay, partition, "kafka unavailable while taking a partition; retrying"))
+                    .await?;
+                    Ok::<_, Error>((stored, watermarks))
                 })
-            })?;
-            let watermarks = tokio::task::block_in_place(|| {
-                consumer.fetch_watermarks(&self.topic, partition, KAFKA_TIMEOUT)
             })?;
             let start = self.start(partition, stored, watermarks)?;
             assignment.set_partition_offset(&self.topic, partition, start)?;
@@ -248,8 +267,15 @@ impl<S: Store> ConsumerContext for Membership<S> {
                 } else {
                     consumer.assign(tpl)
                 };
-                if lock(&shared.fatal).is_some() {
-                    let _ = consumer.pause(tpl);
+                // librdkafka keeps a partition paused across a revoke and a new assignment:
+                // one held for the registry before must flow again, from where it starts now.
+                let paused = if lock(&shared.fatal).is_some() {
+                    consumer.pause(tpl)
+                } else {
+                    consumer.resume(tpl)
+                };
+                if let Err(e) = paused {
+                    warn!(error = %e, "pausing or resuming assigned partitions failed");
                 }
                 if let Err(e) = assigned {
                     warn!(error = %e, "assigning partitions failed");
@@ -269,10 +295,14 @@ impl<S: Store> ConsumerContext for Membership<S> {
                 }
                 let mut positions = lock(&shared.positions);
                 let mut held = lock(&shared.held);
+                let mut waits = lock(&shared.status.registry_waits);
+                let mut idle = lock(&shared.status.idle_positions);
                 let mut owned = lock(&shared.status.assigned);
                 for partition in &partitions {
                     positions.remove(partition);
                     held.remove(partition);
+                    waits.remove(partition);
+                    idle.remove(partition);
                     owned.remove(partition);
                 }
                 info!(partitions = ?*owned, "partitions revoked");
@@ -339,6 +369,7 @@ impl<P: Projection, S: Store> Projector<P, S> {
             held: Mutex::default(),
             fatal: Mutex::default(),
             wake: Notify::new(),
+            stopping: Arc::default(),
             runtime,
         });
         let consumer: StreamConsumer<Membership<S>> =
@@ -366,11 +397,32 @@ impl<P: Projection, S: Store> Projector<P, S> {
         &self.shared.store
     }
 
-    /// Runs until `shutdown` completes, then finishes the batch in hand and commits.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+    /// Runs until `shutdown` completes. A batch not yet written when it does is dropped: it
+    /// was never recorded, so whoever owns its partitions next folds it again.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         self.consumer.subscribe(&[&self.settings.topic])?;
         info!(projection = self.projection.name(), group = %self.settings.group_id, topic = %self.settings.topic, "projector started");
+        let stopping = self.shared.stopping.clone();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let watcher = tokio::spawn(async move {
+            shutdown.await;
+            stopping.store(true, Ordering::Relaxed);
+            let _ = stop.send(true);
+        });
+        let shutdown = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
         tokio::pin!(shutdown);
+        let outcome = self.run_until(shutdown).await;
+        watcher.abort();
+        info!(projection = self.projection.name(), "projector stopped");
+        outcome
+    }
+
+    async fn run_until(
+        &self,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<()> {
         loop {
             if let Some(e) = lock(&self.shared.fatal).take() {
                 return Err(e);
@@ -383,17 +435,10 @@ impl<P: Projection, S: Store> Projector<P, S> {
                 self.apply(taken).await
             };
             tokio::select! {
-                () = &mut shutdown => break,
+                () = &mut shutdown => return Ok(()),
                 result = step => result?,
             }
         }
-        // Everything applied is committed already, asynchronously; a final synchronous
-        // commit spares the next owner of these partitions a redelivery.
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            debug!(error = %e, "final commit");
-        }
-        info!(projection = self.projection.name(), "projector stopped");
-        Ok(())
     }
 
     /// Waits for a record, then takes whatever else is already fetched, up to `max_batch`.
@@ -419,6 +464,10 @@ impl<P: Projection, S: Store> Projector<P, S> {
                 () = self.shared.wake.notified() => return Ok(taken),
                 () = sleep_until(retry_at) => {
                     self.resume_due().await?;
+                    continue;
+                }
+                () = tokio::time::sleep(IDLE_TICK) => {
+                    self.note_idle_positions();
                     continue;
                 }
             };
@@ -473,6 +522,19 @@ impl<P: Projection, S: Store> Projector<P, S> {
         }
     }
 
+    /// Notes where the consumer stands on every partition while nothing is in flight.
+    fn note_idle_positions(&self) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        let mut idle = lock(&self.shared.status.idle_positions);
+        for element in positions.elements() {
+            if let Offset::Offset(next) = element.offset() {
+                idle.insert(element.partition(), next);
+            }
+        }
+    }
+
     /// Pauses `partition` at `offset` until the registry may answer, with growing delays.
     fn hold(&self, partition: i32, offset: i64, error: &topics::Error) {
         let mut held = lock(&self.shared.held);
@@ -495,16 +557,17 @@ impl<P: Projection, S: Store> Projector<P, S> {
             warn!(error = %e, partition, "pausing a partition failed");
         }
         warn!(error = %error, partition, offset, ?delay, "decoding waits for the registry; partition paused");
-        self.shared.status.wait(format!(
-            "partition {partition} at offset {offset} waits for the registry: {error}"
-        ));
+        lock(&self.shared.status.registry_waits).insert(
+            partition,
+            format!("partition {partition} at offset {offset} waits for the registry: {error}"),
+        );
     }
 
-    /// A record of `partition` decoded: it is no longer held.
+    /// A record of `partition` decoded (or the partition starts over elsewhere): it is no
+    /// longer held.
     fn release(&self, partition: i32) {
-        let mut held = lock(&self.shared.held);
-        if held.remove(&partition).is_some() && held.is_empty() {
-            self.shared.status.proceed();
+        if lock(&self.shared.held).remove(&partition).is_some() {
+            lock(&self.shared.status.registry_waits).remove(&partition);
         }
     }
 
@@ -520,18 +583,29 @@ impl<P: Projection, S: Store> Projector<P, S> {
             })
             .collect();
         for (partition, offset) in due {
-            let consumer = self.consumer.clone();
-            let topic = self.settings.topic.clone();
-            tokio::task::spawn_blocking(move || {
-                consumer.seek(&topic, partition, Offset::Offset(offset), KAFKA_TIMEOUT)?;
-                let mut resumed = TopicPartitionList::new();
-                resumed.add_partition(&topic, partition);
-                consumer.resume(&resumed)
-            })
-            .await
-            .map_err(|e| Error::Config(format!("resuming partition {partition}: {e}")))??;
+            self.seek_and_resume(partition, Offset::Offset(offset))
+                .await?;
         }
         Ok(())
+    }
+
+    /// Seeks `partition` to `start` and resumes it, waiting out Kafka.
+    async fn seek_and_resume(&self, partition: i32, start: Offset) -> Result<()> {
+        let seek = || async {
+            let (consumer, topic) = (self.consumer.clone(), self.settings.topic.clone());
+            tokio::task::spawn_blocking(move || {
+                consumer.seek(&topic, partition, start, KAFKA_TIMEOUT)?;
+                let mut resumed = TopicPartitionList::new();
+                resumed.add_partition(&topic, partition);
+                Ok::<_, Error>(consumer.resume(&resumed)?)
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::Kafka(KafkaError::Seek(e.to_string()))))
+        };
+        seek.retry(forever())
+            .when(Error::is_retryable)
+            .notify(|e, delay| warn!(error = %e, ?delay, partition, "seeking a partition failed; retrying"))
+            .await
     }
 
     /// Sends `message` to the dead-letter topic. Losing the record is the one thing a
@@ -576,10 +650,30 @@ impl<P: Projection, S: Store> Projector<P, S> {
                 .await
                 .map_err(|(e, _)| Error::Kafka(e))
         };
+        // A record the dead-letter topic can never take (too large with the added headers)
+        // stops the projector rather than being lost or retried forever.
+        let refused = |e: &Error| {
+            matches!(
+                e,
+                Error::Kafka(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidRecord
+                ))
+            )
+        };
         send.retry(forever())
-            .when(Error::is_retryable)
+            .when(|e| e.is_retryable() && !refused(e))
             .notify(|e, delay| warn!(error = %e, ?delay, "dead-letter topic unavailable; retrying"))
-            .await?;
+            .await
+            .map_err(|e| match e {
+                e if refused(&e) => Error::Config(format!(
+                    "{} partition {} offset {} cannot be dead-lettered to {}: {e}",
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    self.settings.dead_letter_topic
+                )),
+                e => e,
+            })?;
         self.shared
             .status
             .dead_lettered
@@ -774,7 +868,8 @@ impl<P: Projection, S: Store> Projector<P, S> {
             };
             expected = Some(recorded);
         }
-        expected.ok_or_else(|| Error::Config("an empty batch was written".to_owned()))
+        // Callers pass at least one record, so something was recorded.
+        Ok(expected.unwrap_or(-1))
     }
 
     /// Seeks `partition` to where the store stands, after the store's offset moved.
@@ -783,18 +878,24 @@ impl<P: Projection, S: Store> Projector<P, S> {
         let stored = self
             .patiently(partition, || self.store().applied_offset(&topic, partition))
             .await?;
-        let consumer = self.consumer.clone();
-        let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || {
-            let watermarks = consumer.fetch_watermarks(&topic, partition, KAFKA_TIMEOUT)?;
-            let start = shared.start(partition, stored, watermarks)?;
-            consumer.seek(&topic, partition, start, KAFKA_TIMEOUT)?;
-            lock(&shared.positions).insert(partition, stored);
-            info!(%topic, partition, ?stored, ?start, "partition sought to where the store stands");
-            Ok::<_, Error>(())
+        let watermarks = (|| async {
+            let (consumer, topic) = (self.consumer.clone(), topic.clone());
+            tokio::task::spawn_blocking(move || {
+                Ok::<_, Error>(consumer.fetch_watermarks(&topic, partition, KAFKA_TIMEOUT)?)
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::Kafka(KafkaError::Seek(e.to_string()))))
         })
-        .await
-        .map_err(|e| Error::Config(format!("seeking partition {partition}: {e}")))?
+        .retry(forever())
+        .when(Error::is_retryable)
+        .await?;
+        let start = self.shared.start(partition, stored, watermarks)?;
+        // Whatever the partition was held at, it now starts over from the store.
+        self.release(partition);
+        self.seek_and_resume(partition, start).await?;
+        lock(&self.shared.positions).insert(partition, stored);
+        info!(%topic, partition, ?stored, ?start, "partition sought to where the store stands");
+        Ok(())
     }
 
     /// Runs a store call until it succeeds or fails for good, showing the wait in the status.
@@ -809,10 +910,10 @@ impl<P: Projection, S: Store> Projector<P, S> {
             .when(Error::is_retryable)
             .notify(|e, delay| {
                 warn!(error = %e, ?delay, partition, "store unavailable; retrying");
-                status.wait(format!("store unavailable: {e}"));
+                *lock(&status.store_wait) = Some(format!("store unavailable: {e}"));
             })
             .await;
-        status.proceed();
+        lock(&status.store_wait).take();
         result
     }
 
@@ -847,14 +948,5 @@ fn forever() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(50))
         .with_max_delay(Duration::from_secs(5))
-        .without_max_times()
-}
-
-/// Backoff for about [`ASSIGNMENT_PATIENCE`] in all.
-fn patient() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_total_delay(Some(ASSIGNMENT_PATIENCE))
         .without_max_times()
 }

@@ -182,7 +182,7 @@ async fn changes_the_store_refuses_are_dead_lettered_and_the_rest_apply() {
     }
     let (kafka2, topic2, group2) = (kafka.clone(), dead_letter_topic.clone(), group.clone());
     let dead = tokio::task::spawn_blocking(move || {
-        projectors::dead_letters::of_group(&kafka2, &topic2, &group2).unwrap()
+        projectors::dead_letters::of_group(&kafka2, &topic2, &group2, None).unwrap()
     })
     .await
     .unwrap();

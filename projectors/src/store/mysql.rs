@@ -66,9 +66,10 @@ pub const MAX_KEY_CHARS: usize = 255;
 /// The largest document, far below `max_allowed_packet` (16 MiB in MariaDB, 64 MiB in MySQL).
 pub const MAX_DOCUMENT_BYTES: usize = 4 << 20;
 
-/// The most document bytes one multi-row statement carries, so it stays below
-/// `max_allowed_packet` however large the documents are.
-const CHUNK_BYTES: usize = 8 << 20;
+/// The most document bytes one multi-row statement carries before padding (which repeats its
+/// smallest row, so at most doubles it): below MariaDB's default 16 MiB `max_allowed_packet`
+/// however large the documents are.
+const CHUNK_BYTES: usize = 4 << 20;
 
 /// The longest table prefix: `<prefix>_documents` must fit MySQL's 64-character identifiers.
 const MAX_PREFIX_LEN: usize = 48;
@@ -186,7 +187,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Statement sizes are rounded up to a power of two by repeating the last row (harmless: the
+/// Statement sizes are rounded up to a power of two by repeating a row (harmless: the
 /// same upsert or delete twice), so a connection sees at most a handful of distinct statements
 /// and keeps them all prepared instead of preparing one per batch size.
 fn padded_len(rows: usize) -> usize {
@@ -346,12 +347,12 @@ impl MysqlStore {
         }
         let (puts, deletes): (Vec<_>, Vec<_>) = latest.iter().partition(|(_, d)| d.is_some());
 
-        for chunk in chunks(&puts, |(_, document)| {
-            document.as_deref().map_or(0, str::len)
-        }) {
+        let size = |row: &&(&&str, &Option<String>)| row.1.as_deref().map_or(0, str::len);
+        for chunk in chunks(&puts, |row| size(&row)) {
+            let smallest = chunk.iter().min_by_key(size).unwrap_or(&chunk[0]);
             let rows = chunk
                 .iter()
-                .chain(std::iter::repeat(&chunk[chunk.len() - 1]))
+                .chain(std::iter::repeat(smallest))
                 .take(padded_len(chunk.len()));
             let mut query = QueryBuilder::<MySql>::new(&sql.insert_documents);
             query.push_values(rows, |mut row, (key, document)| {
