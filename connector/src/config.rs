@@ -77,6 +77,9 @@ pub struct Config {
     /// Logical decoding messages (`pg_logical_emit_message`, other than the
     /// connector's heartbeats) become op `m` records on `<name>.message`.
     pub logical_messages: bool,
+    /// Each heartbeat also writes a record to `__debezium-heartbeat.<name>`
+    /// (Debezium's heartbeat topic), once everything before it is published.
+    pub heartbeat_topic: bool,
 }
 
 /// Session settings pinned on every PostgreSQL connection (replication and
@@ -109,6 +112,7 @@ shutdown_timeout_ms = 15000
 provide_transaction_metadata = false
 truncate_events = false
 logical_messages = false
+heartbeat_topic = false
 "#;
 
 impl Config {
@@ -165,6 +169,11 @@ impl Config {
 
     pub fn topic_for(&self, schema: &str, table: &str) -> String {
         format!("{}.{}.{}", self.name, schema, table)
+    }
+
+    /// Debezium's heartbeat topic, `__debezium-heartbeat.<topic.prefix>`.
+    pub fn heartbeat_topic_name(&self) -> String {
+        format!("__debezium-heartbeat.{}", self.name)
     }
 
     /// Where logical decoding messages go (Debezium's `<topic.prefix>.message`).

@@ -89,7 +89,7 @@ pub struct Event<'a> {
 }
 
 /// Confluent wire format: magic byte 0, schema id (big-endian), Avro datum.
-fn framed(schema_id: u32, capacity: usize) -> Vec<u8> {
+pub fn framed(schema_id: u32, capacity: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(capacity + 5);
     out.push(0);
     out.extend_from_slice(&schema_id.to_be_bytes());

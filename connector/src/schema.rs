@@ -289,6 +289,28 @@ pub fn transaction_value_schema() -> Json {
     })
 }
 
+/// Key of the heartbeat topic's records (Debezium's `ServerNameKey`).
+pub fn heartbeat_key_schema() -> Json {
+    json!({
+        "type": "record",
+        "name": "ServerNameKey",
+        "namespace": "io.debezium.connector.common",
+        "fields": [{"name": "serverName", "type": "string"}],
+        "connect.name": "io.debezium.connector.common.ServerNameKey",
+    })
+}
+
+/// Value of the heartbeat topic's records (Debezium's `Heartbeat`).
+pub fn heartbeat_value_schema() -> Json {
+    json!({
+        "type": "record",
+        "name": "Heartbeat",
+        "namespace": "io.debezium.connector.common",
+        "fields": [{"name": "ts_ms", "type": "long"}],
+        "connect.name": "io.debezium.connector.common.Heartbeat",
+    })
+}
+
 /// Key of the `<name>.message` records.
 pub fn message_key_schema() -> Json {
     json!({

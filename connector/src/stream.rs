@@ -151,6 +151,50 @@ impl Emitter {
         Ok(())
     }
 
+    /// Sends a record to Debezium's heartbeat topic, `__debezium-heartbeat.<name>`:
+    /// key `{serverName}`, value `{ts_ms}`.
+    async fn emit_heartbeat(&self, out: &mut Vec<DeliveryFuture>) -> Result<()> {
+        let topic = self.cfg.heartbeat_topic_name();
+        self.publisher.ensure_topic(&topic, false).await?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let (key, value) = match self.cfg.format {
+            Format::Avro => {
+                let reg = self.publisher.registry();
+                let key_id = reg
+                    .register(
+                        &format!("{topic}-key"),
+                        &topic,
+                        &crate::schema::heartbeat_key_schema(),
+                    )
+                    .await?;
+                let value_id = reg
+                    .register(
+                        &format!("{topic}-value"),
+                        &topic,
+                        &crate::schema::heartbeat_value_schema(),
+                    )
+                    .await?;
+                let mut key = envelope::framed(key_id, 16);
+                crate::value::avro_str(&mut key, &self.cfg.name);
+                let mut value = envelope::framed(value_id, 8);
+                crate::value::avro_long(&mut value, now_ms);
+                (key, value)
+            }
+            Format::Json => {
+                let mut key = b"{\"serverName\":".to_vec();
+                crate::value::json_str(&mut key, &self.cfg.name);
+                key.push(b'}');
+                (key, format!("{{\"ts_ms\":{now_ms}}}").into_bytes())
+            }
+        };
+        out.push(
+            self.publisher
+                .send(&topic, Some(&key), Some(&value))
+                .await?,
+        );
+        Ok(())
+    }
+
     /// Sends a logical decoding message to the message topic.
     async fn emit_message(
         &self,
@@ -463,14 +507,20 @@ async fn stream_changes(
                 message_lsn,
                 ..
             } if prefix.as_ref() == HEARTBEAT_PREFIX => {
-                if txn.is_none() {
-                    tracker
-                        .push(Pending {
-                            deliveries: Vec::new(),
-                            ack: Ack::Lsn(message_lsn.value()),
-                        })
-                        .await?;
+                let mut deliveries = Vec::new();
+                if cfg.heartbeat_topic {
+                    emitter.emit_heartbeat(&mut deliveries).await?;
                 }
+                tracker
+                    .push(Pending {
+                        deliveries,
+                        ack: if txn.is_none() {
+                            Ack::Lsn(message_lsn.value())
+                        } else {
+                            Ack::None
+                        },
+                    })
+                    .await?;
                 stream.maybe_send_feedback().await;
             }
             EventType::Insert {

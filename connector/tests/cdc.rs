@@ -694,3 +694,30 @@ async fn logical_decoding_messages_become_op_m_when_enabled() {
     conn.stop();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_topic_when_enabled() {
+    let env = TestEnv::new().await;
+    env.client
+        .batch_execute("CREATE TABLE hb (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut conn = env.spawn(&["hb"], &[("CONNECTOR_HEARTBEAT_TOPIC", "true")]);
+    let topic = format!("__debezium-heartbeat.{}", env.prefix);
+    let mut reader = TopicReader::new(&env.kafka, &topic).await;
+    reader.until(60, "two heartbeats", |r| r.len() >= 2).await;
+    let r = &reader.records[0];
+    assert_eq!(r.key, Some(json!({"serverName": env.prefix})));
+    let (a, b) = (
+        r.value.as_ref().unwrap()["ts_ms"].as_i64().unwrap(),
+        reader.records[1].value.as_ref().unwrap()["ts_ms"]
+            .as_i64()
+            .unwrap(),
+    );
+    assert!(a > 0 && b >= a, "{a} {b}");
+    conn.stop();
+    // Not under the test's prefix: removed here.
+    delete_topics(&env.kafka, &topic).await;
+    delete_subjects(&topic).await;
+    env.cleanup().await;
+}
