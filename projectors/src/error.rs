@@ -39,7 +39,7 @@ pub enum Error {
     /// The store has applied records the topic does not have (a recreated topic, a store
     /// restored from another cluster): nothing a projector does can make them agree.
     #[error(
-        "{topic} partition {partition}: the store recorded offset {stored}, beyond the topic's high watermark {high}; was the topic recreated? rebuild the read model (`<service> rebuild`) or clear its store"
+        "{topic} partition {partition}: the store recorded offset {stored}, beyond the topic's high watermark {high}; was the topic recreated? Rebuild the read model or empty its store"
     )]
     OffsetBeyondLog {
         topic: String,

@@ -99,7 +99,6 @@ struct Statements {
     select_document: String,
     select_documents: String,
     select_sequences: String,
-    lock_sequences: String,
     upsert_sequences: String,
     insert_documents: String,
     delete_documents: String,
@@ -151,7 +150,6 @@ impl Statements {
             select_document: format!("SELECT document FROM {documents} WHERE doc_key = ?"),
             select_documents: format!("SELECT doc_key, document FROM {documents} WHERE doc_key IN "),
             select_sequences: format!("SELECT doc_key, seq FROM {sequences} WHERE doc_key IN "),
-            lock_sequences: format!("SELECT doc_key, seq FROM {sequences} WHERE doc_key IN "),
             upsert_sequences: format!("INSERT INTO {sequences} (doc_key, seq) "),
             insert_documents: format!("INSERT INTO {documents} (doc_key, document) "),
             delete_documents: format!("DELETE FROM {documents} WHERE doc_key IN "),
@@ -406,7 +404,7 @@ impl MysqlStore {
         keys.sort_unstable();
         keys.dedup();
         for chunk in keys.chunks(CHUNK_ROWS) {
-            let mut query = QueryBuilder::<MySql>::new(&self.sql.lock_sequences);
+            let mut query = QueryBuilder::<MySql>::new(&self.sql.select_sequences);
             push_key_list(&mut query, chunk.iter().copied());
             query.push(" FOR UPDATE");
             // `utf8mb4_bin` keys come back as binary strings.

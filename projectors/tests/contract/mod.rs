@@ -119,9 +119,10 @@ pub async fn a_batch_on_an_unexpected_offset_is_refused(store: &impl Store) {
         "{late}"
     );
     assert!(!late.is_retryable());
-    // A writer that believes the store is further than it is (it lost writes).
+    // A writer that believes the store is further than it is (it lost writes): nothing of
+    // its batch applies, not even a sequence.
     let ahead = store
-        .write(&batch(0, Some(9), 12, vec![put(12, "c", 8)]))
+        .write(&batch(0, Some(9), 12, vec![sequenced(put(12, "c", 8), 3)]))
         .await
         .unwrap_err();
     assert!(
@@ -130,6 +131,7 @@ pub async fn a_batch_on_an_unexpected_offset_is_refused(store: &impl Store) {
     );
     assert_eq!(store.get("c").await.unwrap(), Some(json!({ "value": 1 })));
     assert_eq!(store.applied_offset("t", 0).await.unwrap(), Some(6));
+    assert_eq!(store.load(&["c"]).await.unwrap()[0].sequence, None);
 }
 
 pub async fn partitions_keep_their_own_offsets_and_deletes_apply(store: &impl Store) {
