@@ -80,6 +80,12 @@ pub struct Config {
     /// Each heartbeat also writes a record to `__debezium-heartbeat.<name>`
     /// (Debezium's heartbeat topic), once everything before it is published.
     pub heartbeat_topic: bool,
+    /// Debezium's outbox event router for this `schema.table` (columns `id`,
+    /// `aggregatetype`, `aggregateid`, `payload`): each inserted row becomes
+    /// a record on `<outbox_topic_prefix><aggregatetype>`, key = aggregate id,
+    /// value = payload, header `id` = event id. Empty: no router.
+    pub outbox_table: String,
+    pub outbox_topic_prefix: String,
 }
 
 /// Session settings pinned on every PostgreSQL connection (replication and
@@ -113,6 +119,8 @@ provide_transaction_metadata = false
 truncate_events = false
 logical_messages = false
 heartbeat_topic = false
+outbox_table = ""
+outbox_topic_prefix = "outbox.event."
 "#;
 
 impl Config {

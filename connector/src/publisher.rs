@@ -115,6 +115,17 @@ impl Publisher {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Result<DeliveryFuture> {
+        self.send_with_headers(topic, key, value, &[]).await
+    }
+
+    /// [`Publisher::send`] with record headers.
+    pub async fn send_with_headers(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+    ) -> Result<DeliveryFuture> {
         loop {
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
             if let Some(k) = key {
@@ -122,6 +133,16 @@ impl Publisher {
             }
             if let Some(v) = value {
                 record = record.payload(v);
+            }
+            if !headers.is_empty() {
+                let mut h = rdkafka::message::OwnedHeaders::new_with_capacity(headers.len());
+                for (name, v) in headers {
+                    h = h.insert(rdkafka::message::Header {
+                        key: name,
+                        value: Some(*v),
+                    });
+                }
+                record = record.headers(h);
             }
             match self.producer.send_result(record) {
                 Ok(f) => return Ok(f),

@@ -27,6 +27,8 @@ pub const HEARTBEAT_PREFIX: &str = "connector_heartbeat";
 pub struct TableState {
     pub schema: Arc<TableSchema>,
     pub topic: String,
+    /// The outbox table: its inserts are routed, nothing else is published.
+    pub outbox: bool,
     key_id: u32,
     value_id: u32,
 }
@@ -44,6 +46,23 @@ impl Emitter {
     /// version).
     pub async fn table_state(&self, schema: TableSchema) -> Result<TableState> {
         let topic = self.cfg.topic_for(&schema.schema, &schema.table);
+        if !self.cfg.outbox_table.is_empty() && schema.qualified() == self.cfg.outbox_table {
+            for column in ["id", "aggregatetype", "aggregateid", "payload"] {
+                if !schema.columns.iter().any(|c| c.name == column) {
+                    return Err(Error::Config(format!(
+                        "outbox table {} has no column {column:?} (it needs id, aggregatetype, aggregateid, payload)",
+                        self.cfg.outbox_table
+                    )));
+                }
+            }
+            return Ok(TableState {
+                schema: Arc::new(schema),
+                topic,
+                outbox: true,
+                key_id: 0,
+                value_id: 0,
+            });
+        }
         self.publisher.ensure_topic(&topic, false).await?;
         let (mut key_id, mut value_id) = (0, 0);
         if self.cfg.format == Format::Avro {
@@ -72,6 +91,7 @@ impl Emitter {
         Ok(TableState {
             schema: Arc::new(schema),
             topic,
+            outbox: false,
             key_id,
             value_id,
         })
@@ -87,6 +107,12 @@ impl Emitter {
         source: Source<'_>,
         out: &mut Vec<DeliveryFuture>,
     ) -> Result<()> {
+        if ts.outbox {
+            // Only its inserts are published, routed (`emit_outbox`), as
+            // Debezium's outbox router does; snapshot rows, updates and
+            // deletes of the outbox are not events.
+            return Ok(());
+        }
         let key_row = after.or(before).expect("an event has a row");
         // Key columns are required fields: never encode a row without them.
         for row in [before, after].into_iter().flatten() {
@@ -125,6 +151,78 @@ impl Emitter {
         if op == Op::Delete && self.cfg.tombstones_on_delete && key.is_some() {
             out.push(self.publisher.send(&ts.topic, key.as_deref(), None).await?);
         }
+        Ok(())
+    }
+
+    /// Routes an inserted outbox row: topic `<outbox_topic_prefix><aggregatetype>`,
+    /// key = aggregate id, value = payload (as is with `json`, an Avro string
+    /// with `avro`), header `id` = the event id.
+    pub async fn emit_outbox(
+        &self,
+        ts: &TableState,
+        row: &[Datum],
+        out: &mut Vec<DeliveryFuture>,
+    ) -> Result<()> {
+        let get = |name: &str| -> Option<Vec<u8>> {
+            let i = ts.schema.columns.iter().position(|c| c.name == name)?;
+            match &row[i] {
+                Datum::Null => None,
+                Datum::Str(s) => Some(s.clone().into_bytes()),
+                Datum::Bytes(b) => Some(b.clone()),
+                Datum::Int(v) => Some(v.to_string().into_bytes()),
+                Datum::Long(v) => Some(v.to_string().into_bytes()),
+                other => Some(crate::value::to_json(other).to_string().into_bytes()),
+            }
+        };
+        let missing = |column: &str| Error::Value {
+            column: format!("{}.{column}", ts.schema.qualified()),
+            value: String::new(),
+            reason: "an outbox row needs it (null)".into(),
+        };
+        let id = get("id").ok_or_else(|| missing("id"))?;
+        let kind = get("aggregatetype").ok_or_else(|| missing("aggregatetype"))?;
+        let aggregate = get("aggregateid").ok_or_else(|| missing("aggregateid"))?;
+        let payload = get("payload");
+        let topic = format!(
+            "{}{}",
+            self.cfg.outbox_topic_prefix,
+            String::from_utf8_lossy(&kind)
+        );
+        self.publisher.ensure_topic(&topic, false).await?;
+        let (key, value) = match self.cfg.format {
+            Format::Json => {
+                let mut key = Vec::new();
+                crate::value::json_str(&mut key, &String::from_utf8_lossy(&aggregate));
+                (key, payload)
+            }
+            Format::Avro => {
+                let reg = self.publisher.registry();
+                let string = serde_json::json!("string");
+                let optional = serde_json::json!(["null", "string"]);
+                let key_id = reg
+                    .register(&format!("{topic}-key"), &topic, &string)
+                    .await?;
+                let value_id = reg
+                    .register(&format!("{topic}-value"), &topic, &optional)
+                    .await?;
+                let mut key = envelope::framed(key_id, 16);
+                crate::value::avro_str(&mut key, &String::from_utf8_lossy(&aggregate));
+                let mut value = envelope::framed(value_id, 64);
+                match &payload {
+                    None => value.push(0),
+                    Some(p) => {
+                        value.push(2);
+                        crate::value::avro_str(&mut value, &String::from_utf8_lossy(p));
+                    }
+                }
+                (key, Some(value))
+            }
+        };
+        out.push(
+            self.publisher
+                .send_with_headers(&topic, Some(&key), value.as_deref(), &[("id", &id)])
+                .await?,
+        );
         Ok(())
     }
 
@@ -528,6 +626,10 @@ async fn stream_changes(
             } => {
                 let (ts, t) = lookup(&tables, relation_oid, &mut txn)?;
                 let after = to_row(ts, &data, cfg)?;
+                if ts.outbox {
+                    emitter.emit_outbox(ts, &after, &mut t.deliveries).await?;
+                    continue;
+                }
                 let s = source(emitter, t, lsn, last_commit_lsn);
                 let orders = t.next_block(emitter, &ts.schema).await?;
                 let s = Source {
@@ -545,6 +647,9 @@ async fn stream_changes(
                 ..
             } => {
                 let (ts, t) = lookup(&tables, relation_oid, &mut txn)?;
+                if ts.outbox {
+                    continue;
+                }
                 let after = to_row(ts, &new_data, cfg)?;
                 let old = old_data.as_ref().map(|d| to_row(ts, d, cfg)).transpose()?;
                 // pgoutput sends the old tuple only when a REPLICA IDENTITY
@@ -606,6 +711,9 @@ async fn stream_changes(
                 ..
             } => {
                 let (ts, t) = lookup(&tables, relation_oid, &mut txn)?;
+                if ts.outbox {
+                    continue;
+                }
                 let before = to_row(ts, &old_data, cfg)?;
                 let s = source(emitter, t, lsn, last_commit_lsn);
                 let orders = t.next_block(emitter, &ts.schema).await?;
@@ -672,7 +780,7 @@ async fn stream_changes(
                 for name in &names {
                     let Some(ts) = tables
                         .values()
-                        .find(|ts| ts.schema.qualified() == name.as_ref())
+                        .find(|ts| !ts.outbox && ts.schema.qualified() == name.as_ref())
                     else {
                         continue;
                     };

@@ -721,3 +721,99 @@ async fn heartbeat_topic_when_enabled() {
     delete_subjects(&topic).await;
     env.cleanup().await;
 }
+
+/// The first record of `topic`: JSON key, JSON value, first header.
+async fn read_one(kafka: &str, topic: String) -> (Json, Json, Option<(String, String)>) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
+    use rdkafka::Message;
+    let _ = TopicReader::new(kafka, &topic).await; // waits for the topic
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .set("group.id", unique("outbox"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "nothing on {topic}");
+        if let Some(Ok(m)) = consumer.poll(std::time::Duration::from_millis(200)) {
+            let header = m.headers().map(|h| {
+                let h = h.get(0);
+                (
+                    h.key.to_string(),
+                    String::from_utf8_lossy(h.value.unwrap()).to_string(),
+                )
+            });
+            let key: Json = serde_json::from_slice(m.key().unwrap()).unwrap();
+            let value: Json = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            return (key, value, header);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_rows_are_routed_by_aggregate_type_keyed_and_headed() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let env = TestEnv::new().await;
+    env.client
+        .batch_execute(
+            "CREATE TABLE outbox (id uuid PRIMARY KEY, aggregatetype text NOT NULL,
+                                  aggregateid text NOT NULL, type text, payload jsonb);
+             INSERT INTO outbox VALUES ('00000000-0000-0000-0000-00000000000a', 'order', 'o-0',
+                                        'Old', '{}');",
+        )
+        .await
+        .unwrap();
+    let prefix = format!("{}.outbox.", env.prefix);
+    let mut conn = env.spawn(
+        &["outbox"],
+        &[
+            ("CONNECTOR_FORMAT", "json"),
+            ("CONNECTOR_OUTBOX_TABLE", "public.outbox"),
+            ("CONNECTOR_OUTBOX_TOPIC_PREFIX", &prefix),
+        ],
+    );
+    wait_for(60, "connector streaming", || async {
+        env.streaming_walsender().await.is_some()
+    })
+    .await;
+    env.client
+        .batch_execute(
+            "INSERT INTO outbox VALUES
+               ('00000000-0000-0000-0000-000000000001', 'order', 'o-1', 'OrderCreated', '{\"total\": 5}'),
+               ('00000000-0000-0000-0000-000000000002', 'customer', 'c-7', 'CustomerMoved', '{\"city\": \"Gouda\"}');
+             DELETE FROM outbox;",
+        )
+        .await
+        .unwrap();
+    let (key, value, header) = read_one(&env.kafka, format!("{prefix}order")).await;
+    assert_eq!(
+        key,
+        json!("o-1"),
+        "the snapshot row of the outbox is not an event"
+    );
+    assert_eq!(value, json!({"total": 5}));
+    assert_eq!(
+        header,
+        Some((
+            "id".to_string(),
+            "00000000-0000-0000-0000-000000000001".to_string()
+        ))
+    );
+    let (key, value, _) = read_one(&env.kafka, format!("{prefix}customer")).await;
+    assert_eq!((key, value), (json!("c-7"), json!({"city": "Gouda"})));
+    // The outbox table itself has no topic.
+    let topic = env.topic("outbox");
+    let admin: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka)
+        .create()
+        .unwrap();
+    let md = admin
+        .fetch_metadata(None, std::time::Duration::from_secs(5))
+        .unwrap();
+    assert!(md.topics().iter().all(|t| t.name() != topic));
+    conn.stop();
+    env.cleanup().await;
+}
