@@ -201,9 +201,13 @@ pub fn format_lsn(lsn: u64) -> String {
 pub async fn table_schema(client: &Client, schema: &str, table: &str) -> Result<TableSchema> {
     let rows = client
         .query(
-            "SELECT a.attname::text, a.atttypid::int8, a.atttypmod,
-                    COALESCE(a.attnum = ANY(i.indkey::int2[]), false), a.attndims::int4
+            "SELECT a.attname::text,
+                    (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END)::int8,
+                    CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END,
+                    COALESCE(a.attnum = ANY(i.indkey::int2[]), false),
+                    CASE WHEN t.typtype = 'd' THEN t.typndims ELSE a.attndims END::int4
              FROM pg_attribute a
+             JOIN pg_type t ON t.oid = a.atttypid
              JOIN pg_class c ON c.oid = a.attrelid
              JOIN pg_namespace n ON n.oid = c.relnamespace
              LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
@@ -238,15 +242,20 @@ pub struct RelationFacts {
     pub primary_key: Vec<String>,
     /// Declared array dimensions per column (`int[][]` = 2).
     pub dims: std::collections::HashMap<String, i32>,
+    /// Columns of a domain type: the base type's OID and type modifier (a
+    /// domain prints as its base type, and is mapped as it).
+    pub domains: std::collections::HashMap<String, (u32, i32)>,
 }
 
 pub async fn relation_facts(client: &Client, relid: u32) -> Result<RelationFacts> {
     let rows = client
         .query(
-            "SELECT a.attname::text, a.attndims::int4,
+            "SELECT a.attname::text,
+                    CASE WHEN t.typtype = 'd' THEN t.typndims ELSE a.attndims END::int4,
                     EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid
-                              AND i.indisprimary AND a.attnum = ANY(i.indkey::int2[]))
-             FROM pg_attribute a
+                              AND i.indisprimary AND a.attnum = ANY(i.indkey::int2[])),
+                    CASE WHEN t.typtype = 'd' THEN t.typbasetype::int8 END, t.typtypmod
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
              WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped",
             &[&(relid as i64)],
         )
@@ -256,6 +265,9 @@ pub async fn relation_facts(client: &Client, relid: u32) -> Result<RelationFacts
         let name: String = r.get(0);
         if r.get::<_, bool>(2) {
             facts.primary_key.push(name.clone());
+        }
+        if let Some(base) = r.get::<_, Option<i64>>(3) {
+            facts.domains.insert(name.clone(), (base as u32, r.get(4)));
         }
         facts.dims.insert(name, r.get(1));
     }

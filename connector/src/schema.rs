@@ -13,6 +13,9 @@
 //! | time(p≤3) / time           | int `Time` (ms) / long `MicroTime` (µs)              |
 //! | timestamp(p≤3) / timestamp | long `Timestamp` (ms) / long `MicroTimestamp` (µs)   |
 //! | timestamptz                | string `ZonedTimestamp` (ISO-8601, UTC)              |
+//! | timetz                     | string `ZonedTime` (ISO-8601, UTC)                   |
+//! | interval                   | long `MicroDuration` (µs, a month = 30.4375 days)    |
+//! | domain                     | its base type                                        |
 //! | uuid                       | string `io.debezium.data.Uuid`                       |
 //! | json, jsonb                | string `io.debezium.data.Json`                       |
 //! | bytea                      | bytes                                                |
@@ -48,6 +51,10 @@ pub enum PgType {
         micros: bool,
     },
     TimestampTz,
+    /// `time with time zone`: Debezium's `ZonedTime`, in UTC.
+    TimeTz,
+    /// Debezium's `MicroDuration` (interval.handling.mode = numeric).
+    Interval,
     Uuid,
     Json,
     Bytea,
@@ -75,6 +82,8 @@ impl PgType {
             1083 => PgType::Time { micros },
             1114 => PgType::Timestamp { micros },
             1184 => PgType::TimestampTz,
+            1266 => PgType::TimeTz,
+            1186 => PgType::Interval,
             2950 => PgType::Uuid,
             114 | 3802 => PgType::Json,
             17 => PgType::Bytea,
@@ -450,6 +459,8 @@ pub fn avro_type(
         PgType::Timestamp { micros: false } => connect("long", "io.debezium.time.Timestamp"),
         PgType::Timestamp { micros: true } => connect("long", "io.debezium.time.MicroTimestamp"),
         PgType::TimestampTz => connect("string", "io.debezium.time.ZonedTimestamp"),
+        PgType::TimeTz => connect("string", "io.debezium.time.ZonedTime"),
+        PgType::Interval => connect("long", "io.debezium.time.MicroDuration"),
         PgType::Uuid => connect("string", "io.debezium.data.Uuid"),
         PgType::Json => connect("string", "io.debezium.data.Json"),
         PgType::Bytea => json!("bytes"),

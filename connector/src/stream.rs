@@ -543,11 +543,18 @@ async fn stream_changes(
                         .iter()
                         .map(|c| Column {
                             name: c.name.to_string(),
-                            ty: PgType::from_column(
-                                c.type_id,
-                                c.type_modifier,
-                                facts.dims.get(c.name.as_ref()).copied().unwrap_or(0),
-                            ),
+                            ty: {
+                                let (oid, typmod) = facts
+                                    .domains
+                                    .get(c.name.as_ref())
+                                    .copied()
+                                    .unwrap_or((c.type_id, c.type_modifier));
+                                PgType::from_column(
+                                    oid,
+                                    typmod,
+                                    facts.dims.get(c.name.as_ref()).copied().unwrap_or(0),
+                                )
+                            },
                             key: facts
                                 .primary_key
                                 .iter()

@@ -97,6 +97,10 @@ pub fn parse(column: &str, ty: &PgType, text: &str, decimals: DecimalHandling) -
                 Datum::Long(us.div_euclid(1000))
             }
         }
+        PgType::TimeTz => Datum::Str(parse_timetz(text).ok_or_else(|| bad("not a timetz"))?),
+        PgType::Interval => {
+            Datum::Long(parse_interval(text).ok_or_else(|| bad("not an interval"))?)
+        }
         PgType::TimestampTz => {
             Datum::Str(parse_timestamptz(text).ok_or_else(|| bad("not a timestamptz"))?)
         }
@@ -309,6 +313,60 @@ fn parse_timestamptz(text: &str) -> Option<String> {
     let utc: DateTime<Utc> = DateTime::from_naive_utc_and_offset(utc, Utc);
     // AutoSi prints 0, 3, 6 or 9 fraction digits, like Debezium's formatter.
     Some(utc.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+}
+
+/// `04:05:06.789+02` → `02:05:06.789Z` (Debezium's ZonedTime, in UTC).
+fn parse_timetz(text: &str) -> Option<String> {
+    let split = text.rfind(['+', '-']).filter(|i| *i >= 8)?;
+    let (local, offset) = text.split_at(split);
+    let sign: i64 = if offset.starts_with('-') { -1 } else { 1 };
+    let mut secs = 0i64;
+    for (i, part) in offset[1..].split(':').enumerate() {
+        let v: i64 = part.parse().ok()?;
+        secs += v * [3600, 60, 1].get(i)?;
+    }
+    let us = parse_time(local)?;
+    let utc = (us - sign * secs * 1_000_000).rem_euclid(86_400_000_000);
+    let t = NaiveTime::MIN + chrono::Duration::microseconds(utc);
+    // Fraction digits in groups of three, as for ZonedTimestamp.
+    let frac = match utc % 1_000_000 {
+        0 => "",
+        f if f % 1000 == 0 => "%.3f",
+        _ => "%.6f",
+    };
+    Some(format!("{}Z", t.format(&format!("%H:%M:%S{frac}"))))
+}
+
+/// PostgreSQL's `postgres` interval style (`1 year 2 mons -3 days +04:05:06.5`)
+/// → microseconds, with Debezium's average month of 365.25 / 12 days.
+fn parse_interval(text: &str) -> Option<i64> {
+    const DAY: f64 = 86_400_000_000.0;
+    let mut total: f64 = 0.0;
+    let mut words = text.split_whitespace().peekable();
+    while let Some(w) = words.next() {
+        if w.contains(':') {
+            let (neg, hms) = match w.strip_prefix('-') {
+                Some(r) => (true, r),
+                None => (false, w.strip_prefix('+').unwrap_or(w)),
+            };
+            let mut parts = hms.split(':');
+            let h: f64 = parts.next()?.parse().ok()?;
+            let m: f64 = parts.next()?.parse().ok()?;
+            let sec: f64 = parts.next().unwrap_or("0").parse().ok()?;
+            let us = ((h * 3600.0 + m * 60.0) * 1e6) + (sec * 1e6).round();
+            total += if neg { -us } else { us };
+            continue;
+        }
+        let n: f64 = w.parse().ok()?;
+        let unit = words.next()?;
+        total += n * match unit.trim_end_matches('s') {
+            "year" => 12.0 * 365.25 / 12.0 * DAY,
+            "mon" => 365.25 / 12.0 * DAY,
+            "day" => DAY,
+            _ => return None,
+        };
+    }
+    Some(total.round() as i64)
 }
 
 fn parse_bytea(text: &str) -> Option<Vec<u8>> {
@@ -690,6 +748,34 @@ mod tests {
             scale: Some(-2),
         };
         assert_eq!(p(hundreds, "12300"), Datum::Bytes(vec![0x30, 0x0c]));
+    }
+
+    #[test]
+    fn intervals_and_timetz_as_debezium_maps_them() {
+        let day = 86_400_000_000i64;
+        assert_eq!(p(PgType::Interval, "00:00:00"), Datum::Long(0));
+        assert_eq!(
+            p(PgType::Interval, "1 day 02:03:04.5"),
+            Datum::Long(day + 7_384_500_000)
+        );
+        assert_eq!(
+            p(PgType::Interval, "-1 days +01:00:00"),
+            Datum::Long(-day + 3_600_000_000)
+        );
+        assert_eq!(p(PgType::Interval, "-00:00:01"), Datum::Long(-1_000_000));
+        // Debezium: a month is 365.25 / 12 = 30.4375 days.
+        assert_eq!(
+            p(PgType::Interval, "1 year 1 mon"),
+            Datum::Long(365 * day + day / 4 + 30 * day + day * 4375 / 10000)
+        );
+        assert_eq!(
+            p(PgType::TimeTz, "04:05:06.789+02"),
+            Datum::Str("02:05:06.789Z".into())
+        );
+        assert_eq!(
+            p(PgType::TimeTz, "23:30:00-01:30"),
+            Datum::Str("01:00:00Z".into())
+        );
     }
 
     #[test]
