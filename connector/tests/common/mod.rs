@@ -34,18 +34,7 @@ pub fn postgres_admin_url() -> String {
     )
 }
 
-pub fn unique(prefix: &str) -> String {
-    let n: u64 = rand_u64();
-    format!("{prefix}_{:x}", n & 0xffff_ffff_ffff)
-}
-
-fn rand_u64() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    t ^ (std::process::id() as u64).rotate_left(32) ^ uuid::Uuid::new_v4().as_u64_pair().0
-}
+pub use testkit::unique;
 
 pub async fn connect(url: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
@@ -56,14 +45,7 @@ pub async fn connect(url: &str) -> Client {
 }
 
 /// `postgres://u:p@h:port/db?x` with the database replaced.
-pub fn with_db(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let cut = base.rfind('/').expect("url has a path");
-    format!("{}/{db}{query}", &base[..cut])
-}
+pub use testkit::env::with_database as with_db;
 
 /// A private database plus the unique names a connector run needs.
 pub struct TestEnv {
