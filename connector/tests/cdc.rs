@@ -224,14 +224,9 @@ async fn toast_numeric_jsonb_arrays_and_added_column() {
     let topic = env.topic("doc");
     // Wait for the stream to run (the offsets record exists once the empty snapshot is done).
     wait_for(60, "connector streaming", || async {
-        env.client
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&env.slot],
-            )
-            .await
-            .unwrap()
-            .is_some()
+        // A walsender that runs START_REPLICATION: `active` alone is also true while the
+        // slot is still being created, and writes before its consistent point are not streamed.
+        env.streaming_walsender().await.is_some()
     })
     .await;
     let huge = format!("{}.{}", "9".repeat(120), "1".repeat(30));
@@ -319,14 +314,9 @@ async fn heartbeat_advances_the_slot_while_only_uncaptured_tables_change() {
         .unwrap();
     let mut conn = env.spawn(&["captured"], &[]);
     wait_for(60, "connector streaming", || async {
-        env.client
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&env.slot],
-            )
-            .await
-            .unwrap()
-            .is_some()
+        // A walsender that runs START_REPLICATION: `active` alone is also true while the
+        // slot is still being created, and writes before its consistent point are not streamed.
+        env.streaming_walsender().await.is_some()
     })
     .await;
     env.client
@@ -438,14 +428,9 @@ async fn replication_connection_loss_is_survived_without_loss() {
         .unwrap();
     let mut conn = env.spawn(&["r"], &[]);
     let active = || async {
-        env.client
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&env.slot],
-            )
-            .await
-            .unwrap()
-            .is_some()
+        // A walsender that runs START_REPLICATION: `active` alone is also true while the
+        // slot is still being created, and writes before its consistent point are not streamed.
+        env.streaming_walsender().await.is_some()
     };
     wait_for(60, "connector streaming", active).await;
     for i in 0..50 {
@@ -531,14 +516,9 @@ async fn snapshot_modes_initial_only_and_never() {
     vars.push(("CONNECTOR_SNAPSHOT_MODE".into(), "never".into()));
     let mut conn = Connector::spawn(&vars);
     wait_for(60, "connector streaming", || async {
-        env.client
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&env.slot],
-            )
-            .await
-            .unwrap()
-            .is_some()
+        // A walsender that runs START_REPLICATION: `active` alone is also true while the
+        // slot is still being created, and writes before its consistent point are not streamed.
+        env.streaming_walsender().await.is_some()
     })
     .await;
     env.client
