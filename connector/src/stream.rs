@@ -249,6 +249,23 @@ impl Emitter {
         Ok(())
     }
 
+    /// The registry ids of a side topic's key and value schemas (`<topic>-key`, `-value`).
+    async fn schema_ids(
+        &self,
+        topic: &str,
+        key: &serde_json::Value,
+        value: &serde_json::Value,
+    ) -> Result<(u32, u32)> {
+        let registry = self.publisher.registry();
+        let key_id = registry
+            .register(&format!("{topic}-key"), topic, key)
+            .await?;
+        let value_id = registry
+            .register(&format!("{topic}-value"), topic, value)
+            .await?;
+        Ok((key_id, value_id))
+    }
+
     /// Sends a record to Debezium's heartbeat topic, `__debezium-heartbeat.<name>`:
     /// key `{serverName}`, value `{ts_ms}`.
     async fn emit_heartbeat(&self, out: &mut Vec<DeliveryFuture>) -> Result<()> {
@@ -257,18 +274,10 @@ impl Emitter {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let (key, value) = match self.cfg.format {
             Format::Avro => {
-                let reg = self.publisher.registry();
-                let key_id = reg
-                    .register(
-                        &format!("{topic}-key"),
+                let (key_id, value_id) = self
+                    .schema_ids(
                         &topic,
                         &crate::schema::heartbeat_key_schema(),
-                    )
-                    .await?;
-                let value_id = reg
-                    .register(
-                        &format!("{topic}-value"),
-                        &topic,
                         &crate::schema::heartbeat_value_schema(),
                     )
                     .await?;
@@ -303,18 +312,10 @@ impl Emitter {
         self.publisher.ensure_topic(&topic, false).await?;
         let (key, value) = match self.cfg.format {
             Format::Avro => {
-                let reg = self.publisher.registry();
-                let key_id = reg
-                    .register(
-                        &format!("{topic}-key"),
+                let (key_id, value_id) = self
+                    .schema_ids(
                         &topic,
                         &crate::schema::message_key_schema(),
-                    )
-                    .await?;
-                let value_id = reg
-                    .register(
-                        &format!("{topic}-value"),
-                        &topic,
                         &crate::schema::message_value_schema(),
                     )
                     .await?;
@@ -340,18 +341,10 @@ impl Emitter {
         self.publisher.ensure_topic(&topic, false).await?;
         let (key, value) = match self.cfg.format {
             Format::Avro => {
-                let reg = self.publisher.registry();
-                let key_id = reg
-                    .register(
-                        &format!("{topic}-key"),
+                let (key_id, value_id) = self
+                    .schema_ids(
                         &topic,
                         &crate::schema::transaction_key_schema(),
-                    )
-                    .await?;
-                let value_id = reg
-                    .register(
-                        &format!("{topic}-value"),
-                        &topic,
                         &crate::schema::transaction_value_schema(),
                     )
                     .await?;
