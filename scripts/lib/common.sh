@@ -31,6 +31,8 @@ INFRA_CACHE="${INFRA_CACHE:-$HOME/.m2/platform-infra}"
 # In start order: a service comes after the ones it needs (the registry keeps its
 # schemas in postgres); `down` goes in reverse.
 ALL_SERVICES=(kafka postgres registry redis mysql)
+# Started only when named (`scripts/infra up zipkin`), never by a plain `up`.
+OPTIONAL_SERVICES=(zipkin)
 
 # Unix sockets are limited to ~107 bytes; a deep INFRA_HOME would make
 # postgres/mariadb fail with an obscure error, so fall back to a short /tmp path.
