@@ -1,7 +1,9 @@
 //! The commerce domain's events: orders (placed, status changed) on `commerce.order-events`,
 //! keyed by order id, and stock (reserved, released, adjusted) on `commerce.stock-events`,
-//! keyed by product id. Both are written to the owning service's outbox in the transaction
-//! that makes the change, so an event exists exactly when its change committed.
+//! keyed by product id; users (delivery agent created, user deleted, agent status changed) on
+//! `commerce.user-events`, and package deliveries on `commerce.delivery-events`. Each is
+//! written to the owning service's outbox in the transaction that makes the change, so an
+//! event exists exactly when its change committed.
 
 use std::sync::OnceLock;
 
@@ -132,10 +134,169 @@ impl Event for StockEvent {
     }
 }
 
+/// A user account's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UserType {
+    Customer,
+    Admin,
+    DeliveryAgent,
+}
+
+/// Whether a delivery agent carries a package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AgentStatus {
+    Free,
+    Occupied,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UserEventKind {
+    DeliveryAgentCreated,
+    UserDeleted,
+    AgentStatusChanged,
+}
+
+/// A delivery agent's account was created, a user was deleted (deactivated), or an agent's
+/// status changed, on `commerce.user-events` keyed by user id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserEvent {
+    pub event_id: Uuid,
+    pub kind: UserEventKind,
+    pub user_id: Uuid,
+    #[serde(skip)]
+    pub key: String,
+    pub user_type: UserType,
+    pub agent_status: Option<AgentStatus>,
+    pub previous_agent_status: Option<AgentStatus>,
+    /// Milliseconds since the Unix epoch.
+    pub occurred_at: i64,
+}
+
+impl UserEvent {
+    /// Fills the key from the user id (after deserializing, where it is skipped).
+    pub fn with_key(mut self) -> Self {
+        self.key = self.user_id.to_string();
+        self
+    }
+}
+
+impl Event for UserEvent {
+    const TOPIC: &'static TopicSpec = &spec::COMMERCE_USER_EVENTS;
+
+    fn schema() -> &'static Schema {
+        static SCHEMA: OnceLock<Schema> = OnceLock::new();
+        parse_once(&SCHEMA, Self::TOPIC)
+    }
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn event_id(&self) -> Uuid {
+        self.event_id
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeliveryEventKind {
+    PackageCreated,
+    PackageAssigned,
+    PackageDelivered,
+}
+
+/// Where a package is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PackageStatus {
+    Queued,
+    Assigned,
+    Delivered,
+}
+
+/// A step of a package's delivery, on `commerce.delivery-events` keyed by package id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryEvent {
+    pub event_id: Uuid,
+    pub kind: DeliveryEventKind,
+    pub package_id: Uuid,
+    #[serde(skip)]
+    pub key: String,
+    pub order_id: Uuid,
+    pub customer_id: i64,
+    pub agent_id: Option<Uuid>,
+    pub status: PackageStatus,
+    /// Milliseconds since the Unix epoch.
+    pub occurred_at: i64,
+}
+
+impl DeliveryEvent {
+    /// Fills the key from the package id (after deserializing, where it is skipped).
+    pub fn with_key(mut self) -> Self {
+        self.key = self.package_id.to_string();
+        self
+    }
+}
+
+impl Event for DeliveryEvent {
+    const TOPIC: &'static TopicSpec = &spec::COMMERCE_DELIVERY_EVENTS;
+
+    fn schema() -> &'static Schema {
+        static SCHEMA: OnceLock<Schema> = OnceLock::new();
+        parse_once(&SCHEMA, Self::TOPIC)
+    }
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn event_id(&self) -> Uuid {
+        self.event_id
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec::Encoder;
+
+    #[test]
+    fn user_and_delivery_events_encode_with_their_schemas() {
+        let user = UserEvent {
+            event_id: Uuid::new_v4(),
+            kind: UserEventKind::AgentStatusChanged,
+            user_id: Uuid::new_v4(),
+            key: String::new(),
+            user_type: UserType::DeliveryAgent,
+            agent_status: Some(AgentStatus::Occupied),
+            previous_agent_status: Some(AgentStatus::Free),
+            occurred_at: 1_764_000_000_000,
+        }
+        .with_key();
+        Encoder::<UserEvent>::with_schema_id(3)
+            .unwrap()
+            .encode(&user)
+            .unwrap();
+        let delivery = DeliveryEvent {
+            event_id: Uuid::new_v4(),
+            kind: DeliveryEventKind::PackageAssigned,
+            package_id: Uuid::new_v4(),
+            key: String::new(),
+            order_id: Uuid::new_v4(),
+            customer_id: 4,
+            agent_id: Some(user.user_id),
+            status: PackageStatus::Assigned,
+            occurred_at: 1_764_000_000_000,
+        }
+        .with_key();
+        Encoder::<DeliveryEvent>::with_schema_id(4)
+            .unwrap()
+            .encode(&delivery)
+            .unwrap();
+    }
 
     #[test]
     fn order_and_stock_events_encode_with_their_schemas() {

@@ -139,12 +139,39 @@ pub const COMMERCE_STOCK_EVENTS: TopicSpec = TopicSpec {
     value_schema: Some(include_str!("../schemas/commerce-stock-event.avsc")),
 };
 
+/// The users service's events, keyed by user id: a delivery agent's account created, a user
+/// deleted (deactivated), a delivery agent's status changed. Kept for a year; the users
+/// database stays the source of truth.
+pub const COMMERCE_USER_EVENTS: TopicSpec = TopicSpec {
+    name: "commerce.user-events",
+    partitions: 4,
+    replication_factor: 2,
+    cleanup_policy: CleanupPolicy::Delete,
+    retention: Retention::For(Duration::from_secs(365 * 24 * 3600)),
+    key: KeyFormat::Utf8String,
+    value_schema: Some(include_str!("../schemas/commerce-user-event.avsc")),
+};
+
+/// The delivery service's events, keyed by package id: created (queued), assigned to an
+/// agent, delivered.
+pub const COMMERCE_DELIVERY_EVENTS: TopicSpec = TopicSpec {
+    name: "commerce.delivery-events",
+    partitions: 4,
+    replication_factor: 2,
+    cleanup_policy: CleanupPolicy::Delete,
+    retention: Retention::For(Duration::from_secs(365 * 24 * 3600)),
+    key: KeyFormat::Utf8String,
+    value_schema: Some(include_str!("../schemas/commerce-delivery-event.avsc")),
+};
+
 /// Every topic of the platform.
 pub const CATALOGUE: &[TopicSpec] = &[
     CONNECTION_MANDATES,
     IOT_PLATFORM_DEAD_LETTERS,
     COMMERCE_ORDER_EVENTS,
     COMMERCE_STOCK_EVENTS,
+    COMMERCE_USER_EVENTS,
+    COMMERCE_DELIVERY_EVENTS,
 ];
 
 /// Looks a topic up by name in the catalogue.
