@@ -40,6 +40,16 @@ pub enum DecimalHandling {
     Double,
 }
 
+/// Debezium's `hstore.handling.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HstoreHandling {
+    /// An Avro `map<string, string?>` (a JSON object with `format = json`).
+    Map,
+    /// A string `io.debezium.data.Json`: `{"key":"value"}`.
+    Json,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
     /// Logical server name: topic prefix and `source.name`.
@@ -54,6 +64,9 @@ pub struct Config {
     pub snapshot_mode: SnapshotMode,
     pub format: Format,
     pub decimal_handling: DecimalHandling,
+    pub hstore_handling: HstoreHandling,
+    /// Debezium's `money.fraction.digits`: the scale of `money` values.
+    pub money_fraction_digits: u32,
     /// 0 disables heartbeats.
     pub heartbeat_interval_ms: u64,
     pub offsets_topic: String,
@@ -93,7 +106,7 @@ pub struct Config {
 /// values in the walsender session's styles, which `ALTER DATABASE/ROLE ... SET`
 /// would otherwise choose.
 pub const SESSION_OPTIONS: &str = "-c datestyle=ISO -c intervalstyle=postgres \
-     -c bytea_output=hex -c timezone=UTC -c extra_float_digits=3";
+     -c bytea_output=hex -c timezone=UTC -c extra_float_digits=3 -c lc_monetary=C";
 
 const DEFAULTS: &str = r#"
 name = "connector"
@@ -106,6 +119,8 @@ tables = []
 snapshot_mode = "initial"
 format = "avro"
 decimal_handling = "precise"
+hstore_handling = "map"
+money_fraction_digits = 2
 heartbeat_interval_ms = 10000
 offsets_topic = "connector-offsets"
 topic_partitions = 1

@@ -205,9 +205,11 @@ pub async fn table_schema(client: &Client, schema: &str, table: &str) -> Result<
                     (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END)::int8,
                     CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END,
                     COALESCE(a.attnum = ANY(i.indkey::int2[]), false),
-                    CASE WHEN t.typtype = 'd' THEN t.typndims ELSE a.attndims END::int4
+                    CASE WHEN t.typtype = 'd' THEN t.typndims ELSE a.attndims END::int4,
+                    bt.typname::text
              FROM pg_attribute a
              JOIN pg_type t ON t.oid = a.atttypid
+             JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END
              JOIN pg_class c ON c.oid = a.attrelid
              JOIN pg_namespace n ON n.oid = c.relnamespace
              LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
@@ -227,7 +229,7 @@ pub async fn table_schema(client: &Client, schema: &str, table: &str) -> Result<
             .iter()
             .map(|r| Column {
                 name: r.get(0),
-                ty: PgType::from_column(r.get::<_, i64>(1) as u32, r.get(2), r.get(4)),
+                ty: PgType::from_catalog(r.get::<_, i64>(1) as u32, r.get(2), r.get(4), r.get(5)),
                 key: r.get(3),
             })
             .collect(),
@@ -245,6 +247,9 @@ pub struct RelationFacts {
     /// Columns of a domain type: the base type's OID and type modifier (a
     /// domain prints as its base type, and is mapped as it).
     pub domains: std::collections::HashMap<String, (u32, i32)>,
+    /// Each column's type name (the base type's for a domain): extension
+    /// types such as `hstore` have no fixed OID.
+    pub type_names: std::collections::HashMap<String, String>,
 }
 
 pub async fn relation_facts(client: &Client, relid: u32) -> Result<RelationFacts> {
@@ -254,8 +259,10 @@ pub async fn relation_facts(client: &Client, relid: u32) -> Result<RelationFacts
                     CASE WHEN t.typtype = 'd' THEN t.typndims ELSE a.attndims END::int4,
                     EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid
                               AND i.indisprimary AND a.attnum = ANY(i.indkey::int2[])),
-                    CASE WHEN t.typtype = 'd' THEN t.typbasetype::int8 END, t.typtypmod
+                    CASE WHEN t.typtype = 'd' THEN t.typbasetype::int8 END, t.typtypmod,
+                    bt.typname::text
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+             JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END
              WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped",
             &[&(relid as i64)],
         )
@@ -269,6 +276,7 @@ pub async fn relation_facts(client: &Client, relid: u32) -> Result<RelationFacts
         if let Some(base) = r.get::<_, Option<i64>>(3) {
             facts.domains.insert(name.clone(), (base as u32, r.get(4)));
         }
+        facts.type_names.insert(name.clone(), r.get(5));
         facts.dims.insert(name, r.get(1));
     }
     Ok(facts)

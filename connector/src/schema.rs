@@ -19,6 +19,11 @@
 //! | uuid                       | string `io.debezium.data.Uuid`                       |
 //! | json, jsonb                | string `io.debezium.data.Json`                       |
 //! | bytea                      | bytes                                                |
+//! | money                      | as numeric (`decimal_handling`), scale `money_fraction_digits` |
+//! | hstore                     | map<string, string?> (default) or string `Json`      |
+//! | bit(1), varbit(1)          | boolean                                              |
+//! | bit(n), varbit(n), varbit  | bytes `io.debezium.data.Bits` (little-endian)        |
+//! | point                      | record `io.debezium.data.geometry.Point` (x, y, wkb, srid) |
 //! | T[] (one dimension)        | array of optional T                                  |
 //! | anything else              | string (PostgreSQL's text output)                    |
 
@@ -58,6 +63,23 @@ pub enum PgType {
     Uuid,
     Json,
     Bytea,
+    /// `money`: a decimal with a fixed number of fraction digits (Debezium's
+    /// `money.fraction.digits`), mapped per `decimal_handling`.
+    Money {
+        fraction_digits: u32,
+    },
+    /// The `hstore` extension's type: Debezium's `hstore.handling.mode`,
+    /// `map` (an Avro map of optional strings) or `json` (a Json string).
+    Hstore {
+        json: bool,
+    },
+    /// `bit(n)`/`varbit(n)` with n > 1, or unbounded `varbit`: Debezium's
+    /// `io.debezium.data.Bits` (bit(1) and varbit(1) are booleans).
+    Bits {
+        length: u32,
+    },
+    /// Debezium's `io.debezium.data.geometry.Point`.
+    Point,
     Array(Box<PgType>),
     /// Enums, domains, intervals, geometric types…: PostgreSQL's text output.
     Other,
@@ -87,6 +109,14 @@ impl PgType {
             2950 => PgType::Uuid,
             114 | 3802 => PgType::Json,
             17 => PgType::Bytea,
+            790 => PgType::Money { fraction_digits: 2 },
+            // bit's typmod is its length (1 when written `bit`); varbit's is
+            // -1 when unbounded.
+            1560 | 1562 if typmod == 1 => PgType::Bool,
+            1560 | 1562 => PgType::Bits {
+                length: u32::try_from(typmod).unwrap_or(i32::MAX as u32),
+            },
+            600 => PgType::Point,
             1000 => array(PgType::Bool),
             1005 => array(PgType::Int16),
             1007 => array(PgType::Int32),
@@ -116,12 +146,38 @@ impl PgType {
         }
     }
 
+    /// [`PgType::from_column`] with the column's (base) type name, for
+    /// extension types whose OID differs between databases (`hstore`).
+    pub fn from_catalog(oid: u32, typmod: i32, dims: i32, type_name: &str) -> PgType {
+        match type_name {
+            "hstore" => PgType::Hstore { json: false },
+            _ => PgType::from_column(oid, typmod, dims),
+        }
+    }
+
+    /// The type with the connector's handling modes applied
+    /// (`hstore_handling`, `money_fraction_digits`).
+    pub fn with_modes(self, hstore_json: bool, money_fraction_digits: u32) -> PgType {
+        match self {
+            PgType::Hstore { .. } => PgType::Hstore { json: hstore_json },
+            PgType::Money { .. } => PgType::Money {
+                fraction_digits: money_fraction_digits,
+            },
+            t => t,
+        }
+    }
+
     /// Whether PostgreSQL may TOAST the value, i.e. whether an update can
     /// leave it out as "unchanged".
     pub fn is_string_like(&self) -> bool {
         matches!(
             self,
-            PgType::Text | PgType::Json | PgType::Uuid | PgType::TimestampTz | PgType::Other
+            PgType::Text
+                | PgType::Json
+                | PgType::Uuid
+                | PgType::TimestampTz
+                | PgType::Other
+                | PgType::Hstore { .. }
         )
     }
 }
@@ -464,6 +520,49 @@ pub fn avro_type(
         PgType::Uuid => connect("string", "io.debezium.data.Uuid"),
         PgType::Json => connect("string", "io.debezium.data.Json"),
         PgType::Bytea => json!("bytes"),
+        PgType::Money { fraction_digits } => match decimals {
+            DecimalHandling::String => json!("string"),
+            DecimalHandling::Double => json!("double"),
+            // Debezium's money schema is `Decimal.builder(digits)` without a
+            // precision, which the Avro converter writes as precision 64.
+            DecimalHandling::Precise => json!({
+                "type": "bytes",
+                "scale": fraction_digits,
+                "precision": 64,
+                "connect.version": 1,
+                "connect.parameters": {"scale": fraction_digits.to_string()},
+                "connect.name": "org.apache.kafka.connect.data.Decimal",
+                "logicalType": "decimal",
+            }),
+        },
+        PgType::Hstore { json: false } => json!({"type": "map", "values": ["null", "string"]}),
+        PgType::Hstore { json: true } => connect("string", "io.debezium.data.Json"),
+        PgType::Bits { length } => json!({
+            "type": "bytes",
+            "connect.version": 1,
+            "connect.parameters": {"length": length.to_string()},
+            "connect.name": "io.debezium.data.Bits",
+        }),
+        PgType::Point => {
+            const NAME: &str = "io.debezium.data.geometry.Point";
+            if !named.insert(NAME) {
+                return json!(NAME);
+            }
+            json!({
+                "type": "record",
+                "name": "Point",
+                "namespace": "io.debezium.data.geometry",
+                "fields": [
+                    {"name": "x", "type": "double"},
+                    {"name": "y", "type": "double"},
+                    {"name": "wkb", "type": ["null", "bytes"], "default": null},
+                    {"name": "srid", "type": ["null", "int"], "default": null},
+                ],
+                "connect.doc": "Geometry (POINT)",
+                "connect.version": 1,
+                "connect.name": NAME,
+            })
+        }
         PgType::Array(elem) => json!({
             "type": "array",
             "items": ["null", avro_type(elem, decimals, named)],
@@ -705,6 +804,93 @@ mod tests {
     fn transaction_schemas_are_valid_avro() {
         apache_avro::Schema::parse_str(&transaction_key_schema().to_string()).unwrap();
         apache_avro::Schema::parse_str(&transaction_value_schema().to_string()).unwrap();
+    }
+
+    #[test]
+    fn money_hstore_bits_and_point_map_as_debezium() {
+        assert_eq!(
+            PgType::from_oid(790, -1),
+            PgType::Money { fraction_digits: 2 }
+        );
+        assert_eq!(PgType::from_oid(1560, 1), PgType::Bool);
+        assert_eq!(PgType::from_oid(1562, 1), PgType::Bool);
+        assert_eq!(PgType::from_oid(1560, 12), PgType::Bits { length: 12 });
+        assert_eq!(
+            PgType::from_oid(1562, -1),
+            PgType::Bits {
+                length: i32::MAX as u32
+            }
+        );
+        assert_eq!(PgType::from_oid(600, -1), PgType::Point);
+        assert_eq!(
+            PgType::from_catalog(16_385, -1, 0, "hstore"),
+            PgType::Hstore { json: false }
+        );
+        assert_eq!(
+            PgType::from_catalog(16_385, -1, 0, "hstore").with_modes(true, 3),
+            PgType::Hstore { json: true }
+        );
+        assert_eq!(
+            PgType::from_oid(790, -1).with_modes(true, 3),
+            PgType::Money { fraction_digits: 3 }
+        );
+        let mut named = HashSet::new();
+        let money = avro_type(
+            &PgType::Money { fraction_digits: 2 },
+            DecimalHandling::Precise,
+            &mut named,
+        );
+        assert_eq!(
+            (money["scale"].clone(), money["precision"].clone()),
+            (json!(2), json!(64))
+        );
+        assert_eq!(
+            avro_type(
+                &PgType::Hstore { json: false },
+                DecimalHandling::Precise,
+                &mut named
+            ),
+            json!({"type": "map", "values": ["null", "string"]})
+        );
+        assert_eq!(
+            avro_type(
+                &PgType::Bits { length: 12 },
+                DecimalHandling::Precise,
+                &mut named
+            )["connect.parameters"]["length"],
+            "12"
+        );
+        // Two point columns: the record is defined once, then referred to.
+        let col = |name: &str, ty| Column {
+            name: name.into(),
+            ty,
+            key: false,
+        };
+        let t = TableSchema {
+            schema: "public".into(),
+            table: "geo".into(),
+            columns: vec![
+                Column {
+                    name: "id".into(),
+                    ty: PgType::Int32,
+                    key: true,
+                },
+                col("p", PgType::Point),
+                col("q", PgType::Point),
+                col("h", PgType::Hstore { json: false }),
+                col("hj", PgType::Hstore { json: true }),
+                col("m", PgType::Money { fraction_digits: 2 }),
+                col("b", PgType::Bits { length: 3 }),
+            ],
+        };
+        for mode in [
+            DecimalHandling::String,
+            DecimalHandling::Precise,
+            DecimalHandling::Double,
+        ] {
+            let value = t.value_schema("shop", mode).to_string();
+            apache_avro::Schema::parse_str(&value).unwrap_or_else(|e| panic!("{e}: {value}"));
+        }
     }
 
     #[test]

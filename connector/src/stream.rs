@@ -44,7 +44,12 @@ impl Emitter {
     /// Creates the topic and registers the schemas (cached by content, so an
     /// unchanged table costs nothing and an added column registers a new
     /// version).
-    pub async fn table_state(&self, schema: TableSchema) -> Result<TableState> {
+    pub async fn table_state(&self, mut schema: TableSchema) -> Result<TableState> {
+        let hstore_json = self.cfg.hstore_handling == crate::config::HstoreHandling::Json;
+        for c in &mut schema.columns {
+            c.ty = std::mem::replace(&mut c.ty, PgType::Other)
+                .with_modes(hstore_json, self.cfg.money_fraction_digits);
+        }
         let topic = self.cfg.topic_for(&schema.schema, &schema.table);
         if !self.cfg.outbox_table.is_empty() && schema.qualified() == self.cfg.outbox_table {
             for column in ["id", "aggregatetype", "aggregateid", "payload"] {
@@ -542,10 +547,14 @@ async fn stream_changes(
                                     .get(c.name.as_ref())
                                     .copied()
                                     .unwrap_or((c.type_id, c.type_modifier));
-                                PgType::from_column(
+                                PgType::from_catalog(
                                     oid,
                                     typmod,
                                     facts.dims.get(c.name.as_ref()).copied().unwrap_or(0),
+                                    facts
+                                        .type_names
+                                        .get(c.name.as_ref())
+                                        .map_or("", String::as_str),
                                 )
                             },
                             key: facts

@@ -28,12 +28,23 @@ pub enum Datum {
         unscaled: Vec<u8>,
     },
     Array(Vec<Datum>),
+    /// An Avro map of optional strings (hstore), in PostgreSQL's order.
+    Map(Vec<(String, Option<String>)>),
+    /// Debezium's `io.debezium.data.geometry.Point`: x, y and the point's
+    /// WKB (srid null).
+    Point {
+        x: f64,
+        y: f64,
+    },
 }
 
 /// The value Debezium emits for an unchanged TOASTed column.
 pub fn unavailable(ty: &PgType, decimals: DecimalHandling) -> Datum {
     match ty {
-        PgType::Bytea => Datum::Bytes(UNAVAILABLE.as_bytes().to_vec()),
+        PgType::Bytea | PgType::Bits { .. } => Datum::Bytes(UNAVAILABLE.as_bytes().to_vec()),
+        PgType::Hstore { json: false } => {
+            Datum::Map(vec![(UNAVAILABLE.into(), Some(UNAVAILABLE.into()))])
+        }
         PgType::Numeric { .. } if decimals == DecimalHandling::String => {
             Datum::Str(UNAVAILABLE.into())
         }
@@ -52,7 +63,26 @@ pub fn parse(column: &str, ty: &PgType, text: &str, decimals: DecimalHandling) -
         reason: reason.to_string(),
     };
     Ok(match ty {
-        PgType::Bool => Datum::Bool(text == "t" || text == "true"),
+        // bit(1) and varbit(1) print as `1`/`0`.
+        PgType::Bool => Datum::Bool(matches!(text, "t" | "true" | "1")),
+        PgType::Money { fraction_digits } => {
+            parse_money(text, *fraction_digits, decimals).ok_or_else(|| bad("not money"))?
+        }
+        PgType::Hstore { json } => {
+            let pairs = parse_hstore(text).ok_or_else(|| bad("not hstore"))?;
+            if *json {
+                Datum::Str(hstore_json(&pairs))
+            } else {
+                Datum::Map(pairs)
+            }
+        }
+        PgType::Bits { .. } => {
+            Datum::Bytes(parse_bits(text).ok_or_else(|| bad("not a bit string"))?)
+        }
+        PgType::Point => {
+            let (x, y) = parse_point(text).ok_or_else(|| bad("not a point"))?;
+            Datum::Point { x, y }
+        }
         PgType::Int16 | PgType::Int32 => Datum::Int(text.parse().map_err(|_| bad("not an int"))?),
         PgType::Int64 => Datum::Long(text.parse().map_err(|_| bad("not a bigint"))?),
         PgType::Float32 => Datum::Float(text.parse().map_err(|_| bad("not a real"))?),
@@ -128,6 +158,156 @@ pub fn parse(column: &str, ty: &PgType, text: &str, decimals: DecimalHandling) -
             Datum::Array(out)
         }
     })
+}
+
+/// `money` as PostgreSQL prints it with `lc_monetary=C` (pinned in the
+/// session options): `-$1,234.50`.
+fn parse_money(text: &str, digits: u32, decimals: DecimalHandling) -> Option<Datum> {
+    let plain: String = text.chars().filter(|c| !matches!(c, '$' | ',')).collect();
+    let (neg, int, frac) = decimal_parts(&plain)?;
+    Some(match decimals {
+        DecimalHandling::String => Datum::Str(plain),
+        DecimalHandling::Double => Datum::Double(plain.parse().ok()?),
+        DecimalHandling::Precise => {
+            let digits = digits as usize;
+            let unscaled = if frac.len() <= digits {
+                format!("{int}{frac}{}", "0".repeat(digits - frac.len()))
+            } else {
+                // Fewer digits than PostgreSQL prints: HALF_UP, as Debezium's setScale.
+                let kept = format!("{int}{}", &frac[..digits]);
+                if frac.as_bytes()[digits] >= b'5' {
+                    increment(&kept)
+                } else {
+                    kept
+                }
+            };
+            Datum::Bytes(twos_complement(neg, &unscaled))
+        }
+    })
+}
+
+/// A decimal digit string plus one.
+fn increment(digits: &str) -> String {
+    let mut out: Vec<u8> = digits.bytes().collect();
+    for b in out.iter_mut().rev() {
+        if *b == b'9' {
+            *b = b'0';
+        } else {
+            *b += 1;
+            return String::from_utf8(out).expect("ASCII digits");
+        }
+    }
+    out.insert(0, b'1');
+    String::from_utf8(out).expect("ASCII digits")
+}
+
+/// hstore's output, `"a"=>"1", "b"=>NULL` (keys and values always quoted,
+/// `\` and `\"` escaped).
+fn parse_hstore(text: &str) -> Option<Vec<(String, Option<String>)>> {
+    fn quoted(it: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<String> {
+        if it.next()? != '"' {
+            return None;
+        }
+        let mut s = String::new();
+        loop {
+            match it.next()? {
+                '\\' => s.push(it.next()?),
+                '"' => return Some(s),
+                c => s.push(c),
+            }
+        }
+    }
+    let skip_ws = |it: &mut std::iter::Peekable<std::str::Chars<'_>>| {
+        while it.peek().is_some_and(|c| c.is_whitespace()) {
+            it.next();
+        }
+    };
+    let mut pairs = Vec::new();
+    let mut it = text.chars().peekable();
+    skip_ws(&mut it);
+    if it.peek().is_none() {
+        return Some(pairs);
+    }
+    loop {
+        skip_ws(&mut it);
+        let key = quoted(&mut it)?;
+        skip_ws(&mut it);
+        if (it.next()?, it.next()?) != ('=', '>') {
+            return None;
+        }
+        skip_ws(&mut it);
+        let value = if it.peek() == Some(&'"') {
+            Some(quoted(&mut it)?)
+        } else {
+            let word: String = (0..4).filter_map(|_| it.next()).collect();
+            if word != "NULL" {
+                return None;
+            }
+            None
+        };
+        pairs.push((key, value));
+        skip_ws(&mut it);
+        match it.next() {
+            None => return Some(pairs),
+            Some(',') => continue,
+            Some(_) => return None,
+        }
+    }
+}
+
+/// Debezium's `hstore.handling.mode=json`: `{"a":"1","b":null}`.
+fn hstore_json(pairs: &[(String, Option<String>)]) -> String {
+    let mut out = vec![b'{'];
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_str(&mut out, k);
+        out.push(b':');
+        match v {
+            None => out.extend_from_slice(b"null"),
+            Some(v) => json_str(&mut out, v),
+        }
+    }
+    out.push(b'}');
+    String::from_utf8(out).expect("JSON is UTF-8")
+}
+
+/// A bit string (`0101`) as Debezium encodes it: the bits as a number,
+/// little-endian, in as many bytes as the highest set bit needs (Java's
+/// `BitSet.toByteArray`), so `101` is `[0x05]` and all zeros is empty.
+fn parse_bits(text: &str) -> Option<Vec<u8>> {
+    let bits = text.as_bytes();
+    let mut out = vec![0u8; bits.len().div_ceil(8)];
+    for (i, b) in bits.iter().rev().enumerate() {
+        match b {
+            b'1' => out[i / 8] |= 1 << (i % 8),
+            b'0' => {}
+            _ => return None,
+        }
+    }
+    while out.last() == Some(&0) {
+        out.pop();
+    }
+    Some(out)
+}
+
+/// `(1.5,-2)` → (1.5, -2.0).
+fn parse_point(text: &str) -> Option<(f64, f64)> {
+    let inner = text.trim().strip_prefix('(')?.strip_suffix(')')?;
+    let (x, y) = inner.split_once(',')?;
+    Some((x.trim().parse().ok()?, y.trim().parse().ok()?))
+}
+
+/// The WKB of a point, as Debezium's `Point.createValue` builds it:
+/// little-endian marker, type 1, x, y.
+pub fn point_wkb(x: f64, y: f64) -> Vec<u8> {
+    let mut wkb = Vec::with_capacity(21);
+    wkb.push(1);
+    wkb.extend_from_slice(&1u32.to_le_bytes());
+    wkb.extend_from_slice(&x.to_le_bytes());
+    wkb.extend_from_slice(&y.to_le_bytes());
+    wkb
 }
 
 /// Splits PostgreSQL's numeric output into sign, integer and fraction digits;
@@ -519,6 +699,31 @@ pub fn write_avro(out: &mut Vec<u8>, d: &Datum, optional: bool) {
             }
             out.push(0);
         }
+        Datum::Map(pairs) => {
+            if !pairs.is_empty() {
+                zigzag(out, pairs.len() as i64);
+                for (k, v) in pairs {
+                    avro_str(out, k);
+                    match v {
+                        None => out.push(0),
+                        Some(v) => {
+                            out.push(2);
+                            avro_str(out, v);
+                        }
+                    }
+                }
+            }
+            out.push(0);
+        }
+        Datum::Point { x, y } => {
+            out.extend_from_slice(&x.to_le_bytes());
+            out.extend_from_slice(&y.to_le_bytes());
+            let wkb = point_wkb(*x, *y);
+            out.push(2);
+            zigzag(out, wkb.len() as i64);
+            out.extend_from_slice(&wkb);
+            out.push(0); // srid: null
+        }
     }
 }
 
@@ -556,6 +761,16 @@ pub fn write_json(out: &mut Vec<u8>, d: &Datum) {
                 write_json(out, item);
             }
             out.push(b']');
+        }
+        Datum::Map(pairs) => out.extend_from_slice(hstore_json(pairs).as_bytes()),
+        Datum::Point { x, y } => {
+            out.extend_from_slice(b"{\"x\":");
+            write_float(out, *x);
+            out.extend_from_slice(b",\"y\":");
+            write_float(out, *y);
+            out.extend_from_slice(b",\"wkb\":");
+            json_str(out, &base64(&point_wkb(*x, *y)));
+            out.extend_from_slice(b",\"srid\":null}");
         }
     }
 }
@@ -791,6 +1006,73 @@ mod tests {
         assert_eq!(
             to_json(&d),
             serde_json::json!(["a\"b\\c\n", "NaN", 1.5, -7, null, "/w=="])
+        );
+    }
+
+    #[test]
+    fn money_hstore_bits_and_point() {
+        let money = PgType::Money { fraction_digits: 2 };
+        // -1234.50 → unscaled -123450 = 0xfe1dc6.
+        assert_eq!(
+            p(money.clone(), "-$1,234.50"),
+            Datum::Bytes(vec![0xfe, 0x1d, 0xc6])
+        );
+        assert_eq!(p(money.clone(), "$0.00"), Datum::Bytes(vec![0]));
+        let s = parse("c", &money, "-$1,234.50", DecimalHandling::String).unwrap();
+        assert_eq!(s, Datum::Str("-1234.50".into()));
+        let d = parse(
+            "c",
+            &money,
+            "$92,233,720,368,547,758.07",
+            DecimalHandling::Double,
+        )
+        .unwrap();
+        assert_eq!(d, Datum::Double(92_233_720_368_547_758.07));
+        let one = PgType::Money { fraction_digits: 1 };
+        assert_eq!(p(one, "$0.95"), Datum::Bytes(vec![10]));
+        assert_eq!(increment("199"), "200");
+        assert_eq!(increment("99"), "100");
+
+        let h = PgType::Hstore { json: false };
+        assert_eq!(
+            p(h.clone(), r#""a"=>"1", "b"=>NULL, "c d"=>"x\"y\\z""#),
+            Datum::Map(vec![
+                ("a".into(), Some("1".into())),
+                ("b".into(), None),
+                ("c d".into(), Some("x\"y\\z".into())),
+            ])
+        );
+        assert_eq!(p(h.clone(), ""), Datum::Map(vec![]));
+        assert!(parse("c", &h, r#""a"->"1""#, DecimalHandling::Precise).is_err());
+        assert_eq!(
+            p(PgType::Hstore { json: true }, r#""a"=>"1", "b"=>NULL"#),
+            Datum::Str(r#"{"a":"1","b":null}"#.into())
+        );
+        let mut avro = Vec::new();
+        write_avro(&mut avro, &p(h, r#""k"=>"v", "n"=>NULL"#), false);
+        assert_eq!(
+            avro,
+            [&[4, 2, b'k', 2, 2, b'v', 2, b'n', 0, 0][..]].concat()
+        );
+
+        let bits = PgType::Bits { length: 12 };
+        assert_eq!(p(bits.clone(), "101"), Datum::Bytes(vec![0x05]));
+        assert_eq!(p(bits.clone(), "100000001"), Datum::Bytes(vec![0x01, 0x01]));
+        assert_eq!(p(bits.clone(), "000"), Datum::Bytes(vec![]));
+        assert!(parse("c", &bits, "12", DecimalHandling::Precise).is_err());
+        assert_eq!(p(PgType::Bool, "1"), Datum::Bool(true));
+        assert_eq!(p(PgType::Bool, "0"), Datum::Bool(false));
+
+        assert_eq!(
+            p(PgType::Point, "(1.5,-2)"),
+            Datum::Point { x: 1.5, y: -2.0 }
+        );
+        let wkb = point_wkb(1.5, -2.0);
+        assert_eq!(wkb.len(), 21);
+        assert_eq!(&wkb[..5], &[1, 1, 0, 0, 0]);
+        assert_eq!(
+            to_json(&Datum::Point { x: 1.5, y: -2.0 }),
+            serde_json::json!({"x": 1.5, "y": -2.0, "wkb": base64(&wkb), "srid": null})
         );
     }
 

@@ -13,6 +13,9 @@
 //!   per [`Publisher::publish`]; a newer publisher with the same role fences older ones.
 //! - [`session`]: the lock session's connection options (TCP keepalives, timeouts).
 //! - [`error`]: [`Error`] with [`Error::is_retryable`].
+//! - [`metrics`]: the relay's Prometheus metrics (backlog, oldest unpublished age, published,
+//!   failures, transaction latency); `trace` keeps a request's trace context with its rows and
+//!   puts it into the records' `traceparent` / `tracestate` headers.
 //!
 //! Guarantees: per key, events reach Kafka in commit order, each with the `event-id` header
 //! (the event id) and the `event-seq` header (the row id, increasing per key). A row is
@@ -51,10 +54,12 @@
 
 pub mod error;
 mod held;
+pub mod metrics;
 pub mod publisher;
 pub mod relay;
 pub mod schema;
 pub mod session;
+mod trace;
 pub mod write;
 
 pub use error::{BoxError, Error};

@@ -42,6 +42,9 @@ pub struct Record {
     /// Sent as the `event-id` header.
     pub event_id: Uuid,
     pub value: Vec<u8>,
+    /// Sent as the `traceparent` / `tracestate` headers (the relay's producer span, or the
+    /// context stored with the row).
+    pub trace: Option<telemetry::TraceContext>,
 }
 
 /// What one [`Publisher::publish`] did.
@@ -122,6 +125,10 @@ impl Publisher {
                     key: SEQUENCE_HEADER,
                     value: Some(seq.as_bytes()),
                 });
+            let headers = match &record.trace {
+                Some(trace) => trace.insert_into(headers),
+                None => headers,
+            };
             let future_record = FutureRecord::to(&record.topic)
                 .key(&record.key)
                 .payload(&record.value)

@@ -47,6 +47,11 @@ pub struct Row {
     pub key: String,
     pub event_id: Uuid,
     pub payload: serde_json::Value,
+    /// The W3C trace context stored with the row (`None` when it was written untraced).
+    #[sqlx(default)]
+    pub traceparent: Option<String>,
+    #[sqlx(default)]
+    pub tracestate: Option<String>,
 }
 
 /// Turns a row into its record's value bytes (e.g. Avro in the Confluent wire format).
@@ -149,6 +154,8 @@ impl<E: Encode> Relay<E> {
     }
 
     pub async fn run(mut self) {
+        // Backlog and oldest-unpublished-age gauges, while the relay runs.
+        let _backlog = crate::metrics::watch_backlog(&self.database, &self.config.role);
         let mut backoff = backoff();
         loop {
             match self.hold_lock_and_relay().await {
@@ -253,6 +260,9 @@ impl<E: Encode> Relay<E> {
 
             let mut failed = std::collections::HashMap::new();
             let mut records = Vec::with_capacity(batch.len());
+            // Producer spans of traced rows (none when tracing is off), ended after the commit.
+            let mut spans = Vec::new();
+            let publish_started = std::time::Instant::now();
             for row in &batch {
                 if failed.contains_key(&row.key) {
                     continue;
@@ -264,6 +274,7 @@ impl<E: Encode> Relay<E> {
                         key: row.key.clone(),
                         event_id: row.event_id,
                         value,
+                        trace: crate::trace::publishing(row, &mut spans),
                     }),
                     Err(e) => {
                         failed.insert(
@@ -283,8 +294,13 @@ impl<E: Encode> Relay<E> {
             let published = match publisher.publish(&records).await {
                 Ok(published) => published,
                 Err(e) if e.is_fenced() => return Stop::Restart(e).into(),
-                Err(e) => return CycleStop::Kafka(e),
+                Err(e) => {
+                    crate::metrics::publish_failed(&self.config.role, "kafka", 1);
+                    return CycleStop::Kafka(e);
+                }
             };
+            crate::metrics::published(&self.config.role, &published, failed.len(), publish_started);
+            drop(spans);
             if !published.committed.is_empty() {
                 if let Err(e) = mark_published(lock, &published.committed).await {
                     // Kafka has them: the next holder of the lock sends them again.
@@ -455,7 +471,7 @@ async fn bounded<T>(call: impl Future<Output = Result<T, sqlx::Error>>) -> Resul
 async fn fetch_except(conn: &mut PgConnection, held: &[String], limit: i64) -> Result<Vec<Row>> {
     bounded(
         sqlx::query_as(
-            "SELECT id, topic, key, event_id, payload FROM outbox
+            "SELECT id, topic, key, event_id, payload, traceparent, tracestate FROM outbox
              WHERE published_at IS NULL AND NOT (key = ANY($1))
              ORDER BY id LIMIT $2",
         )
@@ -469,7 +485,7 @@ async fn fetch_except(conn: &mut PgConnection, held: &[String], limit: i64) -> R
 async fn fetch_only(conn: &mut PgConnection, keys: &[String], limit: i64) -> Result<Vec<Row>> {
     bounded(
         sqlx::query_as(
-            "SELECT id, topic, key, event_id, payload FROM outbox
+            "SELECT id, topic, key, event_id, payload, traceparent, tracestate FROM outbox
              WHERE published_at IS NULL AND key = ANY($1)
              ORDER BY id LIMIT $2",
         )

@@ -25,11 +25,26 @@ CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (id) WHERE published_at 
 CREATE INDEX IF NOT EXISTS outbox_unpublished_key ON outbox (key, id) WHERE published_at IS NULL;
 "#;
 
-/// Runs [`MIGRATION`] on `executor` (a pool or a connection).
+/// The W3C trace context of the request that wrote a row, nullable: `traceparent` and
+/// `tracestate` default to the transaction's `outbox.traceparent` / `outbox.tracestate`
+/// settings, which [`crate::Outbox::enqueue`] sets only when tracing is on, so no insert
+/// statement names these columns. [`migrate`] runs it after [`MIGRATION`]; a service with
+/// migrations of its own copies it into one.
+pub const TRACE_CONTEXT_MIGRATION: &str = r#"
+ALTER TABLE outbox
+    ADD COLUMN IF NOT EXISTS traceparent TEXT
+        DEFAULT NULLIF(current_setting('outbox.traceparent', true), ''),
+    ADD COLUMN IF NOT EXISTS tracestate TEXT
+        DEFAULT NULLIF(current_setting('outbox.tracestate', true), '');
+"#;
+
+/// Runs [`MIGRATION`] and [`TRACE_CONTEXT_MIGRATION`] on `executor` (a pool or a connection).
 pub async fn migrate<'c, E>(executor: E) -> Result<()>
 where
     E: Executor<'c, Database = Postgres>,
 {
-    executor.execute(sqlx::raw_sql(MIGRATION)).await?;
+    executor
+        .execute(sqlx::raw_sql(&format!("{MIGRATION}{TRACE_CONTEXT_MIGRATION}")))
+        .await?;
     Ok(())
 }

@@ -73,6 +73,7 @@ impl Outbox {
         tx: &mut Transaction<'_, Postgres>,
         events: &[NewEvent],
     ) -> Result<()> {
+        crate::trace::remember(tx).await?;
         let mut keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
         keys.sort_unstable();
         keys.dedup();
@@ -95,6 +96,7 @@ impl Outbox {
         tx: &mut Transaction<'_, Postgres>,
         events: &[NewEvent],
     ) -> Result<()> {
+        crate::trace::remember(tx).await?;
         if events.is_empty() {
             return Ok(());
         }

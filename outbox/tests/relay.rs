@@ -477,6 +477,7 @@ fn record(topic: &str, id: i64) -> Record {
         key: "k".to_owned(),
         event_id: Uuid::new_v4(),
         value: format!("record {id}").into_bytes(),
+        trace: None,
     }
 }
 
