@@ -30,7 +30,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    commerce::telemetry::init();
+    let _telemetry = commerce::telemetry::init();
     let cli = Cli::parse();
     let settings = commerce::configuration::load().context("loading the commerce settings")?;
     let service = match cli.command {

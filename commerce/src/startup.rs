@@ -171,6 +171,8 @@ impl Application {
             .route("/health", get(health))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(TraceLayer::new_for_http());
+        // A server span, request count and latency per route + status, and `GET /metrics`.
+        let app = telemetry::http::instrument(app);
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await;

@@ -1,13 +1,9 @@
-//! Tracing setup. `RUST_LOG` overrides the default filter.
+//! Logs, traces and metrics for the CRM process, through the shared `telemetry` layer:
+//! `RUST_LOG` filters logs; `OTEL_EXPORTER_ZIPKIN_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! turns span export on (service name `crm`); metrics are served at `GET /metrics`.
 
-use tracing_subscriber::EnvFilter;
-
-/// Installs a fmt subscriber; a second call (several tests in one process) is a no-op.
-pub fn init() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,rdkafka=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true)
-        .try_init();
+/// Installs it all; a second call (several tests in one process) changes nothing. Keep the
+/// guard until the process ends: dropping it flushes and stops span export.
+pub fn init() -> telemetry::Guard {
+    telemetry::init("crm")
 }

@@ -29,13 +29,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs (`RUST_LOG`), span export when configured by environment, `GET /metrics`.
+    let _telemetry = telemetry::init("iot-platform");
     let settings = Settings::load()?;
     match Cli::parse().command.unwrap_or(Command::Serve) {
         Command::Serve => {

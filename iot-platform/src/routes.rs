@@ -47,11 +47,12 @@ impl<S: Clone> AppState<S> {
 }
 
 pub fn router<S: Store + Clone>(state: Arc<AppState<S>>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/mandates/{connection_id}", get(mandate::<S>))
         .route("/", get(classic_mandate::<S>))
-        .route("/health", get(health::<S>))
-        .with_state(state)
+        .route("/health", get(health::<S>));
+    // A server span, request count and latency per route + status, and `GET /metrics`.
+    telemetry::http::instrument(routes).with_state(state)
 }
 
 /// `GET /mandates/{connectionId}`

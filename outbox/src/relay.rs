@@ -47,7 +47,8 @@ pub struct Row {
     pub key: String,
     pub event_id: Uuid,
     pub payload: serde_json::Value,
-    /// The W3C trace context stored with the row (`None` when it was written untraced).
+    /// The W3C trace context stored with the row (`None` when it was written untraced, or
+    /// the table predates [`crate::schema::TRACE_CONTEXT_MIGRATION`]).
     #[sqlx(default)]
     pub traceparent: Option<String>,
     #[sqlx(default)]
@@ -471,7 +472,8 @@ async fn bounded<T>(call: impl Future<Output = Result<T, sqlx::Error>>) -> Resul
 async fn fetch_except(conn: &mut PgConnection, held: &[String], limit: i64) -> Result<Vec<Row>> {
     bounded(
         sqlx::query_as(
-            "SELECT id, topic, key, event_id, payload, traceparent, tracestate FROM outbox
+            "-- every column: traceparent/tracestate exist only after TRACE_CONTEXT_MIGRATION
+             SELECT * FROM outbox
              WHERE published_at IS NULL AND NOT (key = ANY($1))
              ORDER BY id LIMIT $2",
         )
@@ -485,7 +487,8 @@ async fn fetch_except(conn: &mut PgConnection, held: &[String], limit: i64) -> R
 async fn fetch_only(conn: &mut PgConnection, keys: &[String], limit: i64) -> Result<Vec<Row>> {
     bounded(
         sqlx::query_as(
-            "SELECT id, topic, key, event_id, payload, traceparent, tracestate FROM outbox
+            "-- every column: traceparent/tracestate exist only after TRACE_CONTEXT_MIGRATION
+             SELECT * FROM outbox
              WHERE published_at IS NULL AND key = ANY($1)
              ORDER BY id LIMIT $2",
         )

@@ -164,6 +164,83 @@ pub const COMMERCE_DELIVERY_EVENTS: TopicSpec = TopicSpec {
     value_schema: Some(include_str!("../schemas/commerce-delivery-event.avsc")),
 };
 
+/// Result changes of the `product-catalogue` continuous query (`queries` crate): Every product with name, price, stock, review count and average rating.
+/// Compacted (the newest change per result key is the current result) and one partition, so
+/// the query's sequence numbers are in offset order.
+pub const QUERIES_PRODUCT_CATALOGUE: TopicSpec = TopicSpec {
+    name: "queries.product-catalogue",
+    partitions: 1,
+    replication_factor: 2,
+    cleanup_policy: CleanupPolicy::Compact,
+    retention: Retention::Forever,
+    key: KeyFormat::Utf8String,
+    value_schema: Some(include_str!("../schemas/queries-product-catalogue.avsc")),
+};
+
+/// Result changes of the `low-stock` continuous query (`queries` crate): Products entering (added) and leaving (deleted) 0 < stock < 20.
+/// Compacted (the newest change per result key is the current result) and one partition, so
+/// the query's sequence numbers are in offset order.
+pub const QUERIES_LOW_STOCK: TopicSpec = TopicSpec {
+    name: "queries.low-stock",
+    partitions: 1,
+    replication_factor: 2,
+    cleanup_policy: CleanupPolicy::Compact,
+    retention: Retention::Forever,
+    key: KeyFormat::Utf8String,
+    value_schema: Some(include_str!("../schemas/queries-low-stock.avsc")),
+};
+
+/// Result changes of the `critical-stock` continuous query (`queries` crate): Products entering (added) and leaving (deleted) stock < 5.
+/// Compacted (the newest change per result key is the current result) and one partition, so
+/// the query's sequence numbers are in offset order.
+pub const QUERIES_CRITICAL_STOCK: TopicSpec = TopicSpec {
+    name: "queries.critical-stock",
+    partitions: 1,
+    replication_factor: 2,
+    cleanup_policy: CleanupPolicy::Compact,
+    retention: Retention::Forever,
+    key: KeyFormat::Utf8String,
+    value_schema: Some(include_str!("../schemas/queries-critical-stock.avsc")),
+};
+
+/// Result changes of the `at-risk-orders` continuous query (`queries` crate): Processing orders whose product's stock is below the ordered quantity.
+/// Compacted (the newest change per result key is the current result) and one partition, so
+/// the query's sequence numbers are in offset order.
+pub const QUERIES_AT_RISK_ORDERS: TopicSpec = TopicSpec {
+    name: "queries.at-risk-orders",
+    partitions: 1,
+    replication_factor: 2,
+    cleanup_policy: CleanupPolicy::Compact,
+    retention: Retention::Forever,
+    key: KeyFormat::Utf8String,
+    value_schema: Some(include_str!("../schemas/queries-at-risk-orders.avsc")),
+};
+
+/// Result changes of the `delayed-gold-orders` continuous query (`queries` crate): Gold customers' orders still Processing the configured delay after creation.
+/// Compacted (the newest change per result key is the current result) and one partition, so
+/// the query's sequence numbers are in offset order.
+pub const QUERIES_DELAYED_GOLD_ORDERS: TopicSpec = TopicSpec {
+    name: "queries.delayed-gold-orders",
+    partitions: 1,
+    replication_factor: 2,
+    cleanup_policy: CleanupPolicy::Compact,
+    retention: Retention::Forever,
+    key: KeyFormat::Utf8String,
+    value_schema: Some(include_str!("../schemas/queries-delayed-gold-orders.avsc")),
+};
+
+/// Records the commerce services' consumers (users, delivery) can never apply, with a header
+/// saying why: kept as they came.
+pub const COMMERCE_DEAD_LETTERS: TopicSpec = TopicSpec {
+    name: "commerce.dead-letter",
+    partitions: 1,
+    replication_factor: 2,
+    cleanup_policy: CleanupPolicy::Delete,
+    retention: Retention::For(Duration::from_secs(30 * 24 * 3600)),
+    key: KeyFormat::Utf8String,
+    value_schema: None,
+};
+
 /// Every topic of the platform.
 pub const CATALOGUE: &[TopicSpec] = &[
     CONNECTION_MANDATES,
@@ -172,6 +249,11 @@ pub const CATALOGUE: &[TopicSpec] = &[
     COMMERCE_STOCK_EVENTS,
     COMMERCE_USER_EVENTS,
     COMMERCE_DELIVERY_EVENTS,
+    QUERIES_PRODUCT_CATALOGUE,
+    QUERIES_LOW_STOCK,
+    QUERIES_CRITICAL_STOCK,
+    QUERIES_AT_RISK_ORDERS,
+    QUERIES_DELAYED_GOLD_ORDERS,
 ];
 
 /// Looks a topic up by name in the catalogue.

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 /// seed.
 pub fn test_settings() -> Settings {
     if std::env::var_os("TEST_LOG").is_some() {
-        commerce::telemetry::init();
+        let _log = commerce::telemetry::init();
     }
     let mut settings = commerce::configuration::load().expect("settings load");
     settings.products_database = testkit::unique("commerce_test_products");

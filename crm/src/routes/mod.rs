@@ -18,7 +18,7 @@ use crate::error::ApiError;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub fn router(pool: PgPool) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/", get(classic::customer_by_query))
         .route("/customers", get(customers::list).post(customers::create))
         .route(
@@ -27,8 +27,9 @@ pub fn router(pool: PgPool) -> Router {
         )
         .route("/health", get(|| async { StatusCode::OK }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TraceLayer::new_for_http())
-        .with_state(pool)
+        .layer(TraceLayer::new_for_http());
+    // A server span, request count and latency per route + status, and `GET /metrics`.
+    telemetry::http::instrument(routes).with_state(pool)
 }
 
 /// `axum::Json`, except that every way a body can be unusable is a 400 with a JSON message:

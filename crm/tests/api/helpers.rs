@@ -26,7 +26,7 @@ use uuid::Uuid;
 /// test's own, an ephemeral port and a seed file with no customers.
 pub fn test_settings() -> Settings {
     if std::env::var_os("TEST_LOG").is_some() {
-        crm::telemetry::init();
+        let _log = crm::telemetry::init();
     }
     let mut settings = crm::configuration::load().expect("settings load");
     settings.crm_database = format!("crm_test_{}", Uuid::new_v4().simple());

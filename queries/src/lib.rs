@@ -1,0 +1,30 @@
+//! Continuous queries over the commerce databases' change topics, maintained incrementally by
+//! differential dataflow, each publishing its result changes (added / updated / deleted) to a
+//! compacted topic of its own.
+//!
+//! - [`declared`]: the queries, declared in one place (key, columns, dataflow).
+//! - [`query`]: what a query is ([`query::Query`]) and the collections it reads ([`query::Inputs`]).
+//! - [`row`]: result columns and cells.
+//! - [`model`]: the source tables' rows, parsed at the edge from the connector's records.
+//! - [`cdc`]: Debezium envelopes as upserts and deletes of source rows.
+//! - [`avro`]: generic decoding of Confluent-framed Avro with writer schemas from the registry.
+//! - [`engine`]: the differential-dataflow worker and the per-table state feeding it.
+//! - [`results`]: result changes, their Avro contract, reading a result topic back.
+//! - [`runner`]: the engine's life: recover (replay sources, diff against what was
+//!   published), then follow the sources and the clock, publishing in Kafka transactions.
+//! - [`settings`]: the engine's layered settings.
+//! - [`error`]: the error type; [`Error::is_retryable`].
+
+pub mod avro;
+pub mod cdc;
+pub mod declared;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod query;
+pub mod results;
+pub mod row;
+pub mod runner;
+pub mod settings;
+
+pub use error::{Error, Result};

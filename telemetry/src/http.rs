@@ -1,0 +1,89 @@
+//! HTTP server telemetry for axum: [`instrument`] a router once and every route gets a
+//! server span (continuing an incoming W3C `traceparent`), a request counter and a latency
+//! histogram per method, route pattern and status, and the router answers `GET /metrics`.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing::field::Empty;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::names::{HTTP_DURATION, HTTP_REQUESTS};
+
+/// `router` plus `GET /metrics`, with [`track`] on every route (`/metrics` included).
+pub fn instrument<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router
+        .merge(crate::metrics_router())
+        .layer(axum::middleware::from_fn(track))
+}
+
+/// The middleware behind [`instrument`]: `Router::layer(axum::middleware::from_fn(track))`.
+/// Requests no route matched are labelled `route="unmatched"`.
+pub async fn track(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let span = tracing::info_span!(
+        "http request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = %method,
+        http.route = %route,
+        url.path = %request.uri().path(),
+        http.response.status_code = Empty,
+    );
+    if crate::enabled() {
+        let parent = TraceContextPropagator::new().extract(&Headers(request.headers()));
+        let _ = span.set_parent(parent);
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", status.as_u16().to_string()),
+    ];
+    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!(HTTP_DURATION, &labels).record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Outgoing calls (one service calling another): `traceparent` / `tracestate` of the current
+/// span, to add to the request's headers. Empty when tracing is off.
+pub fn outgoing_headers() -> Vec<(&'static str, String)> {
+    let Some(trace) = crate::TraceContext::current() else {
+        return Vec::new();
+    };
+    let mut headers = vec![(crate::context::TRACEPARENT, trace.traceparent)];
+    if let Some(state) = trace.tracestate {
+        headers.push((crate::context::TRACESTATE, state));
+    }
+    headers
+}
+
+struct Headers<'h>(&'h HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}

@@ -1,0 +1,154 @@
+//! The subscriber: fmt + env filter always, an OpenTelemetry layer only when an exporter is
+//! configured.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+const DEFAULT_FILTER: &str = "info,sqlx=warn,rdkafka=warn";
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static PROVIDER: Mutex<Option<SdkTracerProvider>> = Mutex::new(None);
+
+/// Whether spans go to an exporter in this process. False: no OTel layer was installed, and
+/// the trace helpers do nothing.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Where spans go, as chosen by the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exporter {
+    /// `OTEL_EXPORTER_ZIPKIN_ENDPOINT`, e.g. `http://127.0.0.1:9411/api/v2/spans`.
+    Zipkin(String),
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// (`/v1/traces` appended), OTLP over HTTP/protobuf.
+    Otlp,
+}
+
+impl Exporter {
+    /// The exporter the environment names; Zipkin wins when both are set. Empty values count
+    /// as unset.
+    pub fn from_env() -> Option<Self> {
+        let set = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        if let Some(endpoint) = set("OTEL_EXPORTER_ZIPKIN_ENDPOINT") {
+            return Some(Exporter::Zipkin(endpoint));
+        }
+        if set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+            || set("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        {
+            return Some(Exporter::Otlp);
+        }
+        None
+    }
+}
+
+/// Flushes and shuts the tracer provider down when dropped (end of `main`). Holds nothing
+/// when tracing is off or the subscriber was already installed.
+#[must_use = "spans still buffered are lost when the guard is dropped early"]
+pub struct Guard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            // The batch processor's own thread does the export; this only waits for it.
+            if let Err(e) = provider.shutdown() {
+                eprintln!("telemetry: flushing spans failed: {e}");
+            }
+        }
+    }
+}
+
+/// Installs logging (`RUST_LOG`, default `info,sqlx=warn,rdkafka=warn`, to stderr), the
+/// Prometheus recorder (every metric labelled `service=<service_name>`), and, when
+/// [`Exporter::from_env`] names one, an OpenTelemetry layer exporting spans as
+/// `service_name`. A second call in one process (several services in one test) changes
+/// nothing and returns an empty guard.
+///
+/// An exporter that cannot be built (a malformed endpoint) is reported on stderr and tracing
+/// stays off: telemetry never stops a service from starting.
+pub fn init(service_name: &str) -> Guard {
+    prometheus::install(service_name);
+    let filter = || {
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+    };
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_target(true)
+        .with_writer(std::io::stderr);
+    let provider = match Exporter::from_env().map(|e| provider(&e, service_name)) {
+        Some(Ok(provider)) => Some(provider),
+        Some(Err(e)) => {
+            eprintln!("telemetry: tracing stays off: {e}");
+            None
+        }
+        None => None,
+    };
+    let Some(provider) = provider else {
+        let _ = tracing_subscriber::registry()
+            .with(filter())
+            .with(fmt)
+            .try_init();
+        return Guard { provider: None };
+    };
+    let tracer = provider.tracer(service_name.to_owned());
+    let installed = tracing_subscriber::registry()
+        .with(filter())
+        .with(fmt)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init()
+        .is_ok();
+    if !installed {
+        let _ = provider.shutdown();
+        return Guard { provider: None };
+    }
+    ENABLED.store(true, Ordering::Relaxed);
+    *PROVIDER.lock().unwrap_or_else(|e| e.into_inner()) = Some(provider.clone());
+    Guard {
+        provider: Some(provider),
+    }
+}
+
+/// Exports what is buffered now (tests, before asking the trace store).
+pub fn flush() {
+    if let Some(provider) = PROVIDER.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        let _ = provider.force_flush();
+    }
+}
+
+fn provider(exporter: &Exporter, service_name: &str) -> Result<SdkTracerProvider, String> {
+    let resource = Resource::builder()
+        .with_service_name(service_name.to_owned())
+        .build();
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let builder = match exporter {
+        // Deprecated upstream in favour of OTLP, which the Zipkin server only takes with an
+        // extra module (zipkin-otel) that its exec jar does not bundle: the native JSON v2
+        // API is what a plain `java -jar zipkin-server` answers.
+        #[allow(deprecated)]
+        Exporter::Zipkin(endpoint) => {
+            let exporter = opentelemetry_zipkin::ZipkinExporter::builder()
+                .with_collector_endpoint(endpoint.clone())
+                .build()
+                .map_err(|e| format!("Zipkin exporter for {endpoint}: {e}"))?;
+            builder.with_batch_exporter(exporter)
+        }
+        Exporter::Otlp => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()
+                .map_err(|e| format!("OTLP exporter: {e}"))?;
+            builder.with_batch_exporter(exporter)
+        }
+    };
+    Ok(builder.build())
+}
+
+use crate::prometheus;
