@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
+use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
@@ -143,6 +144,9 @@ struct Shared<S> {
     positions: Mutex<HashMap<i32, Option<i64>>>,
     /// Partitions paused until the registry can decode their next record.
     held: Mutex<HashMap<i32, Held>>,
+    /// Per partition, how often it was (re)positioned: records taken before the partition
+    /// was sought somewhere else are dropped rather than folded across a gap.
+    epochs: Mutex<HashMap<i32, u64>>,
     /// An error found inside the rebalance callback, where it cannot be returned.
     fatal: Mutex<Option<Error>>,
     /// Wakes the loop out of a wait for records when `fatal` was set.
@@ -176,6 +180,18 @@ impl<S: Store> Shared<S> {
             Some(stored) => Ok(Offset::Offset(stored + 1)),
             None => Ok(Offset::Beginning),
         }
+    }
+
+    /// Starts a new epoch of `partition`: it is sought to a new start.
+    fn new_epoch(&self, partition: i32) {
+        *lock(&self.epochs).entry(partition).or_default() += 1;
+    }
+
+    fn epoch(&self, partition: i32) -> u64 {
+        lock(&self.epochs)
+            .get(&partition)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Reads the store's offset of every partition in `assignment` and sets it as the
@@ -215,6 +231,7 @@ impl<S: Store> Shared<S> {
             let start = self.start(partition, stored, watermarks)?;
             assignment.set_partition_offset(&self.topic, partition, start)?;
             lock(&self.positions).insert(partition, stored);
+            self.new_epoch(partition);
             info!(topic = %self.topic, partition, ?stored, ?start, "partition assigned; starting where the store stands");
         }
         Ok(())
@@ -326,6 +343,8 @@ struct Taken<'c, E> {
     message: BorrowedMessage<'c>,
     /// `None`: the record can never decode and is already in the dead-letter topic.
     event: Option<E>,
+    /// The partition's epoch when the record was taken.
+    epoch: u64,
 }
 
 impl<E> Taken<'_, E> {
@@ -339,6 +358,19 @@ impl<E> Taken<'_, E> {
         let header = headers.iter().find(|h| h.key == SEQUENCE_HEADER)?;
         std::str::from_utf8(header.value?).ok()?.parse().ok()
     }
+}
+
+/// One partition's share of a batch, ready to fold.
+struct PartitionWork<'c, E> {
+    partition: i32,
+    /// The partition's epoch when the batch was split.
+    epoch: u64,
+    /// The offset the store has recorded, as far as this projector knows.
+    expected: Option<i64>,
+    /// In offset order, all above `expected`.
+    records: Vec<Taken<'c, E>>,
+    /// The document key of each record (`None`: not decoded).
+    keys: Vec<Option<String>>,
 }
 
 /// A document while a batch folds into it.
@@ -367,6 +399,7 @@ impl<P: Projection, S: Store> Projector<P, S> {
             status: Arc::new(ProjectorStatus::default()),
             positions: Mutex::default(),
             held: Mutex::default(),
+            epochs: Mutex::default(),
             fatal: Mutex::default(),
             wake: Notify::new(),
             stopping: Arc::default(),
@@ -423,6 +456,8 @@ impl<P: Projection, S: Store> Projector<P, S> {
         &self,
         mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Result<()> {
+        // Records taken while the previous batch was being written: the next batch.
+        let mut next = Vec::with_capacity(self.settings.max_batch);
         loop {
             if let Some(e) = lock(&self.shared.fatal).take() {
                 return Err(e);
@@ -431,8 +466,19 @@ impl<P: Projection, S: Store> Projector<P, S> {
             // interrupts them. An interrupted batch was never committed, so its records are
             // redelivered to whoever owns the partitions next.
             let step = async {
-                let taken = self.next_batch().await?;
-                self.apply(taken).await
+                // Under a steady flow the wait below never runs: held partitions whose delay
+                // is over are resumed here too.
+                self.resume_due().await?;
+                if next.is_empty() {
+                    self.wait_for_record(&mut next).await?;
+                }
+                self.take_fetched(&mut next).await?;
+                if next.is_empty() {
+                    return Ok(());
+                }
+                let batch =
+                    std::mem::replace(&mut next, Vec::with_capacity(self.settings.max_batch));
+                self.apply_while_taking(batch, &mut next).await
             };
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
@@ -441,10 +487,9 @@ impl<P: Projection, S: Store> Projector<P, S> {
         }
     }
 
-    /// Waits for a record, then takes whatever else is already fetched, up to `max_batch`.
-    /// Returns early (maybe empty) when the rebalance callback found a fatal error.
-    async fn next_batch(&self) -> Result<Vec<Taken<'_, P::Event>>> {
-        let mut taken = Vec::with_capacity(self.settings.max_batch);
+    /// Waits until a record is taken into `taken`. Returns early (maybe with nothing) when the
+    /// rebalance callback found a fatal error.
+    async fn wait_for_record<'c>(&'c self, taken: &mut Vec<Taken<'c, P::Event>>) -> Result<()> {
         while taken.is_empty() {
             let retry_at = lock(&self.shared.held)
                 .values()
@@ -461,7 +506,7 @@ impl<P: Projection, S: Store> Projector<P, S> {
                         continue;
                     }
                 },
-                () = self.shared.wake.notified() => return Ok(taken),
+                () = self.shared.wake.notified() => return Ok(()),
                 () = sleep_until(retry_at) => {
                     self.resume_due().await?;
                     continue;
@@ -471,20 +516,55 @@ impl<P: Projection, S: Store> Projector<P, S> {
                     continue;
                 }
             };
-            if let Some(record) = self.take(message).await? {
-                taken.push(record);
-            }
+            taken.extend(self.take(message).await?);
         }
-        while taken.len() < self.settings.max_batch {
-            match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
-                Ok(Ok(message)) => taken.extend(self.take(message).await?),
-                Ok(Err(e)) => warn!(error = %e, "consumer error"),
-                Err(_) => break,
-            }
-        }
-        Ok(taken)
+        Ok(())
     }
 
+    /// Takes whatever is already fetched into `taken`, up to `max_batch`, without waiting.
+    async fn take_fetched<'c>(&'c self, taken: &mut Vec<Taken<'c, P::Event>>) -> Result<()> {
+        while taken.len() < self.settings.max_batch {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(message)) => taken.extend(self.take(message).await?),
+                Some(Err(e)) => {
+                    warn!(error = %e, "consumer error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `batch` and, while the store works, takes and decodes the records that arrive
+    /// into `next` (up to `max_batch`). Batches so size themselves: under a backlog the next
+    /// one fills while the store writes this one; when live, a record is written as soon
+    /// as it arrives.
+    async fn apply_while_taking<'c>(
+        &'c self,
+        batch: Vec<Taken<'c, P::Event>>,
+        next: &mut Vec<Taken<'c, P::Event>>,
+    ) -> Result<()> {
+        let write = self.apply(batch);
+        tokio::pin!(write);
+        let mut taking = true;
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut write => return result,
+                received = self.consumer.recv(), if taking && next.len() < self.settings.max_batch => {
+                    match received {
+                        Ok(message) => next.extend(self.take(message).await?),
+                        Err(e) => {
+                            // Not again until this batch is written: an error must not spin.
+                            warn!(error = %e, "consumer error");
+                            taking = false;
+                        }
+                    }
+                }
+            }
+        }
+    }
     /// Decodes a record; one that can never decode goes to the dead-letter topic. An
     /// unreachable registry, or one that does not know the record's schema id yet, holds the
     /// record's partition (`None`): a registry that lost its schemas must not turn good events
@@ -503,6 +583,7 @@ impl<P: Projection, S: Store> Projector<P, S> {
             Ok(event) => {
                 self.release(partition);
                 Ok(Some(Taken {
+                    epoch: self.shared.epoch(partition),
                     message,
                     event: Some(event),
                 }))
@@ -515,6 +596,7 @@ impl<P: Projection, S: Store> Projector<P, S> {
                 self.release(partition);
                 self.dead_letter(&message, &e.to_string()).await?;
                 Ok(Some(Taken {
+                    epoch: self.shared.epoch(partition),
                     message,
                     event: None,
                 }))
@@ -681,17 +763,21 @@ impl<P: Projection, S: Store> Projector<P, S> {
         Ok(())
     }
 
-    /// Folds and writes the batch partition by partition, then commits the offsets to Kafka.
+    /// Folds and writes the batch, the partitions side by side (one after the other when a
+    /// document key is folded from two partitions), then commits the offsets to Kafka.
     async fn apply(&self, taken: Vec<Taken<'_, P::Event>>) -> Result<()> {
-        let mut partitions: HashMap<i32, Vec<Taken<'_, P::Event>>> = HashMap::new();
+        let mut partitions: BTreeMap<i32, Vec<Taken<'_, P::Event>>> = BTreeMap::new();
         for record in taken {
             partitions
                 .entry(record.message.partition())
                 .or_default()
                 .push(record);
         }
-        let mut commits = TopicPartitionList::new();
+        let mut work = Vec::with_capacity(partitions.len());
         for (partition, mut records) in partitions {
+            // Taken before the partition was sought elsewhere: it is read again from there.
+            let epoch = self.shared.epoch(partition);
+            records.retain(|r| r.epoch == epoch);
             records.sort_by_key(Taken::offset);
             // Not ours any more (revoked while the batch was fetched): the new owner folds them.
             let Some(expected) = lock(&self.shared.positions).get(&partition).copied() else {
@@ -699,23 +785,45 @@ impl<P: Projection, S: Store> Projector<P, S> {
             };
             // Redelivered below what the store has: applied already.
             records.retain(|r| r.offset() > expected.unwrap_or(-1));
-            let Some(last) = records.last().map(Taken::offset) else {
+            if records.is_empty() {
                 continue;
-            };
-            // Records dead-lettered while folding, so the event-by-event path does not send
-            // them twice.
-            let mut dead = HashSet::new();
-            let written = match self.write(partition, expected, &records, &mut dead).await {
-                Err(e @ Error::Rejected { .. }) => {
-                    warn!(error = %e, partition, "the store refused part of a batch; writing it event by event");
-                    self.write_one_by_one(partition, expected, &records, &mut dead)
-                        .await
-                }
-                written => written,
-            };
-            match written {
-                Ok(recorded) => {
-                    lock(&self.shared.positions).insert(partition, Some(recorded));
+            }
+            let keys = records
+                .iter()
+                .map(|r| r.event.as_ref().map(|e| self.projection.key(e)))
+                .collect();
+            work.push(PartitionWork {
+                partition,
+                epoch,
+                expected,
+                records,
+                keys,
+            });
+        }
+        // A fold that reads state must see the write of the same key from another partition.
+        let side_by_side = !self.projection.reads_state() || {
+            let mut owners: HashMap<&str, i32> = HashMap::new();
+            work.iter().all(|w| {
+                w.keys
+                    .iter()
+                    .flatten()
+                    .all(|k| *owners.entry(k.as_str()).or_insert(w.partition) == w.partition)
+            })
+        };
+        let outcomes = if side_by_side {
+            futures::future::join_all(work.iter().map(|w| self.apply_partition(w))).await
+        } else {
+            let mut outcomes = Vec::with_capacity(work.len());
+            for w in &work {
+                outcomes.push(self.apply_partition(w).await);
+            }
+            outcomes
+        };
+        let mut commits = TopicPartitionList::new();
+        let mut failed = None;
+        for outcome in outcomes {
+            match outcome {
+                Ok(Some((partition, last))) => {
                     commits.add_partition_offset(
                         &self.settings.topic,
                         partition,
@@ -727,13 +835,10 @@ impl<P: Projection, S: Store> Projector<P, S> {
                         element.set_metadata(topics::groups::STORE_OWNED_METADATA);
                     }
                 }
-                Err(Error::OffsetMoved {
-                    expected, found, ..
-                }) => {
-                    warn!(partition, ?expected, ?found, "the store's offset moved under the projector; folding again from what the store has");
-                    self.reposition(partition).await?;
+                Ok(None) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
                 }
-                Err(e) => return Err(e),
             }
         }
         if commits.count() > 0 {
@@ -741,34 +846,73 @@ impl<P: Projection, S: Store> Projector<P, S> {
                 debug!(error = %e, "commit deferred to the next batch");
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Folds and writes one partition's records. Returns the partition and its last offset
+    /// when written, `None` when the partition was sought back to the store (or moved away).
+    async fn apply_partition(&self, w: &PartitionWork<'_, P::Event>) -> Result<Option<(i32, i64)>> {
+        let partition = w.partition;
+        // Records dead-lettered while folding, so the event-by-event path does not send
+        // them twice.
+        let mut dead = HashSet::new();
+        let written = match self
+            .write(partition, w.expected, &w.records, &w.keys, &mut dead)
+            .await
+        {
+            Err(e @ Error::Rejected { .. }) => {
+                warn!(error = %e, partition, "the store refused part of a batch; writing it event by event");
+                self.write_one_by_one(partition, w.expected, &w.records, &w.keys, &mut dead)
+                    .await
+            }
+            written => written,
+        };
+        match written {
+            Ok(recorded) => {
+                // Revoked or positioned again while writing: the position is the new one's.
+                if self.shared.epoch(partition) != w.epoch {
+                    return Ok(None);
+                }
+                let mut positions = lock(&self.shared.positions);
+                let Some(position) = positions.get_mut(&partition) else {
+                    return Ok(None);
+                };
+                *position = Some(recorded);
+                Ok(w.records.last().map(|r| (partition, r.offset())))
+            }
+            Err(Error::OffsetMoved {
+                expected, found, ..
+            }) => {
+                warn!(partition, ?expected, ?found, "the store's offset moved under the projector; folding again from what the store has");
+                self.reposition(partition).await?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Folds one partition's records into their documents and writes them with the
     /// partition's last offset, waiting out store outages. Returns the recorded offset.
-    /// Records whose document the store refuses are dead-lettered (before the write, so a
-    /// crash never records their offset without them) and added to `dead`.
+    /// `keys[i]` is the document key of `records[i]` (`None`: not decoded). Records whose
+    /// document the store refuses are dead-lettered (before the write, so a crash never
+    /// records their offset without them) and added to `dead`.
     async fn write(
         &self,
         partition: i32,
         expected: Option<i64>,
         records: &[Taken<'_, P::Event>],
+        keys: &[Option<String>],
         dead: &mut HashSet<i64>,
     ) -> Result<i64> {
-        // Each decoded record with the key of the document it folds into.
-        let keyed: Vec<(String, &Taken<'_, P::Event>)> = records
-            .iter()
-            .filter_map(|r| r.event.as_ref().map(|e| (self.projection.key(e), r)))
-            .collect();
-        let mut documents: HashMap<&str, Working> = HashMap::new();
+        let mut documents: HashMap<&str, Working> = HashMap::with_capacity(records.len());
         if self.projection.reads_state() {
-            let mut keys: Vec<&str> = keyed.iter().map(|(k, ..)| k.as_str()).collect();
-            keys.sort_unstable();
-            keys.dedup();
+            let mut wanted: Vec<&str> = keys.iter().flatten().map(String::as_str).collect();
+            wanted.sort_unstable();
+            wanted.dedup();
             let stored = self
-                .patiently(partition, || self.store().load(&keys))
+                .patiently(partition, || self.store().load(&wanted))
                 .await?;
-            for (key, stored) in keys.into_iter().zip(stored) {
+            for (key, stored) in wanted.into_iter().zip(stored) {
                 documents.insert(
                     key,
                     Working {
@@ -780,8 +924,8 @@ impl<P: Projection, S: Store> Projector<P, S> {
             }
         }
         let (mut applied, mut duplicates) = (0, 0);
-        for (key, record) in &keyed {
-            let Some(event) = &record.event else {
+        for (record, key) in records.iter().zip(keys) {
+            let (Some(event), Some(key)) = (&record.event, key) else {
                 continue;
             };
             if dead.contains(&record.offset()) {
@@ -803,7 +947,7 @@ impl<P: Projection, S: Store> Projector<P, S> {
                 }
             }
             let folded = self.projection.fold(document.state.as_ref(), event);
-            if let Some(reason) = self.store().refuses(&change(key, folded.clone())) {
+            if let Some(reason) = self.store().refuses_document(key, folded.as_ref()) {
                 self.dead_letter(&record.message, &reason).await?;
                 dead.insert(record.offset());
                 continue;
@@ -845,11 +989,15 @@ impl<P: Projection, S: Store> Projector<P, S> {
         partition: i32,
         mut expected: Option<i64>,
         records: &[Taken<'_, P::Event>],
+        keys: &[Option<String>],
         dead: &mut HashSet<i64>,
     ) -> Result<i64> {
         for (i, record) in records.iter().enumerate() {
             let one = &records[i..=i];
-            let recorded = match self.write(partition, expected, one, dead).await {
+            let recorded = match self
+                .write(partition, expected, one, &keys[i..=i], dead)
+                .await
+            {
                 Err(Error::Rejected { message, .. }) => {
                     self.dead_letter(&record.message, &message).await?;
                     dead.insert(record.offset());
@@ -871,10 +1019,18 @@ impl<P: Projection, S: Store> Projector<P, S> {
         // Callers pass at least one record, so something was recorded.
         Ok(expected.unwrap_or(-1))
     }
-
     /// Seeks `partition` to where the store stands, after the store's offset moved.
     async fn reposition(&self, partition: i32) -> Result<()> {
         let topic = self.settings.topic.clone();
+        // Records of the next batch are taken while this one is written: pausing discards
+        // what was fetched from the old position, and the new epoch drops what was taken
+        // from it already, so only records from the new start are folded.
+        let mut paused = TopicPartitionList::new();
+        paused.add_partition(&topic, partition);
+        if let Err(e) = self.consumer.pause(&paused) {
+            warn!(error = %e, partition, "pausing a partition failed");
+        }
+        self.shared.new_epoch(partition);
         let stored = self
             .patiently(partition, || self.store().applied_offset(&topic, partition))
             .await?;

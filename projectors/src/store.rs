@@ -57,6 +57,19 @@ pub trait Store: Send + Sync + 'static {
     /// Why the store could never hold `change` (a key or document beyond its limits), if so.
     fn refuses(&self, change: &Change) -> Option<String>;
 
+    /// [`Store::refuses`] for the put (`Some`) or delete (`None`) of `key`, without building
+    /// the change: the projector asks it for every event it folds.
+    fn refuses_document(&self, key: &str, document: Option<&Value>) -> Option<String> {
+        let key = key.to_owned();
+        self.refuses(&match document {
+            Some(document) => Change::Put {
+                key,
+                document: document.clone(),
+            },
+            None => Change::Delete { key },
+        })
+    }
+
     /// The offset last applied for a partition, if any.
     fn applied_offset(
         &self,

@@ -109,6 +109,13 @@ impl Store for AnyStore {
         }
     }
 
+    fn refuses_document(&self, key: &str, document: Option<&Value>) -> Option<String> {
+        match self {
+            AnyStore::Redis(s) => s.refuses_document(key, document),
+            AnyStore::Mysql(s) => s.refuses_document(key, document),
+        }
+    }
+
     async fn load(&self, keys: &[&str]) -> Result<Vec<Stored>> {
         match self {
             AnyStore::Redis(s) => s.load(keys).await,

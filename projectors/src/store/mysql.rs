@@ -240,6 +240,24 @@ fn utf8(key: Vec<u8>) -> String {
     String::from_utf8(key).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// The length of `document` as JSON text, counted without building the text.
+fn json_len(document: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` into a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, document);
+    count.0
+}
+
 fn is_missing_table(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(NO_SUCH_TABLE))
 }
@@ -451,22 +469,25 @@ impl Store for MysqlStore {
     }
 
     fn refuses(&self, change: &Change) -> Option<String> {
-        let key = change.key();
+        match change {
+            Change::Put { key, document } => self.refuses_document(key, Some(document)),
+            Change::Delete { key } => self.refuses_document(key, None),
+        }
+    }
+
+    fn refuses_document(&self, key: &str, document: Option<&Value>) -> Option<String> {
         let chars = key.chars().count();
         if chars > MAX_KEY_CHARS {
             return Some(format!(
                 "key of {chars} characters is longer than the mysql store's {MAX_KEY_CHARS}"
             ));
         }
-        match change {
-            Change::Put { document, .. } => {
-                let bytes = document.to_string().len();
-                (bytes > MAX_DOCUMENT_BYTES).then(|| {
-                    format!("document of {bytes} bytes is larger than the mysql store's {MAX_DOCUMENT_BYTES}")
-                })
-            }
-            Change::Delete { .. } => None,
-        }
+        let bytes = json_len(document?);
+        (bytes > MAX_DOCUMENT_BYTES).then(|| {
+            format!(
+                "document of {bytes} bytes is larger than the mysql store's {MAX_DOCUMENT_BYTES}"
+            )
+        })
     }
 
     async fn load(&self, keys: &[&str]) -> Result<Vec<Stored>> {

@@ -123,6 +123,10 @@ impl Store for RedisStore {
         None
     }
 
+    fn refuses_document(&self, _key: &str, _document: Option<&Value>) -> Option<String> {
+        None
+    }
+
     async fn load(&self, keys: &[&str]) -> Result<Vec<Stored>> {
         if keys.is_empty() {
             return Ok(Vec::new());
