@@ -760,6 +760,8 @@ impl<P: Projection, S: Store> Projector<P, S> {
             .status
             .dead_lettered
             .fetch_add(1, Ordering::Relaxed);
+        telemetry::metrics::counter!(telemetry::names::PROJECTOR_DEAD_LETTERED, "group" => self.settings.group_id.clone())
+            .increment(1);
         Ok(())
     }
 
@@ -904,6 +906,7 @@ impl<P: Projection, S: Store> Projector<P, S> {
         keys: &[Option<String>],
         dead: &mut HashSet<i64>,
     ) -> Result<i64> {
+        let started = Instant::now();
         let mut documents: HashMap<&str, Working> = HashMap::with_capacity(records.len());
         if self.projection.reads_state() {
             let mut wanted: Vec<&str> = keys.iter().flatten().map(String::as_str).collect();
@@ -973,9 +976,21 @@ impl<P: Projection, S: Store> Projector<P, S> {
                 })
                 .collect(),
         };
+        // Consumer spans of the records that carry a trace context, over the store write;
+        // none at all when tracing is off.
+        let _traces = telemetry::messaging::process_spans(
+            records.iter().map(|r| &r.message),
+            &self.settings.group_id,
+            self.projection.name(),
+        );
         let recorded = self
             .patiently(partition, || self.store().write(&batch))
             .await?;
+        let group = self.settings.group_id.clone();
+        telemetry::metrics::histogram!(telemetry::names::PROJECTOR_BATCH_DURATION, "group" => group.clone())
+            .record(started.elapsed().as_secs_f64());
+        telemetry::metrics::counter!(telemetry::names::PROJECTOR_APPLIED, "group" => group)
+            .increment(applied);
         let status = &self.shared.status;
         status.applied.fetch_add(applied, Ordering::Relaxed);
         status.duplicates.fetch_add(duplicates, Ordering::Relaxed);
