@@ -1,4 +1,4 @@
-//! The commerce services' settings, one file for all four. Field names are flat because env
+//! The commerce services' settings, one file for all of them. Field names are flat because env
 //! names map onto them one to one (`ORDERS_LISTEN_ADDR` sets `orders_listen_addr`); see
 //! [`topics::settings`]. The file is named by `COMMERCE_CONFIG`.
 
@@ -25,6 +25,29 @@ pub struct Settings {
     pub orders_listen_addr: String,
     pub reviews_database: String,
     pub reviews_listen_addr: String,
+    pub users_database: String,
+    pub users_listen_addr: String,
+    pub delivery_database: String,
+    pub delivery_listen_addr: String,
+    /// The MySQL server of the users and delivery read models (platform-wide `MYSQL_URL`).
+    pub mysql_url: String,
+    /// The connector's change topic of the users database, which the users read model folds.
+    pub users_changes_topic: String,
+    /// The users read model's namespace in the MySQL store.
+    pub users_read_model: String,
+    /// The consumer groups of the users service (`<group>.read-model`, `<group>.deliveries`).
+    pub users_group: String,
+    /// The packages read model's namespace in the MySQL store.
+    pub delivery_read_model: String,
+    /// The consumer groups of the delivery service (`<group>.read-model`, `.orders`, `.users`).
+    pub delivery_group: String,
+    /// Where the delivery service marks a delivered package's order Delivered.
+    pub delivery_orders_url: String,
+    /// How often the delivery service looks for queued packages and free agents, and retries
+    /// what it owes the orders service (it also looks at once after every change).
+    pub delivery_dispatch_interval_ms: u64,
+    /// Where the users and delivery services' consumers put records that can never apply.
+    pub commerce_dead_letter_topic: String,
     /// Where the orders service reaches the products service's reservation API.
     pub orders_products_url: String,
     /// How long one call to the products service may take before it counts as failed.
@@ -56,6 +79,19 @@ impl Default for Settings {
             orders_listen_addr: "127.0.0.1:3012".to_owned(),
             reviews_database: "commerce_reviews".to_owned(),
             reviews_listen_addr: "127.0.0.1:3013".to_owned(),
+            users_database: "commerce_users".to_owned(),
+            users_listen_addr: "127.0.0.1:3017".to_owned(),
+            delivery_database: "commerce_delivery".to_owned(),
+            delivery_listen_addr: "127.0.0.1:3018".to_owned(),
+            mysql_url: "mysql://platform:platform@127.0.0.1:3306/platform".to_owned(),
+            users_changes_topic: "commerce.users.public.users".to_owned(),
+            users_read_model: "commerce:users".to_owned(),
+            users_group: "commerce-users".to_owned(),
+            delivery_read_model: "commerce:packages".to_owned(),
+            delivery_group: "commerce-delivery".to_owned(),
+            delivery_orders_url: "http://127.0.0.1:3012".to_owned(),
+            delivery_dispatch_interval_ms: 500,
+            commerce_dead_letter_topic: topics::spec::COMMERCE_DEAD_LETTERS.name.to_owned(),
             orders_products_url: "http://127.0.0.1:3010".to_owned(),
             orders_products_timeout_ms: 5_000,
             orders_pending_timeout_ms: 30_000,
@@ -79,6 +115,8 @@ impl Settings {
             Service::Customers => &self.customers_database,
             Service::Orders => &self.orders_database,
             Service::Reviews => &self.reviews_database,
+            Service::Users => &self.users_database,
+            Service::Delivery => &self.delivery_database,
         }
     }
 
@@ -88,6 +126,8 @@ impl Settings {
             Service::Customers => &self.customers_listen_addr,
             Service::Orders => &self.orders_listen_addr,
             Service::Reviews => &self.reviews_listen_addr,
+            Service::Users => &self.users_listen_addr,
+            Service::Delivery => &self.delivery_listen_addr,
         }
     }
 
@@ -102,6 +142,10 @@ impl Settings {
 
     pub fn pending_timeout(&self) -> Duration {
         Duration::from_millis(self.orders_pending_timeout_ms)
+    }
+
+    pub fn dispatch_interval(&self) -> Duration {
+        Duration::from_millis(self.delivery_dispatch_interval_ms.max(1))
     }
 
     pub fn sweep_interval(&self) -> Duration {

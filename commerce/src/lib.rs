@@ -7,6 +7,10 @@
 //! - [`orders`]: orders, placed by reserving stock at the products service, and their status
 //!   life cycle; the sweeper that fails stuck orders and releases what they held.
 //! - [`reviews`]: product reviews.
+//! - [`users`]: customers, admins and delivery agents (soft delete), and the state query over
+//!   their read model.
+//! - [`delivery`]: shipped orders become packages, assigned to free delivery agents.
+//! - [`inbox`]: following another service's events (users and delivery follow each other).
 //! - [`http`]: the glue every service shares: JSON bodies, errors as JSON, path ids.
 //! - [`database`]: creating and migrating a service's database.
 //! - [`events`]: writing domain events to a service's outbox inside its transaction.
@@ -20,14 +24,17 @@
 pub mod configuration;
 pub mod customers;
 pub mod database;
+pub mod delivery;
 pub mod events;
 pub mod http;
+pub mod inbox;
 pub mod orders;
 pub mod products;
 pub mod reviews;
 pub mod seed;
 pub mod startup;
 pub mod telemetry;
+pub mod users;
 pub mod watch;
 
 /// One of the four services.
@@ -37,6 +44,8 @@ pub enum Service {
     Customers,
     Orders,
     Reviews,
+    Users,
+    Delivery,
 }
 
 impl Service {
@@ -46,6 +55,8 @@ impl Service {
             Service::Customers => "customers",
             Service::Orders => "orders",
             Service::Reviews => "reviews",
+            Service::Users => "users",
+            Service::Delivery => "delivery",
         }
     }
 }

@@ -24,6 +24,11 @@ enum Command {
     Orders,
     /// The reviews service (default 127.0.0.1:3013).
     Reviews,
+    /// The users service (default 127.0.0.1:3017); its query API reads a MySQL read model.
+    Users,
+    /// The delivery service (default 127.0.0.1:3018): packages of shipped orders, assigned
+    /// to free delivery agents.
+    Delivery,
     /// Wait for an order or stock event and print it decoded.
     Watch(Watch),
 }
@@ -38,6 +43,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Customers => Service::Customers,
         Command::Orders => Service::Orders,
         Command::Reviews => Service::Reviews,
+        Command::Users => Service::Users,
+        Command::Delivery => Service::Delivery,
         Command::Watch(watch) => return watch.run(&settings.kafka).await,
     };
     let app = Application::build(settings, service).await?;

@@ -1,6 +1,7 @@
 //! Bootstrapping one service: its database (created and migrated on first start), the
 //! one-time seed, then the API and the service's background tasks (the outbox relay for
-//! products and orders, the sweeper for orders), which stop together.
+//! products, orders, users and delivery, the sweeper for orders, the read-model projectors
+//! and event followers of users and delivery), which stop together.
 
 use std::future::Future;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use crate::events::{AvroEncoder, ORDERS_OUTBOX, PRODUCTS_OUTBOX};
 use crate::http::{health, MAX_BODY_BYTES};
 use crate::orders::placement::{Orders, Sweeper};
 use crate::orders::products_client::ProductsClient;
-use crate::{customers, database, orders, products, reviews, seed, Service};
+use crate::{customers, database, delivery, orders, products, reviews, seed, users, Service};
 
 /// How long shutdown waits for background tasks; what the relay did not confirm stays in
 /// the outbox for the next start.
@@ -53,6 +54,8 @@ impl Application {
             Service::Customers => &customers::MIGRATOR,
             Service::Orders => &orders::MIGRATOR,
             Service::Reviews => &reviews::MIGRATOR,
+            Service::Users => &users::MIGRATOR,
+            Service::Delivery => &delivery::MIGRATOR,
         };
         let pool = database::prepare(
             &server,
@@ -165,6 +168,12 @@ impl Application {
             }
             Service::Customers => customers::router(self.pool.clone()),
             Service::Reviews => reviews::router(self.pool.clone()),
+            Service::Users => {
+                users::start(&self.settings, self.pool.clone(), &stopped, &mut tasks).await?
+            }
+            Service::Delivery => {
+                delivery::start(&self.settings, self.pool.clone(), &stopped, &mut tasks).await?
+            }
         };
         let app = Router::new()
             .merge(router)
