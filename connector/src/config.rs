@@ -99,6 +99,14 @@ pub struct Config {
     /// value = payload, header `id` = event id. Empty: no router.
     pub outbox_table: String,
     pub outbox_topic_prefix: String,
+    /// Debezium's `signal.data.collection`: a `schema.table` with columns
+    /// `id`, `type`, `data` (text). An `execute-snapshot` row starts an
+    /// incremental snapshot; the connector writes its chunk watermarks
+    /// there. Empty: no signals.
+    pub signal_table: String,
+    /// Rows per incremental snapshot chunk (Debezium's
+    /// `incremental.snapshot.chunk.size`).
+    pub incremental_snapshot_chunk_size: u32,
 }
 
 /// Session settings pinned on every PostgreSQL connection (replication and
@@ -136,6 +144,8 @@ logical_messages = false
 heartbeat_topic = false
 outbox_table = ""
 outbox_topic_prefix = "outbox.event."
+signal_table = ""
+incremental_snapshot_chunk_size = 1024
 "#;
 
 impl Config {
@@ -180,7 +190,7 @@ impl Config {
                 "name (topic prefix) must not be empty".into(),
             ));
         }
-        for t in &self.tables {
+        for t in self.tables.iter().chain(self.signal_table()) {
             if !t.contains('.') {
                 return Err(Error::Config(format!(
                     "table {t:?} must be written schema.table"
@@ -188,6 +198,25 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The signal table, when one is configured.
+    pub fn signal_table(&self) -> Option<&String> {
+        Some(&self.signal_table).filter(|t| !t.is_empty())
+    }
+
+    /// The tables the publication lists: the configured ones plus the
+    /// signal table (its rows must reach the stream); empty = all tables.
+    pub fn published(&self) -> Vec<String> {
+        let mut tables = self.tables.clone();
+        if !tables.is_empty() {
+            if let Some(s) = self.signal_table() {
+                if !tables.contains(s) {
+                    tables.push(s.clone());
+                }
+            }
+        }
+        tables
     }
 
     pub fn topic_for(&self, schema: &str, table: &str) -> String {

@@ -38,6 +38,8 @@ pub enum SnapshotMarker {
     True,
     /// The last row of the initial snapshot.
     Last,
+    /// A row of an incremental snapshot chunk.
+    Incremental,
 }
 
 impl SnapshotMarker {
@@ -47,6 +49,7 @@ impl SnapshotMarker {
             SnapshotMarker::First => "first",
             SnapshotMarker::True => "true",
             SnapshotMarker::Last => "last",
+            SnapshotMarker::Incremental => "incremental",
         }
     }
 }

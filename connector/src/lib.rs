@@ -9,6 +9,7 @@
 //! - [`publisher`]: idempotent Kafka producer, topics, schema registry.
 //! - [`snapshot`]: initial snapshot through the slot's exported snapshot.
 //! - [`stream`]: pgoutput streaming, per-transaction publishing, heartbeats.
+//! - [`incremental`]: incremental snapshots on a signal (DBLog watermarks).
 //! - [`offsets`]: durable offset (slot + compacted topic) and the ack tracker.
 //! - [`runner`]: wiring, `status` and `reset`.
 //! - [`error`]: one-line errors.
@@ -17,6 +18,7 @@ pub mod bench;
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod incremental;
 pub mod offsets;
 pub mod pg;
 pub mod publisher;

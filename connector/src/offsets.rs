@@ -20,14 +20,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
 use crate::error::{one_line, Error, Result};
+use crate::incremental::Progress;
 use crate::publisher::Publisher;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredOffset {
     /// Everything committed before this LSN is in Kafka.
     pub lsn: u64,
     pub snapshot_completed: bool,
     pub ts_ms: i64,
+    /// A running incremental snapshot, as far as it is published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<Progress>,
 }
 
 /// Reads the last offset record for `cfg.name`; `None` if there is none or it
@@ -210,6 +214,9 @@ pub enum Ack {
     Lsn(u64),
     /// Tell the sender once everything before is published.
     Notify(oneshot::Sender<()>),
+    /// The incremental snapshot's progress once everything before it is
+    /// published: stored with the next offset record.
+    Progress(Option<Progress>),
 }
 
 /// Awaits deliveries strictly in order and only then advances the offset:
@@ -229,6 +236,7 @@ impl Tracker {
         cfg: Config,
         feedback: Option<Arc<SharedLsnFeedback>>,
         snapshot_completed: bool,
+        incremental: Option<Progress>,
     ) -> (Tracker, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
         let (fail_tx, failed) = watch::channel(None);
@@ -239,6 +247,7 @@ impl Tracker {
             let interval = Duration::from_millis(200);
             let mut last_store = Instant::now();
             let mut stored = 0u64;
+            let mut incremental = incremental;
             while let Some(p) = rx.recv().await {
                 for d in p.deliveries {
                     if let Err(e) = wait_delivery(d).await {
@@ -251,6 +260,7 @@ impl Tracker {
                     Ack::Notify(done) => {
                         let _ = done.send(());
                     }
+                    Ack::Progress(p) => incremental = p,
                     Ack::Lsn(lsn) => {
                         acked2.fetch_max(lsn, Ordering::SeqCst);
                         if let Some(f) = &feedback {
@@ -262,6 +272,7 @@ impl Tracker {
                                 lsn,
                                 snapshot_completed,
                                 ts_ms: chrono::Utc::now().timestamp_millis(),
+                                incremental: incremental.clone(),
                             };
                             let value = serde_json::to_vec(&rec).expect("serialisable");
                             // Not awaited: ordering on the partition keeps the

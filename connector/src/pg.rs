@@ -93,7 +93,7 @@ pub async fn preflight(client: &Client, cfg: &Config) -> Result<()> {
         return Err(Error::NoReplicationPrivilege(row.get(0)));
     }
 
-    for t in &cfg.tables {
+    for t in cfg.tables.iter().chain(cfg.signal_table()) {
         let row = client
             .query_one("SELECT to_regclass($1)::oid::int8", &[&quote_qualified(t)])
             .await?;
@@ -124,14 +124,14 @@ pub async fn ensure_publication(client: &Client, cfg: &Config) -> Result<()> {
         )
         .await?
         .is_some();
-    let tables = cfg
-        .tables
+    let published = cfg.published();
+    let tables = published
         .iter()
         .map(|t| quote_qualified(t))
         .collect::<Vec<_>>()
         .join(", ");
     let name = quote_ident(&cfg.publication_name);
-    let sql = match (exists, cfg.tables.is_empty()) {
+    let sql = match (exists, published.is_empty()) {
         (false, true) => format!("CREATE PUBLICATION {name} FOR ALL TABLES"),
         (false, false) => format!("CREATE PUBLICATION {name} FOR TABLE {tables}"),
         (true, true) => return Ok(()),

@@ -141,7 +141,9 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
         publisher: publisher.clone(),
         cfg: cfg.clone(),
     };
-    let mut start_lsn = stored.map(|o| o.lsn);
+    let mut start_lsn = stored.as_ref().map(|o| o.lsn);
+    let progress = stored.as_ref().and_then(|o| o.incremental.clone());
+    let mut incremental = crate::incremental::Incremental::new(&cfg, progress.clone());
     let (mut stream, tracker, tracker_task) = if stored.is_some() {
         // Resuming: the slot exists and must stay the same one.
         let mut stream =
@@ -152,6 +154,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
             cfg.clone(),
             Some(stream.shared_lsn_feedback.clone()),
             true,
+            progress,
         );
         (stream, tracker, task)
     } else {
@@ -166,6 +169,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
             cfg.clone(),
             Some(stream.shared_lsn_feedback.clone()),
             true,
+            None,
         );
         if snapshot {
             stream.ensure_replication_slot().await?;
@@ -186,6 +190,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
                 lsn,
                 snapshot_completed: true,
                 ts_ms: chrono::Utc::now().timestamp_millis(),
+                incremental: None,
             };
             offsets::store(&publisher, &cfg, Some(record)).await?;
             tracing::info!(
@@ -242,6 +247,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
             &pg_client,
             &mut stream,
             &tracker,
+            &mut incremental,
             shutdown.clone(),
         )
         .await;
@@ -260,6 +266,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
         // commit; only a transaction cut in the middle is sent again.
         tracing::warn!(%reason, "replication stream lost; reconnecting");
         tracker.drain().await?;
+        incremental.reset_window();
         let from = tracker.acked.load(std::sync::atomic::Ordering::SeqCst);
         match reconnect(&cfg, &identity, from, &feedback, shutdown.clone()).await {
             Ok((new_client, new_stream)) => {
@@ -369,13 +376,21 @@ pub async fn status(cfg: &Config) -> Result<String> {
     match offsets::load(cfg, false).await {
         Err(e) => out.push_str(&format!("offset {}: unavailable ({e})\n", cfg.name)),
         Ok(None) => out.push_str(&format!("offset {}: none\n", cfg.name)),
-        Ok(Some(o)) => out.push_str(&format!(
-            "offset {}: lsn={} snapshot_completed={} stored_at_ms={}\n",
-            cfg.name,
-            format_lsn(o.lsn),
-            o.snapshot_completed,
-            o.ts_ms
-        )),
+        Ok(Some(o)) => {
+            out.push_str(&format!(
+                "offset {}: lsn={} snapshot_completed={} stored_at_ms={}\n",
+                cfg.name,
+                format_lsn(o.lsn),
+                o.snapshot_completed,
+                o.ts_ms
+            ));
+            if let Some(p) = &o.incremental {
+                out.push_str(&format!(
+                    "incremental snapshot {}: tables left {:?}, after key {:?}\n",
+                    p.signal_id, p.tables, p.last_key
+                ));
+            }
+        }
     }
     Ok(out)
 }

@@ -13,6 +13,7 @@ use tokio_postgres::Client;
 use crate::config::{Config, Format};
 use crate::envelope::{self, Event, MessageRecord, Op, SnapshotMarker, Source, TxBlock, TxRecord};
 use crate::error::{Error, Result};
+use crate::incremental::{Incremental, Released};
 use crate::offsets::{Ack, Pending, Tracker};
 use crate::pg;
 use crate::publisher::Publisher;
@@ -29,6 +30,8 @@ pub struct TableState {
     pub topic: String,
     /// The outbox table: its inserts are routed, nothing else is published.
     pub outbox: bool,
+    /// The signal table: read for signals and watermarks, never published.
+    pub signal: bool,
     key_id: u32,
     value_id: u32,
 }
@@ -64,6 +67,29 @@ impl Emitter {
                 schema: Arc::new(schema),
                 topic,
                 outbox: true,
+                signal: false,
+                key_id: 0,
+                value_id: 0,
+            });
+        }
+        if self
+            .cfg
+            .signal_table()
+            .is_some_and(|s| *s == schema.qualified())
+        {
+            for column in ["id", "type", "data"] {
+                if !schema.columns.iter().any(|c| c.name == column) {
+                    return Err(Error::Config(format!(
+                        "signal table {} has no column {column:?} (it needs id, type, data)",
+                        self.cfg.signal_table
+                    )));
+                }
+            }
+            return Ok(TableState {
+                schema: Arc::new(schema),
+                topic,
+                outbox: false,
+                signal: true,
                 key_id: 0,
                 value_id: 0,
             });
@@ -97,6 +123,7 @@ impl Emitter {
             schema: Arc::new(schema),
             topic,
             outbox: false,
+            signal: false,
             key_id,
             value_id,
         })
@@ -112,7 +139,7 @@ impl Emitter {
         source: Source<'_>,
         out: &mut Vec<DeliveryFuture>,
     ) -> Result<()> {
-        if ts.outbox {
+        if ts.outbox || ts.signal {
             // Only its inserts are published, routed (`emit_outbox`), as
             // Debezium's outbox router does; snapshot rows, updates and
             // deletes of the outbox are not events.
@@ -473,6 +500,7 @@ pub async fn run(
     pg_client: &Client,
     stream: &mut LogicalReplicationStream,
     tracker: &Tracker,
+    incremental: &mut Incremental,
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let mut stop = shutdown.clone();
@@ -482,7 +510,7 @@ pub async fn run(
         tokio::time::sleep(limit).await;
     };
     tokio::select! {
-        r = stream_changes(emitter, pg_client, stream, tracker, shutdown) => r,
+        r = stream_changes(emitter, pg_client, stream, tracker, incremental, shutdown) => r,
         _ = hard_stop => {
             tracing::warn!(
                 timeout_ms = emitter.cfg.shutdown_timeout_ms,
@@ -498,6 +526,7 @@ async fn stream_changes(
     pg_client: &Client,
     stream: &mut LogicalReplicationStream,
     tracker: &Tracker,
+    inc: &mut Incremental,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let cfg = &emitter.cfg;
@@ -512,6 +541,11 @@ async fn stream_changes(
         }
         if stopping && txn.is_none() {
             return Ok(());
+        }
+        // Between transactions: the next incremental snapshot chunk, read
+        // between its watermarks (which then come through the stream).
+        if !stopping && txn.is_none() && inc.wants_chunk() {
+            inc.read_chunk(pg_client, emitter).await?;
         }
         let event = tokio::select! {
             biased;
@@ -600,12 +634,29 @@ async fn stream_changes(
                         emitter.emit_transaction(&rec, &mut t.deliveries).await?;
                     }
                 }
-                tracker
-                    .push(Pending {
-                        deliveries: t.map(|t| t.deliveries).unwrap_or_default(),
-                        ack: Ack::Lsn(end_lsn.value()),
-                    })
-                    .await?;
+                let deliveries = t.map(|t| t.deliveries).unwrap_or_default();
+                if inc.take_dirty() {
+                    // The snapshot's progress goes with this transaction.
+                    tracker
+                        .push(Pending {
+                            deliveries,
+                            ack: Ack::Progress(inc.progress().cloned()),
+                        })
+                        .await?;
+                    tracker
+                        .push(Pending {
+                            deliveries: Vec::new(),
+                            ack: Ack::Lsn(end_lsn.value()),
+                        })
+                        .await?;
+                } else {
+                    tracker
+                        .push(Pending {
+                            deliveries,
+                            ack: Ack::Lsn(end_lsn.value()),
+                        })
+                        .await?;
+                }
                 last_commit_lsn = commit_lsn.value();
                 stream.maybe_send_feedback().await;
             }
@@ -635,6 +686,36 @@ async fn stream_changes(
             } => {
                 let (ts, t) = lookup(&tables, relation_oid, &mut txn)?;
                 let after = to_row(ts, &data, cfg)?;
+                if ts.signal {
+                    if let Some(released) =
+                        signal(emitter, pg_client, inc, &ts.schema, &after).await?
+                    {
+                        let s = Source {
+                            name: &emitter.cfg.name,
+                            db: &emitter.db,
+                            ts_us: chrono::Utc::now().timestamp_micros(),
+                            snapshot: SnapshotMarker::Incremental,
+                            tx_id: None,
+                            lsn: Some(lsn),
+                            sequence: Some(format!("[null,\"{lsn}\"]")),
+                            transaction: None,
+                        };
+                        for row in &released.rows {
+                            emitter
+                                .emit(
+                                    &released.state,
+                                    Op::Read,
+                                    None,
+                                    Some(row),
+                                    s.clone(),
+                                    &mut t.deliveries,
+                                )
+                                .await?;
+                        }
+                    }
+                    continue;
+                }
+                inc.on_change(&ts.schema, &after);
                 if ts.outbox {
                     emitter.emit_outbox(ts, &after, &mut t.deliveries).await?;
                     continue;
@@ -656,11 +737,18 @@ async fn stream_changes(
                 ..
             } => {
                 let (ts, t) = lookup(&tables, relation_oid, &mut txn)?;
-                if ts.outbox {
+                if ts.outbox || ts.signal {
                     continue;
                 }
                 let after = to_row(ts, &new_data, cfg)?;
                 let old = old_data.as_ref().map(|d| to_row(ts, d, cfg)).transpose()?;
+                inc.on_change(&ts.schema, &after);
+                if let Some(old) = old
+                    .as_ref()
+                    .filter(|o| envelope::has_full_key(&ts.schema, o))
+                {
+                    inc.on_change(&ts.schema, old);
+                }
                 // pgoutput sends the old tuple only when a REPLICA IDENTITY
                 // column changed (all columns with FULL). With USING INDEX on
                 // an index without the primary key, that old tuple has no
@@ -720,10 +808,13 @@ async fn stream_changes(
                 ..
             } => {
                 let (ts, t) = lookup(&tables, relation_oid, &mut txn)?;
-                if ts.outbox {
+                if ts.outbox || ts.signal {
                     continue;
                 }
                 let before = to_row(ts, &old_data, cfg)?;
+                if envelope::has_full_key(&ts.schema, &before) {
+                    inc.on_change(&ts.schema, &before);
+                }
                 let s = source(emitter, t, lsn, last_commit_lsn);
                 let orders = t.next_block(emitter, &ts.schema).await?;
                 let s = Source {
@@ -811,6 +902,42 @@ async fn stream_changes(
     }
 }
 
+/// A row inserted into the signal table: a snapshot request, or one of
+/// the connector's own watermarks (which may release a chunk to emit).
+async fn signal(
+    emitter: &Emitter,
+    pg_client: &Client,
+    inc: &mut Incremental,
+    table: &TableSchema,
+    row: &[Datum],
+) -> Result<Option<Released>> {
+    let get = |name: &str| {
+        let i = table.columns.iter().position(|c| c.name == name)?;
+        match &row[i] {
+            Datum::Str(s) => Some(s.as_str()),
+            _ => None,
+        }
+    };
+    let (id, kind) = (
+        get("id").unwrap_or_default(),
+        get("type").unwrap_or_default(),
+    );
+    Ok(match kind {
+        crate::incremental::EXECUTE_SNAPSHOT => {
+            inc.on_signal(pg_client, &emitter.cfg, id, get("data"))
+                .await?;
+            None
+        }
+        crate::incremental::WINDOW_OPEN | crate::incremental::WINDOW_CLOSE => {
+            inc.on_watermark(id, kind)
+        }
+        other => {
+            tracing::warn!(signal = id, kind = other, "unknown signal type: ignored");
+            None
+        }
+    })
+}
+
 fn lookup<'a>(
     tables: &'a HashMap<u32, TableState>,
     oid: u32,
@@ -856,6 +983,21 @@ pub async fn heartbeat(client: Client, interval: std::time::Duration) {
             if e.is_closed() {
                 return;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+impl TableState {
+    /// A table state without topic or registry (unit tests).
+    pub fn for_tests(schema: TableSchema) -> TableState {
+        TableState {
+            topic: String::new(),
+            schema: Arc::new(schema),
+            outbox: false,
+            signal: false,
+            key_id: 0,
+            value_id: 0,
         }
     }
 }

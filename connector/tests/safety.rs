@@ -145,10 +145,10 @@ async fn database_session_settings_and_unmapped_values_do_not_change_events() {
             "CREATE DOMAIN posint AS int CHECK (VALUE > 0);
              CREATE TABLE st (id int PRIMARY KEY, d date, ts timestamp, tz timestamptz, b bytea,
                               iv interval, f float8, grid int[][], p point, a int[],
-                              tt timetz, dm posint);
+                              tt timetz, dm posint, n inet);
              INSERT INTO st VALUES (1, '2024-02-29', '2024-01-02 03:04:05.123456',
                 '2024-01-02 03:04:05.123456+02', '\\x00ff27', '1 day 02:03:04', 1.0 / 3,
-                '{{1,2},{3,4}}', '(1,2)', '{{5,6},{7,8}}', '04:05:06.789+02', 7);",
+                '{{1,2},{3,4}}', '(1,2)', '{{5,6},{7,8}}', '04:05:06.789+02', 7, '10.0.0.1/8');",
         )
         .await
         .unwrap();
@@ -156,7 +156,7 @@ async fn database_session_settings_and_unmapped_values_do_not_change_events() {
     streaming(&env).await;
     client
         .batch_execute(
-            "INSERT INTO st SELECT 2, d, ts, tz, b, iv, f, grid, p, a, tt, dm FROM st WHERE id = 1",
+            "INSERT INTO st SELECT 2, d, ts, tz, b, iv, f, grid, p, a, tt, dm, n FROM st WHERE id = 1",
         )
         .await
         .unwrap();
@@ -174,10 +174,13 @@ async fn database_session_settings_and_unmapped_values_do_not_change_events() {
         "iv": 93_784_000_000i64, // MicroDuration: 1 day 02:03:04
         "f": 0.3333333333333333,
         "grid": "{{1,2},{3,4}}",
-        "p": "(1,2)",
+        // Debezium's Point: x, y and the little-endian WKB.
+        "p": {"x": 1.0, "y": 2.0, "wkb": "AQEAAAAAAAAAAADwPwAAAAAAAABA", "srid": null},
         "a": [5, 6, 7, 8],
         "tt": "02:05:06.789Z",
         "dm": 7,
+        // No mapping: PostgreSQL's text.
+        "n": "10.0.0.1/8",
     });
     for (r, (op, id)) in reader.records.iter().zip([("r", 1), ("c", 2)]) {
         let v = r.value.as_ref().unwrap();
