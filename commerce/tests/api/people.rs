@@ -34,7 +34,7 @@ pub fn people_settings() -> Settings {
 /// process; [`Connector::stop`] drops its slot.
 pub struct Connector {
     stop: watch::Sender<bool>,
-    task: JoinHandle<connector::Result<()>>,
+    task: Option<JoinHandle<connector::Result<()>>>,
     slot: String,
     settings: Settings,
 }
@@ -68,42 +68,65 @@ impl Connector {
         let task = tokio::spawn(connector::runner::run(config, stopped));
         Self {
             stop,
-            task,
+            task: Some(task),
             slot,
             settings: settings.clone(),
         }
     }
 
     /// Stops the connector and drops its slot (a slot left behind holds WAL on the server).
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        match tokio::time::timeout(Duration::from_secs(30), self.task).await {
-            Ok(Ok(Ok(()))) => {}
-            other => eprintln!("connector ended: {other:?}"),
+        if let Some(task) = self.task.take() {
+            match tokio::time::timeout(Duration::from_secs(30), task).await {
+                Ok(Ok(Ok(()))) => {}
+                other => eprintln!("connector ended: {other:?}"),
+            }
         }
-        testkit::eventually(
-            "the connector's slot is dropped",
-            Duration::from_secs(20),
-            || {
-                let slot = self.slot.clone();
-                let url = self.settings.postgres_url.clone();
-                async move {
-                    let Ok(mut conn) = PgConnection::connect(&url).await else {
-                        return false;
-                    };
-                    sqlx::query(
-                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-                     WHERE slot_name = $1",
-                    )
-                    .bind(&slot)
-                    .execute(&mut conn)
-                    .await
-                    .is_ok()
-                }
-            },
-        )
-        .await;
+        drop_slot(&self.settings.postgres_url, &self.slot).await;
     }
+}
+
+/// A test that failed before [`Connector::stop`] still drops the slot and the databases, on
+/// a runtime of its own.
+impl Drop for Connector {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        task.abort();
+        let (settings, slot) = (self.settings.clone(), self.slot.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Runtime::new() {
+                runtime.block_on(async {
+                    drop_slot(&settings.postgres_url, &slot).await;
+                    drop_people(&settings).await;
+                });
+            }
+        })
+        .join();
+    }
+}
+
+async fn drop_slot(url: &str, slot: &str) {
+    testkit::eventually(
+        "the connector's slot is dropped",
+        Duration::from_secs(20),
+        || async move {
+            let Ok(mut conn) = PgConnection::connect(url).await else {
+                return false;
+            };
+            sqlx::query(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                 WHERE slot_name = $1",
+            )
+            .bind(slot)
+            .execute(&mut conn)
+            .await
+            .is_ok()
+        },
+    )
+    .await;
 }
 
 /// Drops the users and delivery databases and the read models' tables.

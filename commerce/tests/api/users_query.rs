@@ -47,7 +47,7 @@ fn varied_user(run: &str, i: usize) -> Value {
     body["address"]["city"] = json!(CITIES[i % 6]);
     body["address"]["country"] = json!(COUNTRIES[i % 3]);
     body["address"]["zipCode"] = json!(format!("{:04}", i % 11));
-    body["geolocation"]["latitude"] = json!(((i * 37) % 181) as f64 - 90.0 + 0.125);
+    body["geolocation"]["latitude"] = json!(((i * 37) % 180) as f64 - 90.0 + 0.125);
     body["geolocation"]["longitude"] = json!(((i * 53) % 361) as f64 - 180.0);
     body
 }
