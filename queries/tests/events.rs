@@ -1,0 +1,154 @@
+//! Business events on the real stack: a product's stock going 25 → 15 → 12 → 25 → 3 gives
+//! exactly one low-stock event per entry and a deleted result per exit, and a critical-stock
+//! event on entry; a Gold customer's order becomes delayed when the (shortened) delay passes
+//! with no data change, and leaves when it ships.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Stack;
+use queries::declared::{CRITICAL_STOCK, DELAYED_GOLD_ORDERS, LOW_STOCK, PRODUCT_CATALOGUE};
+use queries::results::Op;
+use queries::row::Cell;
+use sqlx::Row as _;
+
+const DELAY_MS: u64 = 4000;
+
+/// Waits until the catalogue shows the product with this stock: the engine applied the change
+/// (every query's changes of a step are published in one transaction).
+async fn await_stock(stack: &Stack, product: i64, stock: i64) {
+    testkit::eventually(
+        &format!("the catalogue shows stock {stock}"),
+        Duration::from_secs(60),
+        || async move {
+            stack
+                .published(&PRODUCT_CATALOGUE)
+                .await
+                .get(&product.to_string())
+                .is_some_and(|row| row[3] == Cell::Long(stock))
+        },
+    )
+    .await;
+}
+
+async fn ops(stack: &Stack, query: &'static queries::query::Query, key: &str) -> Vec<Op> {
+    stack
+        .changes(query)
+        .await
+        .into_iter()
+        .filter(|c| c.key == key)
+        .map(|c| c.op)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stock_thresholds_and_delayed_gold_orders() {
+    let delay = DELAY_MS.to_string();
+    let mut stack = Stack::start(&[("QUERIES_GOLD_ORDER_DELAY_MS", &delay)]).await;
+    stack.start_engine();
+
+    // Threshold events.
+    let product: i64 = sqlx::query_scalar(
+        "INSERT INTO products (name, price, stock) VALUES ('Lantern', 24.50, 25) RETURNING id",
+    )
+    .fetch_one(stack.pool("products"))
+    .await
+    .unwrap();
+    let key = product.to_string();
+    for stock in [25, 15, 12, 25, 3] {
+        sqlx::query("UPDATE products SET stock = $2 WHERE id = $1")
+            .bind(product)
+            .bind(stock as i32)
+            .execute(stack.pool("products"))
+            .await
+            .unwrap();
+        await_stock(&stack, product, stock).await;
+    }
+    // 25: outside; 15: enters low (one event); 12: inside, nothing; 25: leaves low (deleted);
+    // 3: enters low again and enters critical.
+    assert_eq!(
+        ops(&stack, &LOW_STOCK, &key).await,
+        vec![Op::Added, Op::Deleted, Op::Added]
+    );
+    assert_eq!(ops(&stack, &CRITICAL_STOCK, &key).await, vec![Op::Added]);
+
+    // Delayed Gold orders: an order placed now, then no data change at all.
+    let customer: i64 = sqlx::query_scalar(
+        "INSERT INTO customers (name, email, tier) VALUES ('Greta', 'g@example.com', 'Gold') RETURNING id",
+    )
+    .fetch_one(stack.pool("customers"))
+    .await
+    .unwrap();
+    let order = uuid::Uuid::new_v4();
+    let created_ms: i64 = sqlx::query(
+        "INSERT INTO orders (id, customer_id, product_id, quantity, status)
+         VALUES ($1, $2, $3, 1, 'Processing')
+         RETURNING floor(extract(epoch FROM created_at) * 1000)::bigint AS created_ms",
+    )
+    .bind(order)
+    .bind(customer)
+    .bind(product)
+    .fetch_one(stack.pool("orders"))
+    .await
+    .unwrap()
+    .get("created_ms");
+    let key = order.to_string();
+    let started = Instant::now();
+    testkit::eventually(
+        "the Gold order shows as delayed",
+        Duration::from_secs(60),
+        || {
+            let stack = &stack;
+            let key = key.clone();
+            async move {
+                stack
+                    .published(&DELAYED_GOLD_ORDERS)
+                    .await
+                    .contains_key(&key)
+            }
+        },
+    )
+    .await;
+    // It appeared no earlier than the delay after its creation (as seen by the result's
+    // emission time), and with nothing written in between.
+    let appeared = stack
+        .changes(&DELAYED_GOLD_ORDERS)
+        .await
+        .into_iter()
+        .find(|c| c.key == key)
+        .unwrap();
+    assert_eq!(appeared.op, Op::Added);
+    assert!(
+        appeared.emitted_at_ms >= created_ms + DELAY_MS as i64,
+        "published at {} for an order created at {created_ms} with a {DELAY_MS} ms delay",
+        appeared.emitted_at_ms
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    sqlx::query("UPDATE orders SET status = 'Shipped' WHERE id = $1")
+        .bind(order)
+        .execute(stack.pool("orders"))
+        .await
+        .unwrap();
+    testkit::eventually(
+        "the shipped order leaves the delayed orders",
+        Duration::from_secs(60),
+        || {
+            let stack = &stack;
+            let key = key.clone();
+            async move {
+                !stack
+                    .published(&DELAYED_GOLD_ORDERS)
+                    .await
+                    .contains_key(&key)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        ops(&stack, &DELAYED_GOLD_ORDERS, &key).await,
+        vec![Op::Added, Op::Deleted]
+    );
+    stack.cleanup().await;
+}
