@@ -4,8 +4,11 @@
 //!
 //! - [`schema`]: the `outbox` table ([`schema::MIGRATION`], [`schema::migrate`]).
 //! - [`write`]: [`NewEvent`] and [`Outbox::enqueue`], called inside the caller's
-//!   `sqlx::Transaction<Postgres>`; a per-key transaction-scoped advisory lock makes the row
-//!   id order per key the commit order.
+//!   `sqlx::Transaction<Postgres>` (one statement), or [`Outbox::statement`], which writes a
+//!   change and its events in one statement; a per-key transaction-scoped advisory lock makes
+//!   the row id order per key the commit order. Writers `NOTIFY` only while the relay sleeps
+//!   (it holds the [`Outbox::wake_lock`] then): one notifying commit at a time is all
+//!   PostgreSQL allows.
 //! - [`relay`]: [`Relay`], configured by [`RelayConfig`] (relay role = Kafka
 //!   `transactional.id`, the [`Outbox`] names: NOTIFY channel and lock keys) and an
 //!   [`Encode`] (trait or closure) that turns a [`Row`] into the record's value bytes.

@@ -1,6 +1,8 @@
 //! The relay: one per database (a session-level advisory lock), woken by `LISTEN/NOTIFY` and
 //! polling as a fallback, publishing unpublished rows in id order through a [`Publisher`],
-//! one Kafka transaction per cycle.
+//! one Kafka transaction per cycle. Writers notify only while the relay sleeps, which it
+//! shows by holding the wake lock (see [`crate::write`]); while writers are mid-transaction
+//! it looks again within milliseconds instead of sleeping.
 //!
 //! A cycle fetches up to [`RelayConfig::batch_size`] unpublished rows of keys that are not
 //! held back, encodes them with the [`Encode`] of the service, publishes them in one
@@ -37,6 +39,10 @@ use crate::write::Outbox;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often a standby relay tries to take the lock.
 const LOCK_RETRY: Duration = Duration::from_secs(2);
+/// How soon an idle relay looks again while writers keep it from the wake lock (the first
+/// time, doubling up to the second).
+const MIN_BUSY_POLL: Duration = Duration::from_millis(1);
+const MAX_BUSY_POLL: Duration = Duration::from_millis(16);
 
 /// An unpublished outbox row, as the relay hands it to the [`Encode`].
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -218,6 +224,7 @@ impl<E: Encode> Relay<E> {
         held: &mut Held,
     ) -> CycleStop {
         let mut backoff = backoff();
+        let mut busy = MIN_BUSY_POLL;
         loop {
             if *self.shutdown.borrow() {
                 return Stop::Shutdown.into();
@@ -241,15 +248,15 @@ impl<E: Encode> Relay<E> {
                     }
                     continue;
                 }
-                if self
-                    .wait_for_work(listener.as_deref_mut(), held)
+                match self
+                    .sleep_until_work(lock, listener.as_deref_mut(), held, &mut busy)
                     .await
-                    .is_err()
                 {
-                    return Stop::Shutdown.into();
+                    Ok(()) => continue,
+                    Err(stop) => return stop.into(),
                 }
-                continue;
             }
+            busy = MIN_BUSY_POLL;
             if let Err(e) = self.encoder.prepare().await {
                 let delay = backoff.next().unwrap_or(MAX_BACKOFF);
                 tracing::warn!(error = %e, ?delay, "outbox encoder not ready; events wait in the outbox");
@@ -423,6 +430,52 @@ impl<E: Encode> Relay<E> {
         }
     }
 
+    /// Called when a fetch found nothing: sleeps until there may be work, holding the wake
+    /// lock meanwhile so that writers notify (see [`crate::write`]).
+    ///
+    /// A writer between its write and its commit holds the wake lock shared and will not
+    /// notify: then the relay does not sleep but looks again after `busy` (1 ms, doubling to
+    /// 16 ms while writers keep it from the lock). Once it has the lock, every writer that did
+    /// not notify has committed, so one more look decides whether to sleep.
+    async fn sleep_until_work(
+        &mut self,
+        lock: &mut PgConnection,
+        listener: Option<&mut PgListener>,
+        held: &Held,
+        busy: &mut Duration,
+    ) -> Result<(), Stop> {
+        let wake_lock = self.config.outbox.wake_lock();
+        let taken: bool = bounded(
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(wake_lock)
+                .fetch_one(&mut *lock),
+        )
+        .await
+        .map_err(Stop::Restart)?;
+        if !taken {
+            let delay = *busy;
+            *busy = (*busy * 2).min(MAX_BUSY_POLL);
+            return self.sleep(delay).await.map_err(|()| Stop::Shutdown);
+        }
+        *busy = MIN_BUSY_POLL;
+        let waited = match any_unpublished_except(lock, &held.keys()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => self
+                .wait_for_work(listener, held)
+                .await
+                .map_err(|()| Stop::Shutdown),
+            Err(e) => Err(Stop::Restart(e)),
+        };
+        bounded(
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(wake_lock)
+                .execute(&mut *lock),
+        )
+        .await
+        .map_err(Stop::Restart)?;
+        waited
+    }
+
     /// Waits for a notification, the poll interval, or the next held key's retry.
     async fn wait_for_work(
         &mut self,
@@ -480,6 +533,18 @@ async fn fetch_except(conn: &mut PgConnection, held: &[String], limit: i64) -> R
         .bind(held)
         .bind(limit)
         .fetch_all(conn),
+    )
+    .await
+}
+
+async fn any_unpublished_except(conn: &mut PgConnection, held: &[String]) -> Result<bool> {
+    bounded(
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM outbox
+                            WHERE published_at IS NULL AND NOT (key = ANY($1)))",
+        )
+        .bind(held)
+        .fetch_one(conn),
     )
     .await
 }

@@ -44,7 +44,9 @@ where
     E: Executor<'c, Database = Postgres>,
 {
     executor
-        .execute(sqlx::raw_sql(&format!("{MIGRATION}{TRACE_CONTEXT_MIGRATION}")))
+        .execute(sqlx::raw_sql(&format!(
+            "{MIGRATION}{TRACE_CONTEXT_MIGRATION}"
+        )))
         .await?;
     Ok(())
 }

@@ -33,11 +33,13 @@ pub(crate) async fn remember(tx: &mut Transaction<'_, Postgres>) -> Result<()> {
 /// process exports no spans. `None` for a row written untraced.
 pub(crate) fn publishing(row: &Row, spans: &mut Vec<tracing::Span>) -> Option<TraceContext> {
     let stored = TraceContext::from_parts(row.traceparent.clone(), row.tracestate.clone())?;
-    let Some(span) = telemetry::messaging::publish_span(&row.topic, &row.key, Some(&stored))
-    else {
+    let Some(span) = telemetry::messaging::publish_span(&row.topic, &row.key, Some(&stored)) else {
         return Some(stored);
     };
-    span.record("messaging.message.id", tracing::field::display(row.event_id));
+    span.record(
+        "messaging.message.id",
+        tracing::field::display(row.event_id),
+    );
     let trace = TraceContext::of_span(&span);
     spans.push(span);
     trace.or(Some(stored))

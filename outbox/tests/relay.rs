@@ -803,3 +803,98 @@ async fn a_relay_whose_database_stops_answering_notices_and_starts_over() {
     delete_topics(&[&topic]).await;
     db.drop_database().await;
 }
+
+/// Whether the relay of `role` holds the outbox's wake lock, i.e. sleeps until notified.
+async fn relay_sleeps(db: &Db, role: &str) -> bool {
+    let wake = OUTBOX.wake_lock();
+    sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity a
+                        JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory'
+                        WHERE a.application_name = $1 AND a.datname = current_database()
+                          AND l.granted AND l.objsubid = 1
+                          AND l.classid::bigint = ($2 >> 32) & 4294967295
+                          AND l.objid::bigint = $2 & 4294967295)",
+    )
+    .bind(role)
+    .bind(wake)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// Writers notify only while the relay sleeps (it holds the wake lock), so a lost wake-up
+/// would leave rows for the fallback poll, which here is an hour away: every event must
+/// arrive anyway, both one at a time to a sleeping relay and from many writers at once whose
+/// transactions stay open a while, racing the relay as it goes to sleep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_wake_a_sleeping_relay_without_the_fallback_poll() {
+    let db = Db::create().await;
+    let topic = testkit::unique("outbox_wake");
+    create_topic(&topic, 2, &[]).await;
+    let role = testkit::unique("outbox-relay");
+    let (stop, shutdown) = watch::channel(false);
+    let mut config = RelayConfig::new(&role, OUTBOX);
+    config.poll_interval = Duration::from_secs(3600);
+    let relay = Running {
+        stop,
+        task: tokio::spawn(
+            Relay::new(config, db.options.clone(), kafka(), json_encoder, shutdown).run(),
+        ),
+    };
+    let mut reader = Reader::new(&[(&topic, 2)]);
+    let mut ids = Vec::new();
+
+    // One at a time, each to a relay that sleeps.
+    let mut slowest = Duration::ZERO;
+    for round in 0..5 {
+        testkit::eventually("the relay sleeps", WAIT, || relay_sleeps(&db, &role)).await;
+        let started = tokio::time::Instant::now();
+        let written = db
+            .write(&[(&topic, "single", json!({ "round": round }))])
+            .await;
+        reader.until_seen(&written, Duration::from_secs(10)).await;
+        slowest = slowest.max(started.elapsed());
+        ids.extend(written);
+    }
+    eprintln!("slowest wake-up of a sleeping relay to the record read: {slowest:?}");
+
+    // Many writers at once; some transactions stay open after their write.
+    let writers: Vec<_> = (0..16)
+        .map(|writer| {
+            let (pool, topic) = (db.pool.clone(), topic.clone());
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for n in 0..40 {
+                    let key = format!("k{}", (writer + n) % 7);
+                    let event =
+                        NewEvent::new(&topic, key, Uuid::new_v4(), &json!({ "n": n })).unwrap();
+                    let mut tx = pool.begin().await.unwrap();
+                    OUTBOX
+                        .enqueue(&mut tx, std::slice::from_ref(&event))
+                        .await
+                        .unwrap();
+                    if n % 3 == 0 {
+                        // The rest of a business transaction, after the outbox write.
+                        sqlx::query("SELECT pg_sleep(0.005)")
+                            .execute(&mut *tx)
+                            .await
+                            .unwrap();
+                    }
+                    tx.commit().await.unwrap();
+                    ids.push(event.event_id);
+                }
+                ids
+            })
+        })
+        .collect();
+    for writer in writers {
+        ids.extend(writer.await.unwrap());
+    }
+    reader.until_seen(&ids, Duration::from_secs(30)).await;
+    reader.drain();
+    assert_once(&reader, &ids);
+    reader.assert_sequence_increases();
+    relay.stop().await;
+    delete_topics(&[&topic]).await;
+    db.drop_database().await;
+}
