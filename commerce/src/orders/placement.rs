@@ -68,7 +68,7 @@ impl Orders {
             .reserve(order.id, order.product_id, order.quantity)
             .await
         {
-            Ok(ReserveOutcome::Reserved) => match store::confirm(&self.pool, order.id).await? {
+            Ok(ReserveOutcome::Reserved) => match store::confirm(&self.pool, &order).await? {
                 Some(confirmed) => {
                     tracing::info!(id = %order.id, "order placed");
                     Ok((StatusCode::CREATED, confirmed))

@@ -1,7 +1,10 @@
 //! The orders database: orders and their saga state, each status change written with its
-//! order event in one transaction.
+//! order event in one transaction (the confirmation: in one statement).
 
+use std::sync::LazyLock;
 use std::time::Duration;
+
+use outbox::NewEvent;
 
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
@@ -104,29 +107,48 @@ fn order_event(order: &Order, kind: OrderEventKind, previous: Option<OrderStatus
     .with_key()
 }
 
-/// Pending → Processing once its stock is reserved, with the `PLACED` event. `None` when the
-/// order is no longer pending (the sweeper failed it meanwhile).
-pub async fn confirm(pool: &PgPool, id: Uuid) -> Result<Option<Order>, ApiError> {
-    let mut tx = pool.begin().await?;
-    let row = sqlx::query(&format!(
-        "UPDATE orders SET status = 'Processing', updated_at = now()
-         WHERE id = $1 AND status = 'Pending' RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else {
-        return Ok(None);
+/// Pending → Processing once its stock is reserved, with the `PLACED` event, in one
+/// statement. `None` when the order is no longer pending (the sweeper failed it meanwhile).
+/// `pending` is the order as inserted: the event carries its fields.
+pub async fn confirm(pool: &PgPool, pending: &Order) -> Result<Option<Order>, ApiError> {
+    static CONFIRM: LazyLock<String> = LazyLock::new(|| {
+        ORDERS_OUTBOX.statement(
+            &format!(
+                "confirmed AS (
+                     UPDATE orders SET status = 'Processing', updated_at = now()
+                     WHERE id = $1 AND status = 'Pending' RETURNING {COLUMNS}
+                 )"
+            ),
+            "SELECT $2::text AS topic, $3::text AS key, $4::uuid AS event_id,
+                    jsonb_set($5::jsonb, '{occurred_at}',
+                              to_jsonb(floor(extract(epoch FROM updated_at) * 1000)::bigint))
+                        AS payload,
+                    $6::text AS traceparent, $7::text AS tracestate
+             FROM confirmed",
+            &format!("SELECT {COLUMNS} FROM confirmed"),
+        )
+    });
+    let placed = Order {
+        status: OrderStatus::Processing,
+        ..pending.clone()
     };
-    let confirmed = order(&row)?;
-    record(
-        &ORDERS_OUTBOX,
-        &mut tx,
-        &[order_event(&confirmed, OrderEventKind::Placed, None)],
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Some(confirmed))
+    // `occurred_at` is filled in by the statement, from the confirmed row's `updated_at`.
+    let event = NewEvent::from_event(&order_event(&placed, OrderEventKind::Placed, None))?;
+    let (traceparent, tracestate) = outbox::write::trace_context();
+    sqlx::query(&CONFIRM)
+        .bind(pending.id)
+        .bind(&event.topic)
+        .bind(&event.key)
+        .bind(event.event_id)
+        .bind(&event.payload)
+        .bind(traceparent)
+        .bind(tracestate)
+        .fetch_optional(pool)
+        .await?
+        .as_ref()
+        .map(order)
+        .transpose()
+        .map_err(Into::into)
 }
 
 /// Pending → Failed. `release_owed` says whether stock may be held for it at the products

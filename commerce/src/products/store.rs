@@ -1,7 +1,11 @@
 //! The products database: the catalogue, and reservations that take stock with one
-//! conditional UPDATE, each change written with its stock event in one transaction.
+//! conditional UPDATE, each change written with its stock event in one transaction (a
+//! reservation: in one statement).
 
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use std::sync::LazyLock;
+
+use outbox::NewEvent;
+use sqlx::{PgPool, Row};
 use topics::commerce::{StockEvent, StockEventKind};
 use uuid::Uuid;
 
@@ -143,86 +147,136 @@ pub enum Reserved {
     Existing(Reservation),
 }
 
-/// Reserves stock for an order, at most once per order id.
+/// Reserves stock for an order, at most once per order id, in one statement (so the
+/// product's row lock is held for that statement and its commit only):
 ///
-/// The reservation row is inserted first (`ON CONFLICT DO NOTHING`: a concurrent request for
-/// the same order waits on the primary key and then finds it), then stock is taken with
-/// `stock = stock - q WHERE stock >= q`. When no row was updated the transaction rolls back,
-/// so a refused reservation leaves nothing behind.
+/// 1. `existing`: the order's reservation row, if it has one (held, or released before the
+///    reservation arrived).
+/// 2. `taken`: `UPDATE products SET stock = stock - q WHERE id = $1 AND stock >= q`, only if
+///    the order has no row. The row lock serialises concurrent reservations of one product,
+///    and each re-checks `stock >= q` on the latest row, so none oversells; `CHECK (stock >=
+///    0)` refuses anything that would slip past.
+/// 3. `held`: the reservation row, only if stock was taken. A concurrent request for the same
+///    order that got past step 1 fails here on the primary key (it waits for the first one's
+///    commit), and its whole statement rolls back: the order reserves once.
+/// 4. The `RESERVED` stock event into the outbox, with the stock left.
 pub async fn reserve(pool: &PgPool, request: ReservationRequest) -> Result<Reserved, ApiError> {
-    let mut tx = pool.begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO reservations (order_id, product_id, quantity, status)
-         VALUES ($1, $2, $3, 'held') ON CONFLICT (order_id) DO NOTHING",
-    )
-    .bind(request.order_id)
-    .bind(request.product_id)
-    .bind(request.quantity)
-    .execute(&mut *tx)
-    .await;
-    let inserted = match inserted {
-        Ok(done) => done.rows_affected() == 1,
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23503") => {
-            return Err(no_product(request.product_id));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if !inserted {
-        let existing = find_reservation(&mut tx, request.order_id)
-            .await?
-            .ok_or_else(|| ApiError::Conflict("reservation vanished; retry".to_owned()))?;
-        tx.rollback().await?;
-        return match existing.status {
-            ReservationStatus::Released => Err(ApiError::Conflict(format!(
-                "the reservation of order {} was released; place a new order",
-                request.order_id
-            ))),
-            ReservationStatus::Held
-                if existing.product_id == Some(request.product_id)
-                    && existing.quantity == request.quantity =>
-            {
-                Ok(Reserved::Existing(existing))
-            }
-            ReservationStatus::Held => Err(ApiError::Conflict(format!(
-                "order {} already holds a different reservation",
-                request.order_id
-            ))),
-        };
-    }
-    let stock_after: Option<i32> = sqlx::query_scalar(
-        "UPDATE products SET stock = stock - $2, updated_at = now()
-         WHERE id = $1 AND stock >= $2 RETURNING stock",
-    )
-    .bind(request.product_id)
-    .bind(request.quantity)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(stock_after) = stock_after else {
-        // The product exists (the foreign key checked it), so the stock was short.
-        tx.rollback().await?;
-        return Err(ApiError::Conflict(format!(
-            "insufficient stock of product {} for {} more",
-            request.product_id, request.quantity
-        )));
-    };
-    let event = stock_event(
+    static RESERVE: LazyLock<String> = LazyLock::new(|| {
+        PRODUCTS_OUTBOX.statement(
+            "existing AS (
+                 SELECT product_id, quantity, status FROM reservations WHERE order_id = $2::uuid
+             ),
+             taken AS (
+                 UPDATE products SET stock = stock - $3::int, updated_at = now()
+                 WHERE id = $1::bigint AND stock >= $3::int AND NOT EXISTS (SELECT 1 FROM existing)
+                 RETURNING stock
+             ),
+             held AS (
+                 INSERT INTO reservations (order_id, product_id, quantity, status)
+                 SELECT $2::uuid, $1::bigint, $3::int, 'held' FROM taken
+             )",
+            "SELECT $4::text AS topic, $5::text AS key, $6::uuid AS event_id,
+                    jsonb_set($7::jsonb, '{stock_after}', to_jsonb(stock)) AS payload,
+                    $8::text AS traceparent, $9::text AS tracestate
+             FROM taken",
+            "SELECT (SELECT stock FROM taken) AS stock_after,
+                    (SELECT status FROM existing) AS existing_status,
+                    (SELECT product_id FROM existing) AS existing_product,
+                    (SELECT quantity FROM existing) AS existing_quantity,
+                    EXISTS (SELECT 1 FROM products WHERE id = $1::bigint) AS product_exists",
+        )
+    });
+    // `stock_after` is filled in by the statement.
+    let event = NewEvent::from_event(&stock_event(
         StockEventKind::Reserved,
         request.product_id,
         Some(request.order_id),
         -request.quantity,
-        stock_after,
-    );
-    record(&PRODUCTS_OUTBOX, &mut tx, &[event]).await?;
-    tx.commit().await?;
-    Ok(Reserved::New(
-        Reservation {
+        0,
+    ))?;
+    let (traceparent, tracestate) = outbox::write::trace_context();
+    let row = sqlx::query(&RESERVE)
+        .bind(request.product_id)
+        .bind(request.order_id)
+        .bind(request.quantity)
+        .bind(&event.topic)
+        .bind(&event.key)
+        .bind(event.event_id)
+        .bind(&event.payload)
+        .bind(traceparent)
+        .bind(tracestate)
+        .fetch_one(pool)
+        .await;
+    let row = match row {
+        Ok(row) => row,
+        // A concurrent request for the same order reserved first.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+            let mut conn = pool.acquire().await?;
+            let existing = fetch_reservation(&mut conn, request.order_id)
+                .await?
+                .ok_or_else(|| ApiError::Conflict("reservation vanished; retry".to_owned()))?;
+            return existing_reservation(&request, existing);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(stock_after) = row.try_get::<Option<i32>, _>("stock_after")? {
+        return Ok(Reserved::New(
+            Reservation {
+                order_id: request.order_id,
+                product_id: Some(request.product_id),
+                quantity: request.quantity,
+                status: ReservationStatus::Held,
+            },
+            stock_after,
+        ));
+    }
+    if let Some(status) = row.try_get::<Option<String>, _>("existing_status")? {
+        let existing = Reservation {
             order_id: request.order_id,
-            product_id: Some(request.product_id),
-            quantity: request.quantity,
-            status: ReservationStatus::Held,
-        },
-        stock_after,
-    ))
+            product_id: row.try_get("existing_product")?,
+            quantity: row.try_get("existing_quantity")?,
+            status: reservation_status(&status),
+        };
+        return existing_reservation(&request, existing);
+    }
+    if !row.try_get::<bool, _>("product_exists")? {
+        return Err(no_product(request.product_id));
+    }
+    Err(ApiError::Conflict(format!(
+        "insufficient stock of product {} for {} more",
+        request.product_id, request.quantity
+    )))
+}
+
+/// The answer to a reservation request for an order that already has a reservation row.
+fn existing_reservation(
+    request: &ReservationRequest,
+    existing: Reservation,
+) -> Result<Reserved, ApiError> {
+    match existing.status {
+        ReservationStatus::Released => Err(ApiError::Conflict(format!(
+            "the reservation of order {} was released; place a new order",
+            request.order_id
+        ))),
+        ReservationStatus::Held
+            if existing.product_id == Some(request.product_id)
+                && existing.quantity == request.quantity =>
+        {
+            Ok(Reserved::Existing(existing))
+        }
+        ReservationStatus::Held => Err(ApiError::Conflict(format!(
+            "order {} already holds a different reservation",
+            request.order_id
+        ))),
+    }
+}
+
+fn reservation_status(status: &str) -> ReservationStatus {
+    if status == "held" {
+        ReservationStatus::Held
+    } else {
+        ReservationStatus::Released
+    }
 }
 
 /// Gives an order's reserved stock back, at most once. An order that reserved nothing (yet)
@@ -295,13 +349,6 @@ pub async fn reservation(
     fetch_reservation(&mut conn, order_id).await
 }
 
-async fn find_reservation(
-    tx: &mut Transaction<'_, Postgres>,
-    order_id: Uuid,
-) -> Result<Option<Reservation>, sqlx::Error> {
-    fetch_reservation(tx, order_id).await
-}
-
 async fn fetch_reservation(
     conn: &mut sqlx::PgConnection,
     order_id: Uuid,
@@ -317,11 +364,7 @@ async fn fetch_reservation(
             order_id,
             product_id,
             quantity,
-            status: if status == "held" {
-                ReservationStatus::Held
-            } else {
-                ReservationStatus::Released
-            },
+            status: reservation_status(&status),
         }),
     )
 }
