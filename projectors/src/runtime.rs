@@ -375,7 +375,7 @@ struct PartitionWork<'c, E> {
 
 /// A document while a batch folds into it.
 struct Working {
-    state: Option<Value>,
+    state: Option<Document>,
     /// The highest per-key sequence the document has seen.
     sequence: Option<i64>,
     /// The offset of the last event folded into it in this batch; `None`: untouched.
@@ -907,20 +907,31 @@ impl<P: Projection, S: Store> Projector<P, S> {
         dead: &mut HashSet<i64>,
     ) -> Result<i64> {
         let started = Instant::now();
+        let json = self.projection.folds_json();
         let mut documents: HashMap<&str, Working> = HashMap::with_capacity(records.len());
         if self.projection.reads_state() {
             let mut wanted: Vec<&str> = keys.iter().flatten().map(String::as_str).collect();
             wanted.sort_unstable();
             wanted.dedup();
-            let stored = self
-                .patiently(partition, || self.store().load(&wanted))
-                .await?;
-            for (key, stored) in wanted.into_iter().zip(stored) {
+            let stored: Vec<(Option<Document>, Option<i64>)> = if json {
+                self.patiently(partition, || self.store().load_json(&wanted))
+                    .await?
+                    .into_iter()
+                    .map(|s| (s.json.map(Document::Json), s.sequence))
+                    .collect()
+            } else {
+                self.patiently(partition, || self.store().load(&wanted))
+                    .await?
+                    .into_iter()
+                    .map(|s| (s.document.map(Document::Value), s.sequence))
+                    .collect()
+            };
+            for (key, (state, sequence)) in wanted.into_iter().zip(stored) {
                 documents.insert(
                     key,
                     Working {
-                        state: stored.document,
-                        sequence: stored.sequence,
+                        state,
+                        sequence,
                         offset: None,
                     },
                 );
@@ -949,8 +960,24 @@ impl<P: Projection, S: Store> Projector<P, S> {
                     continue;
                 }
             }
-            let folded = self.projection.fold(document.state.as_ref(), event);
-            if let Some(reason) = self.store().refuses_document(key, folded.as_ref()) {
+            let (folded, refused) = if json {
+                let state = match &document.state {
+                    Some(Document::Json(text)) => Some(text.as_str()),
+                    _ => None,
+                };
+                let folded = self.projection.fold_json(state, event);
+                let refused = self.store().refuses_json(key, folded.as_deref());
+                (folded.map(Document::Json), refused)
+            } else {
+                let state = match &document.state {
+                    Some(Document::Value(value)) => Some(value),
+                    _ => None,
+                };
+                let folded = self.projection.fold(state, event);
+                let refused = self.store().refuses_document(key, folded.as_ref());
+                (folded.map(Document::Value), refused)
+            };
+            if let Some(reason) = refused {
                 self.dead_letter(&record.message, &reason).await?;
                 dead.insert(record.offset());
                 continue;
@@ -1094,15 +1121,18 @@ impl<P: Projection, S: Store> Projector<P, S> {
     }
 }
 
-fn change(key: &str, state: Option<Value>) -> Change {
+/// A document as the fold made it: a `Value`, or JSON text from [`Projection::fold_json`].
+enum Document {
+    Value(Value),
+    Json(String),
+}
+
+fn change(key: &str, state: Option<Document>) -> Change {
+    let key = key.to_owned();
     match state {
-        Some(document) => Change::Put {
-            key: key.to_owned(),
-            document,
-        },
-        None => Change::Delete {
-            key: key.to_owned(),
-        },
+        Some(Document::Value(document)) => Change::Put { key, document },
+        Some(Document::Json(json)) => Change::PutJson { key, json },
+        None => Change::Delete { key },
     }
 }
 

@@ -48,6 +48,13 @@ pub struct Stored {
     pub sequence: Option<i64>,
 }
 
+/// [`Stored`] with the document as the JSON text the store holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredJson {
+    pub json: Option<String>,
+    pub sequence: Option<i64>,
+}
+
 pub trait Store: Send + Sync + 'static {
     /// Checks the recorded offset is `batch.expected_offset`, applies the changes above it
     /// (and above their key's stored sequence) and records `batch.last_offset`, atomically.
@@ -68,6 +75,34 @@ pub trait Store: Send + Sync + 'static {
             },
             None => Change::Delete { key },
         })
+    }
+
+    /// [`Store::refuses_document`] for a document as JSON text.
+    fn refuses_json(&self, key: &str, json: Option<&str>) -> Option<String> {
+        self.refuses(&match json {
+            Some(json) => Change::PutJson {
+                key: key.to_owned(),
+                json: json.to_owned(),
+            },
+            None => Change::Delete {
+                key: key.to_owned(),
+            },
+        })
+    }
+
+    /// [`Store::load`] with the documents as the JSON text the store holds.
+    fn load_json(&self, keys: &[&str]) -> impl Future<Output = Result<Vec<StoredJson>>> + Send {
+        async move {
+            Ok(self
+                .load(keys)
+                .await?
+                .into_iter()
+                .map(|stored| StoredJson {
+                    json: stored.document.map(|d| d.to_string()),
+                    sequence: stored.sequence,
+                })
+                .collect())
+        }
     }
 
     /// The offset last applied for a partition, if any.

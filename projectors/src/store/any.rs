@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::projection::Change;
 use crate::store::mysql::MysqlStore;
 use crate::store::redis::RedisStore;
-use crate::store::{PartitionBatch, Store, Stored};
+use crate::store::{PartitionBatch, Store, Stored, StoredJson};
 
 /// Which backend holds a service's read models.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -113,6 +113,20 @@ impl Store for AnyStore {
         match self {
             AnyStore::Redis(s) => s.refuses_document(key, document),
             AnyStore::Mysql(s) => s.refuses_document(key, document),
+        }
+    }
+
+    fn refuses_json(&self, key: &str, json: Option<&str>) -> Option<String> {
+        match self {
+            AnyStore::Redis(s) => s.refuses_json(key, json),
+            AnyStore::Mysql(s) => s.refuses_json(key, json),
+        }
+    }
+
+    async fn load_json(&self, keys: &[&str]) -> Result<Vec<StoredJson>> {
+        match self {
+            AnyStore::Redis(s) => s.load_json(keys).await,
+            AnyStore::Mysql(s) => s.load_json(keys).await,
         }
     }
 

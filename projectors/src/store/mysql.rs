@@ -40,6 +40,7 @@
 //! pool hands out only connections that answer a ping and gives up acquiring one after
 //! [`ACQUIRE_TIMEOUT`], so an outage turns into errors (and retries) instead of a hang.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -345,7 +346,7 @@ impl MysqlStore {
         // Applying in order is the same as applying each key's last change: puts and deletes
         // then touch disjoint keys and can go in separate statements. Sorted keys make two
         // writers lock rows in the same order.
-        let mut latest: BTreeMap<&str, Option<String>> = BTreeMap::new();
+        let mut latest: BTreeMap<&str, Option<Cow<str>>> = BTreeMap::new();
         let mut sequences: BTreeMap<&str, i64> = BTreeMap::new();
         for write in fresh {
             let key = write.change.key();
@@ -357,13 +358,16 @@ impl MysqlStore {
                 *highest = (*highest).max(sequence);
             }
             match &write.change {
-                Change::Put { key, document } => latest.insert(key, Some(document.to_string())),
+                Change::Put { key, document } => {
+                    latest.insert(key, Some(Cow::Owned(document.to_string())))
+                }
+                Change::PutJson { key, json } => latest.insert(key, Some(Cow::Borrowed(json))),
                 Change::Delete { key } => latest.insert(key, None),
             };
         }
         let (puts, deletes): (Vec<_>, Vec<_>) = latest.iter().partition(|(_, d)| d.is_some());
 
-        let size = |row: &&(&&str, &Option<String>)| row.1.as_deref().map_or(0, str::len);
+        let size = |row: &&(&&str, &Option<Cow<str>>)| row.1.as_deref().map_or(0, str::len);
         for chunk in chunks(&puts, |row| size(&row)) {
             let smallest = chunk.iter().min_by_key(size).unwrap_or(&chunk[0]);
             let rows = chunk
@@ -471,8 +475,24 @@ impl Store for MysqlStore {
     fn refuses(&self, change: &Change) -> Option<String> {
         match change {
             Change::Put { key, document } => self.refuses_document(key, Some(document)),
+            Change::PutJson { key, json } => self.refuses_json(key, Some(json)),
             Change::Delete { key } => self.refuses_document(key, None),
         }
+    }
+
+    fn refuses_json(&self, key: &str, json: Option<&str>) -> Option<String> {
+        let chars = key.chars().count();
+        if chars > MAX_KEY_CHARS {
+            return Some(format!(
+                "key of {chars} characters is longer than the mysql store's {MAX_KEY_CHARS}"
+            ));
+        }
+        let bytes = json?.len();
+        (bytes > MAX_DOCUMENT_BYTES).then(|| {
+            format!(
+                "document of {bytes} bytes is larger than the mysql store's {MAX_DOCUMENT_BYTES}"
+            )
+        })
     }
 
     fn refuses_document(&self, key: &str, document: Option<&Value>) -> Option<String> {

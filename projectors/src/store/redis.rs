@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::projection::Change;
-use crate::store::{PartitionBatch, Store, Stored};
+use crate::store::{PartitionBatch, Store, Stored, StoredJson};
 
 /// Applies a batch and its offset in one script run, which Redis executes atomically.
 /// KEYS: offsets hash, sequences hash. ARGV: offsets field, document key prefix, last offset,
@@ -101,6 +101,7 @@ impl Store for RedisStore {
                 Change::Put { key, document } => {
                     invocation.arg("put").arg(key).arg(document.to_string())
                 }
+                Change::PutJson { key, json } => invocation.arg("put").arg(key).arg(json),
                 Change::Delete { key } => invocation.arg("del").arg(key).arg(""),
             };
         }
@@ -125,6 +126,34 @@ impl Store for RedisStore {
 
     fn refuses_document(&self, _key: &str, _document: Option<&Value>) -> Option<String> {
         None
+    }
+
+    fn refuses_json(&self, _key: &str, _json: Option<&str>) -> Option<String> {
+        None
+    }
+
+    async fn load_json(&self, keys: &[&str]) -> Result<Vec<StoredJson>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let documents: Vec<String> = keys
+            .iter()
+            .map(|key| format!("{}{key}", self.document_prefix))
+            .collect();
+        let mut connection = self.connection.clone();
+        let (texts, sequences): (Vec<Option<String>>, Vec<Option<i64>>) = redis::pipe()
+            .cmd("MGET")
+            .arg(&documents)
+            .cmd("HMGET")
+            .arg(&self.sequences_key)
+            .arg(keys)
+            .query_async(&mut connection)
+            .await?;
+        Ok(texts
+            .into_iter()
+            .zip(sequences)
+            .map(|(json, sequence)| StoredJson { json, sequence })
+            .collect())
     }
 
     async fn load(&self, keys: &[&str]) -> Result<Vec<Stored>> {
