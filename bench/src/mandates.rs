@@ -1,16 +1,19 @@
 //! (a) N mandate changes through the CRM API → time until all are visible in the IoT platform,
-//! with the POST/PUT-to-visible latency distribution; (b) the IoT projector folding a
-//! pre-filled topic vs a bare rdkafka consumer reading the same topic without decoding.
+//! with the PUT-to-visible latency distribution, closed loop (N clients, each waiting for its
+//! change to show) and open loop (changes sent at a fixed rate, latency from each change's
+//! scheduled send time, so a slow response cannot hide queueing); (b) the IoT projector folding
+//! a pre-filled topic vs a bare rdkafka consumer reading the same topic without decoding.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::stream::{self, StreamExt};
 use hdrhistogram::Histogram;
+use iot_platform::generations::{self, ReadStore};
 use projectors::store::any::StoreKind;
 use serde_json::{json, Value};
 use sqlx::Connection;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use topics::settings::KafkaSettings;
 use uuid::Uuid;
 
@@ -30,6 +33,15 @@ pub struct Options {
     /// Distinct connections those events are spread over.
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
+    /// Rounds of bare consumer and projector in part (b).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Open-loop rates in part (a), changes per second.
+    #[arg(long, value_delimiter = ',', default_value = "500,2000")]
+    rates: Vec<u32>,
+    /// How long each open-loop rate is held, seconds.
+    #[arg(long, default_value_t = 3)]
+    open_seconds: u32,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -38,18 +50,22 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
     println!("(a) mandate changes through the CRM API until visible in the IoT platform");
     let api = api_to_visible(&run_id, &options).await?;
-    println!("| changes | concurrency | total s | changes/s | p50 ms | p99 ms | max ms |");
-    println!("|---|---|---|---|---|---|---|");
-    println!(
-        "| {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} |",
-        options.changes,
-        options.concurrency,
-        api.total.as_secs_f64(),
-        options.changes as f64 / api.total.as_secs_f64(),
-        api.latency_ms.value_at_quantile(0.5) as f64 / 1000.0,
-        api.latency_ms.value_at_quantile(0.99) as f64 / 1000.0,
-        api.latency_ms.max() as f64 / 1000.0,
-    );
+    println!("| loop | changes | offered | total s | changes/s | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for result in &api {
+        println!(
+            "| {} | {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} |",
+            result.mode,
+            result.changes,
+            result.offered,
+            result.total.as_secs_f64(),
+            result.changes as f64 / result.total.as_secs_f64(),
+            result.latency_ms.value_at_quantile(0.5) as f64 / 1000.0,
+            result.latency_ms.value_at_quantile(0.99) as f64 / 1000.0,
+            result.latency_ms.max() as f64 / 1000.0,
+        );
+    }
+    println!("closed: PUT to visible over HTTP (polled every 2 ms); open: scheduled send time to visible in the read model's store (what GET /mandates serves; all pending changes checked with one MGET per ms)");
 
     println!();
     let workload = fold_against_bare(
@@ -57,6 +73,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         "(b) the IoT projector folding",
         options.events,
         options.connections,
+        options.rounds,
         &[(
             "IoT projector: decode + fold + Redis + commit",
             StoreKind::Redis,
@@ -68,8 +85,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 }
 
 struct ApiResult {
+    mode: &'static str,
+    changes: usize,
+    /// Concurrency (closed loop) or rate (open loop).
+    offered: String,
     total: Duration,
-    /// Microseconds from sending the request to the change being served.
+    /// Microseconds from sending the request (closed loop) or its scheduled time (open loop)
+    /// to the change being served.
     latency_ms: Histogram<u64>,
 }
 
@@ -87,7 +109,7 @@ impl Running {
     }
 }
 
-async fn api_to_visible(run_id: &str, options: &Options) -> anyhow::Result<ApiResult> {
+async fn api_to_visible(run_id: &str, options: &Options) -> anyhow::Result<Vec<ApiResult>> {
     let seed = std::env::temp_dir().join(format!("bench-seed-{run_id}.csv"));
     std::fs::write(
         &seed,
@@ -113,7 +135,7 @@ async fn api_to_visible(run_id: &str, options: &Options) -> anyhow::Result<ApiRe
             let _ = stopped.await;
         })),
     };
-    let iot_app = iot_platform::startup::Application::build(iot_settings).await?;
+    let iot_app = iot_platform::startup::Application::build(iot_settings.clone()).await?;
     let (stop, stopped) = oneshot::channel::<()>();
     let iot = Running {
         base_url: format!("http://127.0.0.1:{}", iot_app.port()),
@@ -127,59 +149,38 @@ async fn api_to_visible(run_id: &str, options: &Options) -> anyhow::Result<ApiRe
                 .map_err(anyhow::Error::from)
         }),
     };
+    // The store the IoT platform serves reads from, for the open loop's watcher.
+    let catalog = generations::open_store(&iot_settings, generations::FIRST).await?;
+    let serving = generations::open_store(
+        &iot_settings,
+        generations::current(&catalog, &iot_settings).await?,
+    )
+    .await?;
 
-    let client = reqwest::Client::new();
-    let body = |connection: &str, mandate: u8| {
-        json!({ "firstName": "Bram", "lastName": "Visser", "city": "Almere",
-                "connectionId": connection, "connectionMandate": mandate })
+    let api = Api {
+        client: reqwest::Client::new(),
+        crm: crm.base_url.clone(),
+        iot: iot.base_url.clone(),
     };
-    // Customers to change, created first and awaited, so part (a) times changes only.
-    let customers: Vec<(u64, String)> = stream::iter(0..options.changes)
-        .map(|i| {
-            let client = client.clone();
-            let connection = format!("bench-{run_id}-{i}");
-            let url = format!("{}/customers", crm.base_url);
-            let body = body(&connection, 0);
-            let iot_url = iot.base_url.clone();
-            async move {
-                let created: Value = client
-                    .post(url)
-                    .json(&body)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await?;
-                let id = created["id"]
-                    .as_u64()
-                    .context("created customer has no id")?;
-                await_mandate(&client, &iot_url, &connection, 0).await?;
-                anyhow::Ok((id, connection))
-            }
-        })
-        .buffer_unordered(options.concurrency)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
+    let mut results = Vec::new();
 
+    // Closed loop: customers to change, created first and awaited, so it times changes only.
+    let customers = api
+        .create(
+            &format!("{run_id}-closed"),
+            options.changes,
+            options.concurrency,
+        )
+        .await?;
     let mut latency_ms = Histogram::<u64>::new(3)?;
     let started = Instant::now();
     let latencies: Vec<anyhow::Result<Duration>> = stream::iter(customers)
         .map(|(id, connection)| {
-            let client = client.clone();
-            let url = format!("{}/customers/{id}", crm.base_url);
-            let body = body(&connection, 2);
-            let iot_url = iot.base_url.clone();
+            let api = &api;
             async move {
                 let sent = Instant::now();
-                client
-                    .put(url)
-                    .json(&body)
-                    .send()
-                    .await?
-                    .error_for_status()?;
-                await_mandate(&client, &iot_url, &connection, 2).await?;
+                api.change(id, &connection, 2).await?;
+                await_mandate(&api.client, &api.iot, &connection, 2).await?;
                 Ok(sent.elapsed())
             }
         })
@@ -190,9 +191,32 @@ async fn api_to_visible(run_id: &str, options: &Options) -> anyhow::Result<ApiRe
     for latency in latencies {
         latency_ms.record(u64::try_from(latency?.as_micros())?)?;
     }
+    results.push(ApiResult {
+        mode: "closed",
+        changes: options.changes,
+        offered: format!("{} clients", options.concurrency),
+        total,
+        latency_ms,
+    });
+
+    for &rate in &options.rates {
+        let changes = (rate * options.open_seconds) as usize;
+        let customers = api
+            .create(&format!("{run_id}-open{rate}"), changes, 64)
+            .await?;
+        let (total, latency_ms) = open_loop(&api, &serving, customers, rate).await?;
+        results.push(ApiResult {
+            mode: "open",
+            changes,
+            offered: format!("{rate}/s"),
+            total,
+            latency_ms,
+        });
+    }
 
     iot.stop().await?;
     crm.stop().await?;
+    projectors::Store::clear(&serving).await?;
     std::fs::remove_file(seed)?;
     let mut admin = sqlx::PgConnection::connect(&crm_settings.postgres_url).await?;
     sqlx::query(&format!(
@@ -201,7 +225,148 @@ async fn api_to_visible(run_id: &str, options: &Options) -> anyhow::Result<ApiRe
     ))
     .execute(&mut admin)
     .await?;
-    Ok(ApiResult { total, latency_ms })
+    Ok(results)
+}
+
+/// The CRM and IoT APIs of one benchmark run.
+struct Api {
+    client: reqwest::Client,
+    crm: String,
+    iot: String,
+}
+
+impl Api {
+    fn body(connection: &str, mandate: u8) -> Value {
+        json!({ "firstName": "Bram", "lastName": "Visser", "city": "Almere",
+                "connectionId": connection, "connectionMandate": mandate })
+    }
+
+    /// Creates `count` customers with mandate 0 and waits until the IoT platform shows each.
+    async fn create(
+        &self,
+        prefix: &str,
+        count: usize,
+        concurrency: usize,
+    ) -> anyhow::Result<Vec<(u64, String)>> {
+        stream::iter(0..count)
+            .map(|i| async move {
+                let connection = format!("bench-{prefix}-{i}");
+                let created: Value = self
+                    .client
+                    .post(format!("{}/customers", self.crm))
+                    .json(&Self::body(&connection, 0))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                let id = created["id"]
+                    .as_u64()
+                    .context("created customer has no id")?;
+                await_mandate(&self.client, &self.iot, &connection, 0).await?;
+                anyhow::Ok((id, connection))
+            })
+            .buffer_unordered(concurrency)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    async fn change(&self, id: u64, connection: &str, mandate: u8) -> anyhow::Result<()> {
+        self.client
+            .put(format!("{}/customers/{id}", self.crm))
+            .json(&Self::body(connection, mandate))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+}
+
+/// Open loop: change `i` is sent at `start + i / rate` whatever became of the earlier ones;
+/// one watcher reads every pending connection from the serving store each millisecond, and a
+/// change's latency runs from its scheduled send time until the store shows it. Returns the
+/// time from the first scheduled send until the last change showed, and the latencies.
+async fn open_loop(
+    api: &Api,
+    serving: &ReadStore,
+    customers: Vec<(u64, String)>,
+    rate: u32,
+) -> anyhow::Result<(Duration, Histogram<u64>)> {
+    const WANTED: u8 = 1;
+    let count = customers.len();
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let interval = Duration::from_secs(1) / rate;
+    let (sent, mut to_watch) = mpsc::unbounded_channel::<(String, tokio::time::Instant)>();
+    let senders = stream::iter(customers.into_iter().enumerate())
+        .map(move |(i, (id, connection))| {
+            let sent = sent.clone();
+            async move {
+                let scheduled = start + interval * u32::try_from(i)?;
+                tokio::time::sleep_until(scheduled).await;
+                api.change(id, &connection, WANTED).await?;
+                let _ = sent.send((connection, scheduled));
+                anyhow::Ok(())
+            }
+        })
+        // Every change may be in flight at once: nothing waits for an earlier one.
+        .buffer_unordered(count.max(1))
+        .collect::<Vec<_>>();
+    let watcher = async {
+        let mut latency_ms = Histogram::<u64>::new(3)?;
+        let mut pending: Vec<(String, tokio::time::Instant)> = Vec::new();
+        let mut open = true;
+        let deadline = start + Duration::from_secs(120) + interval * u32::try_from(count)?;
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while open || !pending.is_empty() {
+            if tokio::time::Instant::now() > deadline {
+                bail!("{} changes not visible within the deadline", pending.len());
+            }
+            tick.tick().await;
+            loop {
+                match to_watch.try_recv() {
+                    Ok(sent) => pending.push(sent),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            if pending.is_empty() {
+                continue;
+            }
+            let keys: Vec<&str> = pending.iter().map(|(c, _)| c.as_str()).collect();
+            let stored = projectors::Store::load(serving, &keys).await?;
+            let seen = tokio::time::Instant::now();
+            let shown: Vec<bool> = stored
+                .iter()
+                .map(|s| {
+                    s.document
+                        .as_ref()
+                        .is_some_and(|d| d["mandate"] == json!(WANTED))
+                })
+                .collect();
+            let mut shown = shown.into_iter();
+            pending.retain(|(_, scheduled)| {
+                if shown.next().unwrap_or(false) {
+                    let micros = (seen - *scheduled).as_micros();
+                    let _ = latency_ms.record(u64::try_from(micros).unwrap_or(u64::MAX));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        anyhow::Ok((start.elapsed(), latency_ms))
+    };
+    let (sends, watched) = tokio::join!(senders, watcher);
+    for send in sends {
+        send?;
+    }
+    watched
 }
 
 /// Polls the IoT platform until the connection shows `mandate` (at most 60 s).

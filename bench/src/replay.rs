@@ -15,6 +15,15 @@ pub struct Options {
     /// Distinct connections those events are spread over.
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
+    /// Rounds of bare consumer and projectors, one after the other.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Stores to replay into.
+    #[arg(long, value_delimiter = ',', default_value = "redis,mysql")]
+    stores: Vec<StoreKind>,
+    /// Skip the rebuild-while-serving measurement.
+    #[arg(long)]
+    no_rebuild: bool,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -24,12 +33,21 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         "replay",
         options.events,
         options.connections,
-        &[
-            ("IoT projector → Redis", StoreKind::Redis),
-            ("IoT projector → MySQL (MariaDB)", StoreKind::Mysql),
-        ],
+        options.rounds,
+        &options
+            .stores
+            .iter()
+            .map(|store| match store {
+                StoreKind::Redis => ("IoT projector → Redis", *store),
+                StoreKind::Mysql => ("IoT projector → MySQL (MariaDB)", *store),
+            })
+            .collect::<Vec<_>>(),
     )
     .await?;
+    if options.no_rebuild {
+        workload.delete(&kafka).await?;
+        return Ok(());
+    }
 
     println!("\nrebuild while serving: generation 1 → 2 from the start of the topic (Redis)");
     let settings = workload.iot_settings(StoreKind::Redis)?;

@@ -147,39 +147,104 @@ impl Workload {
     }
 }
 
-/// Pre-fills a topic, reads it once with the bare consumer and once per store with the
-/// projector, and prints the throughput table against the bare consumer. Returns the topic for
-/// further runs; the caller deletes it.
+/// Pre-fills a topic, then runs `rounds` rounds of the bare consumer and the projector into
+/// each store, one after the other, so each projector run is compared with a bare read
+/// measured moments before it. Prints every round and a summary: median and range of the
+/// rates and of the ratios to the same round's bare consumer. Returns the topic for further
+/// runs; the caller deletes it.
 pub async fn fold_against_bare(
     kafka: &KafkaSettings,
     title: &str,
     events: usize,
     connections: usize,
+    rounds: usize,
     stores: &[(&str, StoreKind)],
 ) -> anyhow::Result<Workload> {
     println!(
-        "{title}: a pre-filled topic of {events} events ({connections} connections, 4 partitions)"
+        "{title}: a pre-filled topic of {events} events ({connections} connections, 4 partitions), {rounds} alternating rounds"
     );
     let workload = Workload::prefill(kafka, events, connections).await?;
     println!("pre-filled in {:.1} s", workload.fill_time.as_secs_f64());
-    let bare = workload.bare_consumer(kafka).await?;
-    let mut folds = Vec::with_capacity(stores.len());
-    for (name, store) in stores {
-        folds.push((
-            *name,
-            workload.projector(&workload.iot_settings(*store)?).await?,
-        ));
-    }
-    println!("| consumer | events | seconds | events/s | vs bare |");
-    println!("|---|---|---|---|---|");
-    let rows = std::iter::once(("bare rdkafka StreamConsumer, no decoding", bare)).chain(folds);
-    for (name, took) in rows {
+    println!("| round | consumer | seconds | events/s | vs bare | process CPU s |");
+    println!("|---|---|---|---|---|---|");
+    let rate = |took: Duration| events as f64 / took.as_secs_f64();
+    let mut bare_rates = Vec::with_capacity(rounds);
+    let mut folds: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); stores.len()];
+    for round in 1..=rounds {
+        let cpu = process_cpu();
+        let bare = workload.bare_consumer(kafka).await?;
         println!(
-            "| {name} | {events} | {:.2} | {:.0} | {:.2} |",
-            took.as_secs_f64(),
-            events as f64 / took.as_secs_f64(),
-            bare.as_secs_f64() / took.as_secs_f64(),
+            "| {round} | bare rdkafka StreamConsumer, no decoding | {:.2} | {:.0} | 1.00 | {:.1} |",
+            bare.as_secs_f64(),
+            rate(bare),
+            process_cpu() - cpu
         );
+        bare_rates.push(rate(bare));
+        for ((name, store), (rates, ratios)) in stores.iter().zip(&mut folds) {
+            let cpu = process_cpu();
+            let took = workload.projector(&workload.iot_settings(*store)?).await?;
+            let ratio = bare.as_secs_f64() / took.as_secs_f64();
+            println!(
+                "| {round} | {name} | {:.2} | {:.0} | {ratio:.2} | {:.1} |",
+                took.as_secs_f64(),
+                rate(took),
+                process_cpu() - cpu
+            );
+            rates.push(rate(took));
+            ratios.push(ratio);
+        }
+    }
+    println!("\nsummary over {rounds} rounds: median [min–max]");
+    println!("| consumer | events/s | vs bare (same round) |");
+    println!("|---|---|---|");
+    println!(
+        "| bare rdkafka StreamConsumer, no decoding | {} | 1.00 |",
+        spread(&bare_rates, 0)
+    );
+    for ((name, _), (rates, ratios)) in stores.iter().zip(&folds) {
+        println!("| {name} | {} | {} |", spread(rates, 0), spread(ratios, 2));
     }
     Ok(workload)
+}
+
+/// `median [min–max]` of `values`, with `decimals` decimals.
+pub fn spread(values: &[f64], decimals: usize) -> String {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.as_slice() {
+        [] => "-".to_owned(),
+        [.., last] => {
+            let middle = sorted.len() / 2;
+            let median = if sorted.len().is_multiple_of(2) {
+                (sorted[middle - 1] + sorted[middle]) / 2.0
+            } else {
+                sorted[middle]
+            };
+            format!(
+                "{median:.decimals$} [{:.decimals$}–{last:.decimals$}]",
+                sorted[0]
+            )
+        }
+    }
+}
+
+/// CPU seconds (user + system) this process has used so far, from `/proc/self/stat`; 0 where
+/// that is not readable. Shows whether a run was CPU-bound or waiting.
+pub fn process_cpu() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at the state, field 3;
+    // utime and stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
