@@ -13,14 +13,18 @@
 //! - [`runner`]: the engine's life: recover (replay sources, diff against what was
 //!   published), then follow the sources and the clock, publishing in Kafka transactions.
 //! - [`settings`]: the engine's layered settings.
+//! - [`catalogue`]: the catalogue read model (projector runtime) and the `catalogue` service.
+//! - [`notifications`]: the low/critical-stock business events and the `notifications` service.
 //! - [`error`]: the error type; [`Error::is_retryable`].
 
 pub mod avro;
+pub mod catalogue;
 pub mod cdc;
 pub mod declared;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod notifications;
 pub mod query;
 pub mod results;
 pub mod row;

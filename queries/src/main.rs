@@ -1,6 +1,8 @@
 //! The `queries` binary.
 //!
 //! - `queries run` (default): the continuous-query engine ([`queries::runner`]).
+//! - `queries catalogue`: the catalogue read model and service ([`queries::catalogue`]).
+//! - `queries notifications`: the stock notifications service ([`queries::notifications`]).
 //! - `queries show <query>`: the current result of a query, read back from its topic.
 
 use clap::{Parser, Subcommand};
@@ -17,6 +19,10 @@ struct Cli {
 enum Command {
     /// Maintain every declared query and publish its result changes.
     Run,
+    /// Fold the product catalogue into its read model and serve it (127.0.0.1:3014).
+    Catalogue,
+    /// Serve the low- and critical-stock notifications (127.0.0.1:3015).
+    Notifications,
     /// Print a query's current result (one JSON row per line), read back from its topic.
     Show { query: String },
 }
@@ -31,14 +37,22 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let settings: Settings = topics::settings::load("queries")?;
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => {
-            queries::runner::run(settings, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?
+    let command = cli.command.unwrap_or(Command::Run);
+    match command {
+        Command::Catalogue => {
+            let settings = topics::settings::load("catalogue")?;
+            return queries::catalogue::serve(settings, shutdown()).await;
         }
+        Command::Notifications => {
+            let settings = topics::settings::load("notifications")?;
+            return queries::notifications::serve(settings, shutdown()).await;
+        }
+        _ => {}
+    }
+    let settings: Settings = topics::settings::load("queries")?;
+    match command {
+        Command::Catalogue | Command::Notifications => {}
+        Command::Run => queries::runner::run(settings, shutdown()).await?,
         Command::Show { query } => {
             let query = queries::declared::find(&query)
                 .ok_or_else(|| anyhow::anyhow!("no query named {query}"))?;
@@ -61,4 +75,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -341,3 +341,56 @@ pub fn fold(changes: &[ResultChange]) -> (HashMap<String, Row>, u64) {
     }
     (answer, seq)
 }
+
+/// Follows result topics from their beginning for as long as the receiver lives: every
+/// committed change, tagged with the index of its query in `queries`. A record that does not
+/// decode is logged with its position and skipped (it cannot ever decode).
+pub fn follow(
+    kafka: &KafkaSettings,
+    schemas: Schemas,
+    queries: Vec<(&'static Query, String)>,
+) -> Result<tokio::sync::mpsc::Receiver<(usize, ResultChange)>> {
+    use rdkafka::consumer::StreamConsumer;
+    let consumer: StreamConsumer = end_reader(kafka)
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for (_, topic) in &queries {
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(async move {
+        loop {
+            let msg = match consumer.recv().await {
+                Ok(msg) => msg,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading result changes; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let Some(index) = queries.iter().position(|(_, t)| t == msg.topic()) else {
+                continue;
+            };
+            let Some(payload) = msg.payload() else {
+                continue;
+            };
+            let decoded = match schemas.decode(payload).await {
+                Ok(value) => decode(queries[index].0, &value),
+                Err(e) => Err(e),
+            };
+            match decoded {
+                Ok(change) => {
+                    if tx.send((index, change)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(topic = msg.topic(), offset = msg.offset(), error = %e, "result change skipped")
+                }
+            }
+        }
+    });
+    Ok(rx)
+}

@@ -265,6 +265,39 @@ impl Stack {
         self.engine = Some(Proc::spawn("queries", cmd));
     }
 
+    /// Starts `queries <command>` (a service reading this test's result topics) on a free
+    /// port; returns its base URL once `/health` answers.
+    pub async fn start_service(&mut self, command: &str, extra: &[(&str, String)]) -> String {
+        let port = testkit::free_port();
+        let upper = command.to_uppercase();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_queries"));
+        cmd.arg(command)
+            .envs(self.engine_env.iter().cloned())
+            .env(format!("{upper}_LISTEN_ADDR"), format!("127.0.0.1:{port}"));
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        self.services.push(Proc::spawn(command, cmd));
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        testkit::eventually(
+            &format!("the {command} service answers"),
+            Duration::from_secs(60),
+            || {
+                let url = format!("{url}/health");
+                let http = http.clone();
+                async move {
+                    http.get(url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+        url
+    }
+
     /// kill -9 of the engine.
     pub fn kill_engine(&mut self) {
         if let Some(mut engine) = self.engine.take() {
