@@ -5,8 +5,10 @@
 //! - [`store`]: the queries; reservations take stock with one conditional UPDATE under
 //!   `CHECK (stock >= 0)`, at most once per order id.
 //! - [`routes`]: the HTTP handlers.
+//! - [`restock`]: `POST /products/{id}/restock`, stock added once per restock id.
 
 pub mod domain;
+pub mod restock;
 pub mod routes;
 pub mod store;
 
@@ -21,6 +23,7 @@ pub fn router(pool: PgPool) -> Router {
     Router::new()
         .route("/products", get(routes::list).post(routes::create))
         .route("/products/{id}", get(routes::get).put(routes::replace))
+        .route("/products/{id}/restock", post(restock::restock))
         .route("/reservations", post(routes::reserve))
         .route("/reservations/{order_id}", get(routes::reservation))
         .route("/reservations/{order_id}/release", post(routes::release))

@@ -1,0 +1,170 @@
+//! `orderflow <component>`: runs one component of the order flow as its own process (saga,
+//! payments, restock, loyalty, audit), until SIGTERM or ctrl-c.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orderflow::audit::AuditLog;
+use orderflow::clients::Clients;
+use orderflow::configuration::{self, Settings};
+use orderflow::consumer::ConsumerConfig;
+use orderflow::loyalty::Loyalty;
+use orderflow::payments::Payments;
+use orderflow::saga::mail::MailLog;
+use orderflow::saga::{self, Saga, Step};
+use tokio::sync::{watch, Notify};
+
+#[derive(Parser)]
+#[command(about = "The order flow: checkout saga, payments, restock timer, loyalty, audit")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The checkout saga: intake of PLACED events and the step workers.
+    Saga,
+    /// The simulated payment provider (default 127.0.0.1:3020).
+    Payments,
+    /// The restock timer poller and executor.
+    Restock,
+    /// Loyalty points per order (`LOYALTY_MODE=exactly-once|naive`).
+    Loyalty,
+    /// The audit log of every order event.
+    Audit,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    orderflow::telemetry::init();
+    let cli = Cli::parse();
+    let settings = configuration::load().context("loading the orderflow settings")?;
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    match cli.command {
+        Command::Saga => run_saga(settings, stopped).await,
+        Command::Payments => {
+            let payments = Payments::build(&settings).await?;
+            let mut stopped = stopped;
+            payments
+                .serve(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        }
+        Command::Restock => {
+            let pool = saga_pool(&settings, 4).await?;
+            orderflow::restock::run(
+                pool,
+                Clients::new(&settings),
+                settings.restock_quantity,
+                settings.restock_poll(),
+                stopped,
+            )
+            .await;
+            Ok(())
+        }
+        Command::Loyalty => {
+            let pool = orderflow::database::prepare(
+                &settings.server_options()?,
+                &settings.loyalty_database,
+                &orderflow::loyalty::MIGRATOR,
+                settings.orderflow_pool_size,
+            )
+            .await?;
+            let loyalty = Loyalty {
+                pool,
+                mode: settings
+                    .loyalty_mode
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!(e))?,
+                points_per_item: settings.loyalty_points_per_item,
+            };
+            tracing::info!(mode = ?loyalty.mode, "loyalty starting");
+            loyalty
+                .run(
+                    &settings.kafka,
+                    ConsumerConfig::new(&settings.loyalty_group),
+                    stopped,
+                )
+                .await?;
+            Ok(())
+        }
+        Command::Audit => {
+            let log = AuditLog::open(&settings.audit_dir)?;
+            log.run(
+                &settings.kafka,
+                ConsumerConfig::new(&settings.audit_group),
+                stopped,
+            )
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+async fn saga_pool(settings: &Settings, connections: u32) -> anyhow::Result<sqlx::PgPool> {
+    orderflow::database::prepare(
+        &settings.server_options()?,
+        &settings.orderflow_database,
+        &saga::MIGRATOR,
+        connections,
+    )
+    .await
+}
+
+async fn run_saga(settings: Settings, stopped: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let workers = settings.saga_concurrency.max(1);
+    let pool = saga_pool(&settings, (workers as u32) * 2 + 4).await?;
+    let crash_at = match settings.saga_crash_at.trim() {
+        "" => None,
+        step => Some(step.parse::<Step>().map_err(|e| anyhow::anyhow!(e))?),
+    };
+    let wake = Arc::new(Notify::new());
+    let saga = Saga {
+        pool: pool.clone(),
+        clients: Clients::new(&settings),
+        mail: MailLog::new(&settings.mail_log),
+        restock_delay: settings.restock_delay(),
+        crash_at,
+        wake: wake.clone(),
+    };
+    let intake = {
+        let kafka = settings.kafka.clone();
+        let config = ConsumerConfig::new(&settings.saga_group);
+        let stopped = stopped.clone();
+        tokio::spawn(async move { saga::intake::run(&kafka, config, pool, wake, stopped).await })
+    };
+    tracing::info!(workers, crash_at = ?crash_at, "saga starting");
+    saga.run_workers(workers, stopped).await;
+    intake.await.context("saga intake")??;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown requested");
+}

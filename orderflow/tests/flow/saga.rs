@@ -1,0 +1,189 @@
+//! The checkout saga: a crash injected right after each step's effect (before its advance
+//! commits) resumes at that step and completes with every effect exactly once; a declined
+//! payment releases the stock and cancels the order.
+
+use std::os::unix::process::ExitStatusExt;
+
+use orderflow::saga::mail::MailLog;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+const FORWARD: [&str; 7] = [
+    "order", "profile", "shipment", "payment", "email", "history", "sold",
+];
+
+async fn saga_of(pool: &PgPool, order: Uuid) -> Option<(String, String)> {
+    sqlx::query_as("SELECT status, step FROM sagas WHERE order_id = $1")
+        .bind(order)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+async fn count(pool: &PgPool, table: &str, order: Uuid) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE order_id = $1"))
+        .bind(order)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn wait_for_status(pool: &PgPool, order: Uuid, status: &str) {
+    testkit::eventually(&format!("saga {order} is {status}"), WAIT, || async {
+        saga_of(pool, order).await.is_some_and(|(s, _)| s == status)
+    })
+    .await;
+}
+
+/// Every effect of a completed checkout, once.
+async fn assert_effects_once(
+    flow: &PgPool,
+    payments: &PgPool,
+    mail: &std::path::Path,
+    order: Uuid,
+) {
+    assert_eq!(count(flow, "shipments", order).await, 1, "one shipment");
+    assert_eq!(count(payments, "charges", order).await, 1, "one charge");
+    let approved: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM charges WHERE order_id = $1 AND outcome = 'approved'",
+    )
+    .bind(order)
+    .fetch_one(payments)
+    .await
+    .unwrap();
+    assert_eq!(approved, 1, "the charge was approved");
+    let mails = MailLog::read_all(mail)
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.order_id == order)
+        .count();
+    assert_eq!(mails, 1, "one confirmation email");
+    assert_eq!(
+        count(flow, "purchase_history", order).await,
+        1,
+        "one history entry"
+    );
+    assert_eq!(count(flow, "sales", order).await, 1, "one sale");
+    let steps: Vec<String> = sqlx::query_scalar(
+        "SELECT step FROM saga_steps WHERE order_id = $1 ORDER BY completed_at, step",
+    )
+    .bind(order)
+    .fetch_all(flow)
+    .await
+    .unwrap();
+    assert_eq!(steps.len(), FORWARD.len(), "{steps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_any_step_resumes_there_and_every_effect_happens_once() {
+    let shop = Shop::start().await;
+    let mut settings = flow_settings(&shop).await;
+    let provider = Provider::start(&mut settings, flaky(0.0)).await;
+    let flow = saga_pool(&settings).await;
+    let customer = shop.customer().await;
+    let product = shop.product(100).await;
+
+    // A run without crashes first: the saga completes.
+    let saga = Component::start("saga", &settings, &[]);
+    let order = shop.order(customer, product, 2).await;
+    wait_for_status(&flow, order, "completed").await;
+    assert_effects_once(&flow, &provider.pool, &settings.mail_log, order).await;
+    saga.kill().await;
+
+    for step in FORWARD {
+        let crashing = Component::start("saga", &settings, &[("SAGA_CRASH_AT", step)]);
+        let order = shop.order(customer, product, 1).await;
+        let status = crashing.exited().await;
+        assert_eq!(
+            status.signal(),
+            Some(libc_sigabrt()),
+            "crashed at {step}: {status:?}"
+        );
+        let (status, at) = saga_of(&flow, order).await.expect("saga row");
+        assert_eq!(
+            (status.as_str(), at.as_str()),
+            ("running", step),
+            "the crash left the saga at {step}"
+        );
+
+        let resumed = Component::start("saga", &settings, &[]);
+        wait_for_status(&flow, order, "completed").await;
+        assert_effects_once(&flow, &provider.pool, &settings.mail_log, order).await;
+        if step == "payment" {
+            let calls: i32 = sqlx::query_scalar("SELECT calls FROM charges WHERE order_id = $1")
+                .bind(order)
+                .fetch_one(&provider.pool)
+                .await
+                .unwrap();
+            assert!(
+                calls >= 2,
+                "the resumed saga charged again, and was deduplicated ({calls} calls)"
+            );
+        }
+        resumed.kill().await;
+    }
+    // 8 orders of 100 items: 2 + 7 × 1 sold.
+    assert_eq!(shop.stock(product).await, 91);
+
+    provider.stop();
+    shop.stop().await;
+    cleanup(&settings).await;
+}
+
+/// SIGABRT, what `std::process::abort` ends a process with.
+fn libc_sigabrt() -> i32 {
+    6
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_payment_releases_the_stock_and_cancels_the_order() {
+    let shop = Shop::start().await;
+    let mut settings = flow_settings(&shop).await;
+    let provider = Provider::start(&mut settings, flaky(1.0)).await;
+    let flow = saga_pool(&settings).await;
+    let customer = shop.customer().await;
+    let product = shop.product(5).await;
+
+    let saga = Component::start("saga", &settings, &[("SAGA_CRASH_AT", "release")]);
+    let order = shop.order(customer, product, 2).await;
+    assert_eq!(shop.stock(product).await, 3, "placing reserved 2");
+    // A crash in the middle of the compensation, too.
+    saga.exited().await;
+    let saga = Component::start("saga", &settings, &[]);
+    wait_for_status(&flow, order, "compensated").await;
+
+    assert_eq!(shop.stock(product).await, 5, "the stock is released");
+    assert_eq!(shop.order_status(order).await, "Cancelled");
+    let declined: String = sqlx::query_scalar("SELECT outcome FROM charges WHERE order_id = $1")
+        .bind(order)
+        .fetch_one(&provider.pool)
+        .await
+        .unwrap();
+    assert_eq!(declined, "declined");
+    let shipment: String = sqlx::query_scalar("SELECT status FROM shipments WHERE order_id = $1")
+        .bind(order)
+        .fetch_one(&flow)
+        .await
+        .unwrap();
+    assert_eq!(shipment, "cancelled");
+    assert_eq!(count(&flow, "sales", order).await, 0, "nothing sold");
+    assert_eq!(count(&flow, "purchase_history", order).await, 0);
+    assert!(MailLog::read_all(&settings.mail_log)
+        .unwrap()
+        .iter()
+        .all(|m| m.order_id != order));
+    let failure: Option<String> =
+        sqlx::query_scalar("SELECT failure FROM sagas WHERE order_id = $1")
+            .bind(order)
+            .fetch_one(&flow)
+            .await
+            .unwrap();
+    assert!(failure.unwrap_or_default().contains("declined"));
+
+    saga.kill().await;
+    provider.stop();
+    shop.stop().await;
+    cleanup(&settings).await;
+}
