@@ -16,6 +16,8 @@ use crate::routes::{router, AppState, Serving};
 
 /// How often a serving instance checks whether reads switched to another generation.
 pub const GENERATION_POLL: Duration = Duration::from_secs(1);
+/// How often the consumer lag gauges are refreshed.
+const LAG_POLL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -119,6 +121,13 @@ async fn follow_generations(
     tokio::pin!(shutdown);
     loop {
         let generation = state.serving().generation;
+        // The served generation's lag per partition, as a gauge on `GET /metrics`.
+        let _lag = telemetry::lag::watch(
+            settings.kafka.clone(),
+            generations::group(settings, generation),
+            settings.iot_topic.clone(),
+            LAG_POLL,
+        );
         let (stop, stopped) = oneshot::channel::<()>();
         let mut task = tokio::spawn(projector.run(async move {
             let _ = stopped.await;

@@ -67,7 +67,12 @@ impl TraceContext {
             traceparent,
             tracestate,
         };
-        parsed.to_context().span().span_context().is_valid().then_some(parsed)
+        parsed
+            .to_context()
+            .span()
+            .span_context()
+            .is_valid()
+            .then_some(parsed)
     }
 
     /// An OpenTelemetry context whose (remote) span is this one: a span's parent.

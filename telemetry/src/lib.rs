@@ -29,8 +29,9 @@ pub mod messaging;
 pub mod names;
 pub mod prometheus;
 mod setup;
+mod zipkin;
 
 pub use context::TraceContext;
 pub use metrics;
 pub use prometheus::{metrics_router, serve_metrics};
-pub use setup::{enabled, flush, init, Exporter, Guard};
+pub use setup::{enabled, flush, init, init_with, Exporter, Guard};

@@ -7,9 +7,11 @@ use std::sync::Mutex;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer};
 
 const DEFAULT_FILTER: &str = "info,sqlx=warn,rdkafka=warn";
 
@@ -58,11 +60,22 @@ pub struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            // The batch processor's own thread does the export; this only waits for it.
-            if let Err(e) = provider.shutdown() {
-                eprintln!("telemetry: flushing spans failed: {e}");
-            }
+        let Some(provider) = self.provider.take() else {
+            return;
+        };
+        ENABLED.store(false, Ordering::Relaxed);
+        let global = PROVIDER.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // On a thread of its own: the exporter's blocking HTTP client owns a runtime, which
+        // must not be dropped inside the async `main` (or test) this guard usually ends.
+        let shutdown = std::thread::spawn(move || {
+            let result = provider.shutdown();
+            drop(global);
+            result
+        });
+        match shutdown.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("telemetry: flushing spans failed: {e}"),
+            Err(_) => eprintln!("telemetry: flushing spans panicked"),
         }
     }
 }
@@ -73,17 +86,33 @@ impl Drop for Guard {
 /// `service_name`. A second call in one process (several services in one test) changes
 /// nothing and returns an empty guard.
 ///
+/// `RUST_LOG` filters logs only: the exported spans are those at INFO and above (except
+/// `sqlx`, `rdkafka` and the HTTP client crates), whatever is logged.
+///
 /// An exporter that cannot be built (a malformed endpoint) is reported on stderr and tracing
 /// stays off: telemetry never stops a service from starting.
 pub fn init(service_name: &str) -> Guard {
+    init_with(service_name, Exporter::from_env())
+}
+
+/// [`init`] with the exporter given instead of read from the environment (`None`: off).
+pub fn init_with(service_name: &str, exporter: Option<Exporter>) -> Guard {
     prometheus::install(service_name);
-    let filter = || {
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
-    };
     let fmt = tracing_subscriber::fmt::layer()
         .with_target(true)
-        .with_writer(std::io::stderr);
-    let provider = match Exporter::from_env().map(|e| provider(&e, service_name)) {
+        .with_writer(std::io::stderr)
+        .with_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER)),
+        );
+    // On a thread of its own: the exporters' blocking HTTP clients start a runtime of their
+    // own, which cannot be done (nor dropped) inside the async `main` that usually calls this.
+    let built = exporter.map(|exporter| {
+        let service = service_name.to_owned();
+        std::thread::spawn(move || provider(&exporter, &service))
+            .join()
+            .unwrap_or_else(|_| Err("building the exporter panicked".to_owned()))
+    });
+    let provider = match built {
         Some(Ok(provider)) => Some(provider),
         Some(Err(e)) => {
             eprintln!("telemetry: tracing stays off: {e}");
@@ -92,17 +121,27 @@ pub fn init(service_name: &str) -> Guard {
         None => None,
     };
     let Some(provider) = provider else {
-        let _ = tracing_subscriber::registry()
-            .with(filter())
-            .with(fmt)
-            .try_init();
+        let _ = tracing_subscriber::registry().with(fmt).try_init();
         return Guard { provider: None };
     };
     let tracer = provider.tracer(service_name.to_owned());
+    let spans = Targets::new()
+        .with_default(LevelFilter::INFO)
+        .with_targets([
+            ("sqlx", LevelFilter::WARN),
+            ("rdkafka", LevelFilter::WARN),
+            ("hyper", LevelFilter::OFF),
+            ("hyper_util", LevelFilter::OFF),
+            ("reqwest", LevelFilter::OFF),
+            ("h2", LevelFilter::OFF),
+        ]);
     let installed = tracing_subscriber::registry()
-        .with(filter())
         .with(fmt)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(spans),
+        )
         .try_init()
         .is_ok();
     if !installed {
@@ -129,16 +168,8 @@ fn provider(exporter: &Exporter, service_name: &str) -> Result<SdkTracerProvider
         .build();
     let builder = SdkTracerProvider::builder().with_resource(resource);
     let builder = match exporter {
-        // Deprecated upstream in favour of OTLP, which the Zipkin server only takes with an
-        // extra module (zipkin-otel) that its exec jar does not bundle: the native JSON v2
-        // API is what a plain `java -jar zipkin-server` answers.
-        #[allow(deprecated)]
         Exporter::Zipkin(endpoint) => {
-            let exporter = opentelemetry_zipkin::ZipkinExporter::builder()
-                .with_collector_endpoint(endpoint.clone())
-                .build()
-                .map_err(|e| format!("Zipkin exporter for {endpoint}: {e}"))?;
-            builder.with_batch_exporter(exporter)
+            builder.with_batch_exporter(ZipkinExporter::new(endpoint, service_name)?)
         }
         Exporter::Otlp => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -152,3 +183,4 @@ fn provider(exporter: &Exporter, service_name: &str) -> Result<SdkTracerProvider
 }
 
 use crate::prometheus;
+use crate::zipkin::ZipkinExporter;
