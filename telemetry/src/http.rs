@@ -25,7 +25,8 @@ pub fn instrument<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router
 }
 
 /// The middleware behind [`instrument`]: `Router::layer(axum::middleware::from_fn(track))`.
-/// Requests no route matched are labelled `route="unmatched"`.
+/// Requests no route matched are labelled `route="unmatched"`; the span name keeps axum's
+/// pattern (`PUT /customers/{id}`), the metric label writes it `/customers/:id`.
 pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().as_str().to_owned();
@@ -55,7 +56,7 @@ pub async fn track(request: Request, next: Next) -> Response {
     }
     let labels = [
         ("method", method),
-        ("route", route),
+        ("route", label(&route)),
         ("status", status.as_u16().to_string()),
     ];
     metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
@@ -74,6 +75,13 @@ pub fn outgoing_headers() -> Vec<(&'static str, String)> {
         headers.push((crate::context::TRACESTATE, state));
     }
     headers
+}
+
+/// The route pattern as a label value, parameters written `:name` (`/customers/:id`):
+/// `{` and `}` are valid in a quoted label value, but common text parsers (the
+/// `prometheus-parse` crate among them) cut a sample's labels at the first `}`.
+fn label(route: &str) -> String {
+    route.replace('{', ":").replace('}', "")
 }
 
 struct Headers<'h>(&'h HeaderMap);

@@ -1,7 +1,7 @@
 //! Metric names, shared by every crate that records them (the README's "Traces and metrics"
 //! table says which operator question each answers).
 
-/// Counter, labels `method`, `route` (the matched route pattern), `status`.
+/// Counter, labels `method`, `route` (the matched route pattern, `/customers/:id`), `status`.
 pub const HTTP_REQUESTS: &str = "http_server_requests_total";
 /// Histogram (seconds), same labels as [`HTTP_REQUESTS`].
 pub const HTTP_DURATION: &str = "http_server_request_duration_seconds";
