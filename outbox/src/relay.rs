@@ -444,10 +444,11 @@ impl<E: Encode> Relay<E> {
         held: &Held,
         busy: &mut Duration,
     ) -> Result<(), Stop> {
-        let wake_lock = self.config.outbox.wake_lock();
+        let (wake_space, wake_key) = self.config.outbox.wake_lock();
         let taken: bool = bounded(
-            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(wake_lock)
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(wake_space)
+                .bind(wake_key)
                 .fetch_one(&mut *lock),
         )
         .await
@@ -467,8 +468,9 @@ impl<E: Encode> Relay<E> {
             Err(e) => Err(Stop::Restart(e)),
         };
         bounded(
-            sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(wake_lock)
+            sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+                .bind(wake_space)
+                .bind(wake_key)
                 .execute(&mut *lock),
         )
         .await

@@ -55,9 +55,9 @@ impl NewEvent {
 }
 
 /// The names one outbox shares between its writers and its relay. Advisory locks are per
-/// database: two outboxes in one database need different `relay_lock`s and `key_lock_space`s,
-/// and no other advisory-lock user there may take `relay_lock` or its complement (`!relay_lock`,
-/// the wake lock).
+/// database: two outboxes in one database need different `relay_lock`s and `key_lock_space`s
+/// (neither the complement of the other's), and no other advisory-lock user there may take
+/// `relay_lock` or a two-int lock whose first half is `key_lock_space` or `!key_lock_space`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outbox {
     /// The `LISTEN/NOTIFY` channel writers notify on commit when the relay sleeps.
@@ -81,10 +81,11 @@ impl Outbox {
         }
     }
 
-    /// The bigint advisory lock the relay holds (session-level) while it sleeps and writers
-    /// try to take shared until they commit: `!relay_lock`. See the module documentation.
-    pub const fn wake_lock(&self) -> i64 {
-        !self.relay_lock
+    /// The two-int advisory lock the relay holds (session-level) while it sleeps and writers
+    /// try to take shared until they commit: `(!key_lock_space, key_lock_space)`, outside the
+    /// key locks' space. See the module documentation.
+    pub const fn wake_lock(&self) -> (i32, i32) {
+        (!self.key_lock_space, self.key_lock_space)
     }
 
     /// Writes `events` to the outbox within `tx` and wakes the relay when `tx` commits, in
@@ -93,8 +94,8 @@ impl Outbox {
     /// Row ids come from a sequence at insert time, not at commit: two transactions writing
     /// the same key could commit in the opposite order of their ids, and the relay could
     /// publish the later id before the earlier one is visible. A transaction-scoped advisory
-    /// lock per key, taken before the row gets its id, serializes them, so per key the id
-    /// order is the commit order. Keys are locked in sorted order, so two writers never
+    /// lock per key, taken before any row gets its id, serializes them, so per key the id
+    /// order is the commit order; the rows get their ids in the order given. Keys are locked in sorted order, so two writers never
     /// deadlock on each other's keys; a hash collision between two keys only serializes two
     /// unrelated writers.
     pub async fn enqueue(
@@ -129,8 +130,10 @@ impl Outbox {
         if events.is_empty() {
             return Ok(());
         }
-        let rows = "SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[])
-                    AS e (topic, key, event_id, payload)";
+        let rows = "SELECT topic, key, event_id, payload
+                    FROM unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[])
+                         WITH ORDINALITY AS e (topic, key, event_id, payload, n)
+                    ORDER BY n";
         let sql = self.compose(
             None,
             rows,
@@ -162,8 +165,8 @@ impl Outbox {
     /// - `select`: the statement's result; it may read the caller's CTEs and `outbox_written`
     ///   (`id`, `key` of every row written).
     ///
-    /// The events get the guarantees of [`Outbox::enqueue`]: per-key locks before their ids,
-    /// in key order, and the relay's wake-up. Take the change's own row locks in `ctes` in
+    /// The events get the guarantees of [`Outbox::enqueue`]: per-key locks (in key order)
+    /// before any id, ids in the order the query yields the rows, and the relay's wake-up. Take the change's own row locks in `ctes` in
     /// one order everywhere, as for any statement.
     pub fn statement(&self, ctes: &str, events: &str, select: &str) -> String {
         let ctes = ctes.trim();
@@ -184,13 +187,23 @@ impl Outbox {
         lock_keys: bool,
         traced: bool,
     ) -> String {
-        let key_lock = if lock_keys {
-            format!(
-                "pg_advisory_xact_lock({}, hashtext(e.key)) AS key_locked,",
-                self.key_lock_space
+        // Every key's lock, in key order, before any row gets its id: the InitPlan of
+        // `outbox_locked` (the scalar subquery) runs before that CTE yields its first row.
+        let (key_locks, locked) = if lock_keys {
+            (
+                format!(
+                    "outbox_keys AS MATERIALIZED (
+                         SELECT count(*) AS locked FROM (
+                             SELECT pg_advisory_xact_lock({space}, hashtext(k.key))
+                             FROM (SELECT DISTINCT key FROM outbox_events ORDER BY key) k
+                         ) l
+                     ),",
+                    space = self.key_lock_space
+                ),
+                "(SELECT locked FROM outbox_keys) >= 0",
             )
         } else {
-            String::new()
+            (String::new(), "true")
         };
         // The trace columns' defaults read these settings (see `crate::schema`).
         let trace = if traced {
@@ -199,14 +212,17 @@ impl Outbox {
         } else {
             ""
         };
-        // MATERIALIZED: the CTE's every column is computed, row by row in key order, before
-        // the INSERT above it draws that row's id from the sequence and its defaults.
+        let (wake_space, wake_key) = self.wake_lock();
+        // MATERIALIZED: a CTE's every column is computed, row by row in the order given,
+        // before the INSERT above it draws that row's id from the sequence and its defaults.
         format!(
-            "WITH {ctes}{LOCKED} AS MATERIALIZED (
-                 SELECT e.topic, e.key, e.event_id, e.payload, {key_lock} {trace}
-                        CASE WHEN pg_try_advisory_xact_lock_shared({wake}) THEN NULL
-                             ELSE pg_notify('{channel}', '') END AS woken
-                 FROM ({events}) e ORDER BY e.key
+            "WITH {ctes}outbox_events AS MATERIALIZED ({events}),
+             {key_locks}
+             {LOCKED} AS MATERIALIZED (
+                 SELECT e.topic, e.key, e.event_id, e.payload, {trace}
+                        CASE WHEN pg_try_advisory_xact_lock_shared({wake_space}, {wake_key})
+                             THEN NULL ELSE pg_notify('{channel}', '') END AS woken
+                 FROM outbox_events e WHERE {locked}
              ),
              outbox_written AS (
                  INSERT INTO outbox (topic, key, event_id, payload)
@@ -215,7 +231,6 @@ impl Outbox {
              )
              {select}",
             ctes = ctes.map(|c| format!("{c},\n")).unwrap_or_default(),
-            wake = self.wake_lock(),
             channel = self.channel.replace('\'', "''"),
         )
     }
@@ -235,14 +250,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_wake_lock_is_the_complement_of_the_relay_lock() {
+    fn the_wake_lock_lies_outside_the_key_locks() {
         let outbox = Outbox::new("it's", 0x1234, 7);
-        assert_eq!(outbox.wake_lock(), !0x1234);
+        assert_eq!(outbox.wake_lock(), (!7, 7));
         let sql = outbox.statement(" done AS (SELECT 1) ", "SELECT 1", "SELECT 2");
-        assert!(sql.starts_with("WITH done AS (SELECT 1),\noutbox_locked"));
+        assert!(sql.starts_with("WITH done AS (SELECT 1),\noutbox_events"));
         assert!(sql.contains("pg_notify('it''s', '')"));
-        assert!(sql.contains("pg_advisory_xact_lock(7, hashtext(e.key))"));
+        assert!(sql.contains("pg_advisory_xact_lock(7, hashtext(k.key))"));
+        assert!(sql.contains("pg_try_advisory_xact_lock_shared(-8, 7)"));
         let plain = outbox.statement("", "SELECT 1", "SELECT 2");
-        assert!(plain.starts_with("WITH outbox_locked"));
+        assert!(plain.starts_with("WITH outbox_events"));
     }
 }

@@ -806,17 +806,18 @@ async fn a_relay_whose_database_stops_answering_notices_and_starts_over() {
 
 /// Whether the relay of `role` holds the outbox's wake lock, i.e. sleeps until notified.
 async fn relay_sleeps(db: &Db, role: &str) -> bool {
-    let wake = OUTBOX.wake_lock();
+    let (space, key) = OUTBOX.wake_lock();
     sqlx::query_scalar::<_, bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_stat_activity a
                         JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory'
                         WHERE a.application_name = $1 AND a.datname = current_database()
-                          AND l.granted AND l.objsubid = 1
-                          AND l.classid::bigint = ($2 >> 32) & 4294967295
-                          AND l.objid::bigint = $2 & 4294967295)",
+                          AND l.granted AND l.objsubid = 2
+                          AND l.classid::bigint = $2::bigint & 4294967295
+                          AND l.objid::bigint = $3::bigint & 4294967295)",
     )
     .bind(role)
-    .bind(wake)
+    .bind(space)
+    .bind(key)
     .fetch_one(&db.pool)
     .await
     .unwrap()
