@@ -22,7 +22,8 @@ pub struct Isolated {
 }
 
 impl Isolated {
-    /// Prepares an instance of `service` (`kafka`, `registry`, `postgres`, `redis`, `mysql`)
+    /// Prepares an instance of `service` (`kafka`, `registry`, `postgres`, `redis`, `mysql`,
+    /// `zipkin`)
     /// on a free port under a fresh home, without starting it.
     pub fn new(service: &'static str) -> Self {
         let home = std::env::temp_dir().join(crate::unique(&format!("infra-{service}")));
