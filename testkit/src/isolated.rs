@@ -23,8 +23,7 @@ pub struct Isolated {
 
 impl Isolated {
     /// Prepares an instance of `service` (`kafka`, `registry`, `postgres`, `redis`, `mysql`,
-    /// `zipkin`)
-    /// on a free port under a fresh home, without starting it.
+    /// `zipkin`) on a free port under a fresh home, without starting it.
     pub fn new(service: &'static str) -> Self {
         let home = std::env::temp_dir().join(crate::unique(&format!("infra-{service}")));
         let mut env = Vec::new();
