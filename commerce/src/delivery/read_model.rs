@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::mysql::MySqlPool;
 use topics::commerce::{DeliveryEvent, DeliveryEventKind};
-use topics::events::Event;
 use uuid::Uuid;
 
 use super::domain::package_status_str;
@@ -46,8 +45,9 @@ impl Projection for PackagesProjection {
         "packages"
     }
 
+    /// The package id (the record's key; the decoded event's `key` field is not carried).
     fn key(&self, event: &DeliveryEvent) -> String {
-        event.key().to_owned()
+        event.package_id.to_string()
     }
 
     fn fold(&self, state: Option<&Value>, event: &DeliveryEvent) -> Option<Value> {

@@ -98,6 +98,10 @@ pub async fn create_package(
     Ok(true)
 }
 
+/// Times of assignment and delivery are the statement's clock, not the transaction's start:
+/// an agent's packages then have intervals that never overlap, which is what one package per
+/// agent means, and what the tests check.
+///
 /// Assigns the longest-queued package to a free agent, if there are both, with
 /// `PACKAGE_ASSIGNED`: the agent becomes OCCUPIED in the same transaction. Both rows are
 /// locked (`SKIP LOCKED`: concurrent dispatchers take different ones), and the agent is
@@ -135,7 +139,7 @@ pub async fn assign_next(pool: &PgPool) -> Result<Option<Package>, ApiError> {
         return Ok(None);
     }
     let row = sqlx::query(&format!(
-        "UPDATE packages SET status = 'ASSIGNED', agent_id = $2, assigned_at = now()
+        "UPDATE packages SET status = 'ASSIGNED', agent_id = $2, assigned_at = clock_timestamp()
          WHERE id = $1 RETURNING {COLUMNS}"
     ))
     .bind(package_id)
@@ -177,7 +181,8 @@ pub async fn deliver(pool: &PgPool, id: Uuid) -> Result<Package, ApiError> {
         PackageStatus::Assigned => {}
     }
     let row = sqlx::query(&format!(
-        "UPDATE packages SET status = 'DELIVERED', delivered_at = now(), order_update_owed = true
+        "UPDATE packages SET status = 'DELIVERED', delivered_at = clock_timestamp(),
+                order_update_owed = true
          WHERE id = $1 RETURNING {COLUMNS}"
     ))
     .bind(id)

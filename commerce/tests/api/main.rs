@@ -5,6 +5,7 @@
 mod concurrency;
 mod crash;
 mod customers;
+mod delivery;
 mod events;
 mod helpers;
 mod orders;

@@ -129,6 +129,41 @@ async fn drop_slot(url: &str, slot: &str) {
     .await;
 }
 
+/// Drops every database and read model of `settings` if the test fails before it does.
+pub struct Cleanup {
+    settings: Option<Settings>,
+}
+
+impl Cleanup {
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            settings: Some(settings.clone()),
+        }
+    }
+
+    /// The test cleans up itself from here on.
+    pub fn disarm(mut self) {
+        self.settings = None;
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Some(settings) = self.settings.take() else {
+            return;
+        };
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Runtime::new() {
+                runtime.block_on(async {
+                    drop_people(&settings).await;
+                    crate::helpers::drop_databases(&settings).await;
+                });
+            }
+        })
+        .join();
+    }
+}
+
 /// Drops the users and delivery databases and the read models' tables.
 pub async fn drop_people(settings: &Settings) {
     let mut server = PgConnection::connect_with(&settings.server_options().unwrap())
