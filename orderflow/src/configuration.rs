@@ -209,6 +209,25 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The settings as environment variables, for a child process that loads them back.
+    pub fn environment(&self) -> Vec<(String, String)> {
+        let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) else {
+            return Vec::new();
+        };
+        fields
+            .into_iter()
+            .map(|(name, value)| {
+                let text = match value {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (name.to_uppercase(), text)
+            })
+            .collect()
+    }
+}
+
 pub fn load() -> topics::Result<Settings> {
     topics::settings::load("orderflow")
 }

@@ -17,10 +17,13 @@
 //! - [`consumer`]: the batch consumer of `commerce.order-events` the others share.
 //! - [`clients`], [`resilience`]: calls to the other services, each under a policy of timeout,
 //!   retries with backoff and jitter, and a circuit breaker.
+//! - [`chaos`]: `orderflow chaos --orders N` (`scripts/chaos`), every process killed at random
+//!   while orders flow, then the figures checked.
 //! - [`configuration`], [`database`], [`error`], [`telemetry`]: settings, databases, errors,
 //!   logging.
 
 pub mod audit;
+pub mod chaos;
 pub mod clients;
 pub mod configuration;
 pub mod consumer;
@@ -32,3 +35,8 @@ pub mod resilience;
 pub mod restock;
 pub mod saga;
 pub mod telemetry;
+
+/// A short id for one chaos run's names.
+pub fn chaos_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}

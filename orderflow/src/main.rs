@@ -34,12 +34,17 @@ enum Command {
     Loyalty,
     /// The audit log of every order event.
     Audit,
+    /// Everything as processes, killed at random while orders flow; then the checks.
+    Chaos(orderflow::chaos::ChaosArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     orderflow::telemetry::init();
     let cli = Cli::parse();
+    if let Command::Chaos(args) = cli.command {
+        return orderflow::chaos::run(args).await;
+    }
     let settings = configuration::load().context("loading the orderflow settings")?;
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
@@ -95,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
             Ok(())
         }
+        Command::Chaos(_) => unreachable!("handled above"),
         Command::Audit => {
             let log = AuditLog::open(&settings.audit_dir)?;
             log.run(

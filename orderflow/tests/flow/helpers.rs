@@ -1,4 +1,3 @@
-use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -274,23 +273,6 @@ pub async fn cleanup(settings: &Settings) {
     }
 }
 
-/// The settings as the environment a child process reads them from.
-pub fn environment(settings: &Settings) -> HashMap<String, String> {
-    let Value::Object(fields) = serde_json::to_value(settings).unwrap() else {
-        unreachable!("settings serialize to an object")
-    };
-    fields
-        .into_iter()
-        .map(|(name, value)| {
-            let text = match value {
-                Value::String(s) => s,
-                other => other.to_string(),
-            };
-            (name.to_uppercase(), text)
-        })
-        .collect()
-}
-
 /// An order flow component as a child process.
 pub struct Component {
     pub child: Child,
@@ -303,7 +285,7 @@ impl Component {
             .arg(name)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(environment(settings))
+            .envs(settings.environment())
             .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .env(
                 "RUST_LOG",
