@@ -14,12 +14,14 @@
 //!   published), then follow the sources and the clock, publishing in Kafka transactions.
 //! - [`settings`]: the engine's layered settings.
 //! - [`catalogue`]: the catalogue read model (projector runtime) and the `catalogue` service.
+//! - [`dashboard`]: the live page and its Server-Sent Events (`dashboard` service).
 //! - [`notifications`]: the low/critical-stock business events and the `notifications` service.
 //! - [`error`]: the error type; [`Error::is_retryable`].
 
 pub mod avro;
 pub mod catalogue;
 pub mod cdc;
+pub mod dashboard;
 pub mod declared;
 pub mod engine;
 pub mod error;

@@ -3,6 +3,7 @@
 //! - `queries run` (default): the continuous-query engine ([`queries::runner`]).
 //! - `queries catalogue`: the catalogue read model and service ([`queries::catalogue`]).
 //! - `queries notifications`: the stock notifications service ([`queries::notifications`]).
+//! - `queries dashboard`: the live dashboard ([`queries::dashboard`]).
 //! - `queries show <query>`: the current result of a query, read back from its topic.
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ enum Command {
     Catalogue,
     /// Serve the low- and critical-stock notifications (127.0.0.1:3015).
     Notifications,
+    /// Serve the live dashboard (127.0.0.1:3016).
+    Dashboard,
     /// Print a query's current result (one JSON row per line), read back from its topic.
     Show { query: String },
 }
@@ -47,11 +50,15 @@ async fn main() -> anyhow::Result<()> {
             let settings = topics::settings::load("notifications")?;
             return queries::notifications::serve(settings, shutdown()).await;
         }
+        Command::Dashboard => {
+            let settings = topics::settings::load("dashboard")?;
+            return queries::dashboard::serve(settings, shutdown()).await;
+        }
         _ => {}
     }
     let settings: Settings = topics::settings::load("queries")?;
     match command {
-        Command::Catalogue | Command::Notifications => {}
+        Command::Catalogue | Command::Notifications | Command::Dashboard => {}
         Command::Run => queries::runner::run(settings, shutdown()).await?,
         Command::Show { query } => {
             let query = queries::declared::find(&query)
