@@ -100,6 +100,9 @@ impl DeliveryEvents {
     }
 }
 
+/// When an agent took a package, and when it delivered it.
+type Trip = (DateTime<Utc>, DateTime<Utc>);
+
 /// A package as the delivery database has it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct PackageRow {
@@ -234,7 +237,7 @@ async fn ten_packages_three_agents_never_two_packages_on_one_agent() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    let mut carried: HashMap<Uuid, Vec<(DateTime<Utc>, DateTime<Utc>)>> = HashMap::new();
+    let mut carried: HashMap<Uuid, Vec<Trip>> = HashMap::new();
     for row in &rows {
         assert!(order_ids.contains(&row.order_id));
         carried

@@ -52,6 +52,9 @@ fn varied_user(run: &str, i: usize) -> Value {
     body
 }
 
+/// A filter, sort keys with their orders, and a page size.
+type Case = (Option<Value>, Vec<(&'static str, &'static str)>, usize);
+
 /// A document's value of a field as the query compares it: text (missing: empty) or number.
 #[derive(Debug, Clone, PartialEq, PartialOrd)]
 enum Key {
@@ -205,7 +208,7 @@ async fn queries_filter_sort_and_page_like_the_oracle() {
     )
     .await;
 
-    let cases: Vec<(Option<Value>, Vec<(&str, &str)>, usize)> = vec![
+    let cases: Vec<Case> = vec![
         (
             Some(json!({"EQ": {"address.city": "Gouda"}})),
             vec![("lastName", "ASC")],
