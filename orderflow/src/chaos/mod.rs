@@ -375,6 +375,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let procs = Arc::new(tokio::sync::Mutex::new(procs));
     let kafka = Arc::new(kafka);
     let kills: Arc<Mutex<BTreeMap<&'static str, usize>>> = Arc::default();
+    let kafka_restarting = Arc::new(AtomicBool::new(false));
     let chaos = {
         let (procs, loading, kills, kafka, logs) = (
             procs.clone(),
@@ -384,6 +385,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             logs.clone(),
         );
         let every = args.kill_every_ms.max(200);
+        let kafka_restarting = kafka_restarting.clone();
         tokio::spawn(async move {
             while loading.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(every / 2 + random_below(every))).await;
@@ -393,13 +395,23 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                 let mut procs = procs.lock().await;
                 let victim = random_below(procs.len() as u64 + 1) as usize;
                 let name = if victim == procs.len() {
+                    if kafka_restarting.swap(true, Ordering::SeqCst) {
+                        continue;
+                    }
                     if let Err(e) = kafka.kill() {
                         eprintln!("chaos: kill kafka: {e}");
                     }
-                    tokio::time::sleep(Duration::from_millis(500 + random_below(1500))).await;
-                    if let Err(e) = tokio::task::block_in_place(|| kafka.infra("up")) {
-                        eprintln!("chaos: restart kafka: {e}");
-                    }
+                    // Kafka's restart (log recovery) takes a while: the other kills go on.
+                    let (kafka, restarting) = (kafka.clone(), kafka_restarting.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(500 + random_below(1500))).await;
+                        let restarted =
+                            tokio::task::spawn_blocking(move || kafka.infra("up")).await;
+                        if let Ok(Err(e)) = restarted {
+                            eprintln!("chaos: restart kafka: {e}");
+                        }
+                        restarting.store(false, Ordering::SeqCst);
+                    });
                     "kafka"
                 } else {
                     let proc = &mut procs[victim];
@@ -480,6 +492,10 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     }
     loading.store(false, Ordering::SeqCst);
     let _ = chaos.await;
+    let restart_deadline = Instant::now() + Duration::from_secs(180);
+    while kafka_restarting.load(Ordering::SeqCst) && Instant::now() < restart_deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let load_time = started.elapsed();
     // Everything up again.
     kafka.infra("up")?;
