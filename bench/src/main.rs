@@ -2,6 +2,8 @@
 //! (`scripts/infra up`). Every benchmark runs its baseline in the same run and prints a table.
 //! Load loops are bounded and talk to 127.0.0.1 only.
 //!
+//! - [`connector`]: the CDC connector against pg_recvlogical and COPY (the physical limits)
+//!   and, when fetched, a tuned Debezium.
 //! - [`mandates`]: the CQRS loop: CRM API change → visible in the IoT platform, and the IoT
 //!   projector's fold rate against a bare rdkafka consumer of the same topic.
 //! - [`orders`]: orders through the commerce services against a bare conditional UPDATE loop
@@ -10,6 +12,7 @@
 //!   time to switch.
 //! - [`workload`]: the pre-filled topic, the bare-consumer baseline and the projector runs.
 
+mod connector;
 mod mandates;
 mod orders;
 mod replay;
@@ -35,6 +38,10 @@ enum Benchmark {
     /// Orders/s through the commerce services at concurrency 64 vs a bare conditional UPDATE
     /// loop on the same PostgreSQL, alternating rounds, 0 oversold.
     Orders(orders::Options),
+    /// The CDC connector's streaming and snapshot rates against pg_recvlogical and a bare COPY
+    /// on the same PostgreSQL, commit-to-Kafka latency, RSS and CPU; Debezium with
+    /// --debezium-home.
+    Connector(connector::Options),
 }
 
 #[tokio::main]
@@ -43,5 +50,6 @@ async fn main() -> anyhow::Result<()> {
         Benchmark::Mandates(options) => mandates::run(options).await,
         Benchmark::Replay(options) => replay::run(options).await,
         Benchmark::Orders(options) => orders::run(options).await,
+        Benchmark::Connector(options) => connector::run(options).await,
     }
 }

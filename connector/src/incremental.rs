@@ -87,6 +87,15 @@ pub struct Released {
 
 impl Incremental {
     pub fn new(cfg: &Config, progress: Option<Progress>) -> Incremental {
+        // The watermarks need the signal table: without one the snapshot cannot go on.
+        let progress = progress.filter(|p| {
+            let keep = cfg.signal_table().is_some();
+            if !keep {
+                tracing::warn!(signal = %p.signal_id, tables = ?p.tables,
+                    "incremental snapshot abandoned: no signal_table configured any more");
+            }
+            keep
+        });
         if let Some(p) = &progress {
             tracing::info!(signal = %p.signal_id, tables = ?p.tables, "resuming incremental snapshot");
         }

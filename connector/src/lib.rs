@@ -14,7 +14,6 @@
 //! - [`runner`]: wiring, `status` and `reset`.
 //! - [`error`]: one-line errors.
 
-pub mod bench;
 pub mod config;
 pub mod envelope;
 pub mod error;

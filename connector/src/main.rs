@@ -1,7 +1,7 @@
 //! `connector`: streams committed PostgreSQL row changes into Kafka as
 //! Debezium-compatible events. The library crate holds the modules
 //! (`config`, `pg`, `schema`, `value`, `envelope`, `publisher`, `snapshot`,
-//! `stream`, `offsets`, `runner`, `error`); this binary only parses the
+//! `stream`, `incremental`, `offsets`, `runner`, `error`); this binary only parses the
 //! command line, sets up logging and signals, and prints one-line errors.
 
 use std::path::PathBuf;
@@ -31,23 +31,6 @@ enum Command {
     Status,
     /// Drop the slot and forget the offset, so the next run re-snapshots.
     Reset,
-    /// Benchmark against Debezium (see bench/run.sh) and print a table.
-    Bench {
-        #[arg(long, default_value_t = 200_000)]
-        rows: u64,
-        #[arg(long, default_value_t = 100_000)]
-        changes: u64,
-        #[arg(long, default_value_t = 100)]
-        latency_rate: u64,
-        #[arg(long, default_value_t = 10)]
-        latency_secs: u64,
-        /// Rounds per system (alternating); the table shows medians.
-        #[arg(long, default_value_t = 3)]
-        rounds: u32,
-        /// Directory holding connect-lib/ and plugins/ (bench/run.sh fills it).
-        #[arg(long)]
-        debezium_home: Option<PathBuf>,
-    },
 }
 
 fn main() {
@@ -88,24 +71,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             runner::run(cfg, rx).await?;
         }
         Command::Status => print!("{}", runner::status(&cfg).await?),
-        Command::Bench {
-            rows,
-            changes,
-            latency_rate,
-            latency_secs,
-            rounds,
-            debezium_home,
-        } => {
-            let args = connector::bench::BenchArgs {
-                rows,
-                changes,
-                latency_rate,
-                latency_secs,
-                rounds,
-                debezium_home,
-            };
-            print!("{}", connector::bench::run(&cfg, &args).await?);
-        }
         Command::Reset => {
             runner::reset(&cfg).await?;
             println!(
