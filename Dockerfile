@@ -10,9 +10,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin crm --bin iot-platform --bin topics --bin commerce --bin connector \
+RUN cargo build --release --locked --bin crm --bin iot-platform --bin topics --bin commerce --bin connector --bin queries \
  && mkdir -p /out/bin /out/crm-data \
- && cp target/release/crm target/release/iot-platform target/release/topics target/release/commerce target/release/connector /out/bin/ \
+ && cp target/release/crm target/release/iot-platform target/release/topics target/release/commerce target/release/connector target/release/queries /out/bin/ \
  && if [ -d crm/data ]; then cp -r crm/data/. /out/crm-data/; fi
 
 # ---- runtime ----------------------------------------------------------------
