@@ -110,8 +110,9 @@ impl Workload {
     }
 
     /// Runs the IoT platform's projector over the topic into generation 1 of `settings`' store,
-    /// until it has taken every event; the store is cleared afterwards.
-    pub async fn projector(&self, settings: &Settings) -> anyhow::Result<Duration> {
+    /// until it has taken every event; the store is cleared afterwards. Returns the time it
+    /// took and the time until its first event applied (joining the group, positioning).
+    pub async fn projector(&self, settings: &Settings) -> anyhow::Result<(Duration, Duration)> {
         let store = generations::open_store(settings, generations::FIRST).await?;
         let projector = generations::projector(settings, generations::FIRST, store.clone())?;
         let status = projector.status();
@@ -121,11 +122,15 @@ impl Workload {
             let _ = stopped.await;
         }));
         let deadline = started + Duration::from_secs(900);
+        let mut first = None;
         let took = loop {
             let taken = status.applied.load(Ordering::Relaxed)
                 + status.dead_lettered.load(Ordering::Relaxed);
+            if taken > 0 && first.is_none() {
+                first = Some(started.elapsed());
+            }
             if taken as usize >= self.events {
-                break started.elapsed();
+                break (started.elapsed(), first.unwrap_or_default());
             }
             if Instant::now() > deadline || task.is_finished() {
                 bail!("projector took only {taken} of {} events", self.events);
@@ -165,8 +170,8 @@ pub async fn fold_against_bare(
     );
     let workload = Workload::prefill(kafka, events, connections).await?;
     println!("pre-filled in {:.1} s", workload.fill_time.as_secs_f64());
-    println!("| round | consumer | seconds | events/s | vs bare | process CPU s |");
-    println!("|---|---|---|---|---|---|");
+    println!("| round | consumer | seconds | events/s | vs bare | process CPU s | first event s |");
+    println!("|---|---|---|---|---|---|---|");
     let rate = |took: Duration| events as f64 / took.as_secs_f64();
     let mut bare_rates = Vec::with_capacity(rounds);
     let mut folds: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); stores.len()];
@@ -174,7 +179,7 @@ pub async fn fold_against_bare(
         let cpu = process_cpu();
         let bare = workload.bare_consumer(kafka).await?;
         println!(
-            "| {round} | bare rdkafka StreamConsumer, no decoding | {:.2} | {:.0} | 1.00 | {:.1} |",
+            "| {round} | bare rdkafka StreamConsumer, no decoding | {:.2} | {:.0} | 1.00 | {:.1} | - |",
             bare.as_secs_f64(),
             rate(bare),
             process_cpu() - cpu
@@ -182,13 +187,14 @@ pub async fn fold_against_bare(
         bare_rates.push(rate(bare));
         for ((name, store), (rates, ratios)) in stores.iter().zip(&mut folds) {
             let cpu = process_cpu();
-            let took = workload.projector(&workload.iot_settings(*store)?).await?;
+            let (took, first) = workload.projector(&workload.iot_settings(*store)?).await?;
             let ratio = bare.as_secs_f64() / took.as_secs_f64();
             println!(
-                "| {round} | {name} | {:.2} | {:.0} | {ratio:.2} | {:.1} |",
+                "| {round} | {name} | {:.2} | {:.0} | {ratio:.2} | {:.1} | {:.2} |",
                 took.as_secs_f64(),
                 rate(took),
-                process_cpu() - cpu
+                process_cpu() - cpu,
+                first.as_secs_f64()
             );
             rates.push(rate(took));
             ratios.push(ratio);
