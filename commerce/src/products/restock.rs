@@ -26,8 +26,7 @@ pub async fn restock(
     if !(1..=MAX_QUANTITY).contains(&body.quantity) {
         return Err(ApiError::BadRequest(format!(
             "quantity must be from 1 to {}, not {}",
-            MAX_QUANTITY,
-            body.quantity
+            MAX_QUANTITY, body.quantity
         )));
     }
     let (stock_after, added) = add_stock(&pool, id, body.restock_id, body.quantity as i32)
@@ -39,7 +38,10 @@ pub async fn restock(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(json!({ "productId": id, "stockAfter": stock_after }))))
+    Ok((
+        status,
+        Json(json!({ "productId": id, "stockAfter": stock_after })),
+    ))
 }
 
 /// `POST /products/{id}/restock`.
@@ -103,4 +105,3 @@ pub async fn add_stock(
     tx.commit().await?;
     Ok(Some((stock_after, true)))
 }
-
