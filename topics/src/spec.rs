@@ -241,6 +241,12 @@ pub const COMMERCE_DEAD_LETTERS: TopicSpec = TopicSpec {
     value_schema: None,
 };
 
+/// Records the catalogue read model (queries) can never apply, with headers saying why.
+pub const QUERIES_CATALOGUE_DEAD_LETTERS: TopicSpec = TopicSpec {
+    name: "queries.catalogue.dead-letter",
+    ..COMMERCE_DEAD_LETTERS
+};
+
 /// Every topic of the platform.
 pub const CATALOGUE: &[TopicSpec] = &[
     CONNECTION_MANDATES,
@@ -249,11 +255,13 @@ pub const CATALOGUE: &[TopicSpec] = &[
     COMMERCE_STOCK_EVENTS,
     COMMERCE_USER_EVENTS,
     COMMERCE_DELIVERY_EVENTS,
+    COMMERCE_DEAD_LETTERS,
     QUERIES_PRODUCT_CATALOGUE,
     QUERIES_LOW_STOCK,
     QUERIES_CRITICAL_STOCK,
     QUERIES_AT_RISK_ORDERS,
     QUERIES_DELAYED_GOLD_ORDERS,
+    QUERIES_CATALOGUE_DEAD_LETTERS,
 ];
 
 /// Looks a topic up by name in the catalogue.
