@@ -55,7 +55,10 @@ innodb_flush_log_at_trx_commit=2
 server_id=1
 log_bin=$MYSQL_DATA/binlog
 binlog_format=ROW
-binlog_expire_logs_seconds=86400
+# Bounded: files rotate at 64 MB and go after an hour (4.4 GB had piled up here at the
+# defaults of 1 GB and a day).
+max_binlog_size=64M
+binlog_expire_logs_seconds=3600
 CONF
 }
 
