@@ -10,9 +10,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin crm --bin iot-platform --bin topics --bin commerce --bin connector --bin queries \
+RUN cargo build --release --locked --bin crm --bin iot-platform --bin topics --bin commerce --bin connector --bin queries --bin orderflow \
  && mkdir -p /out/bin /out/crm-data \
- && cp target/release/crm target/release/iot-platform target/release/topics target/release/commerce target/release/connector target/release/queries /out/bin/ \
+ && cp target/release/crm target/release/iot-platform target/release/topics target/release/commerce target/release/connector target/release/queries target/release/orderflow /out/bin/ \
  && if [ -d crm/data ]; then cp -r crm/data/. /out/crm-data/; fi
 
 # ---- runtime ----------------------------------------------------------------
@@ -24,12 +24,14 @@ RUN apt-get update \
 COPY --from=builder /out/bin/ /usr/local/bin/
 # The CRM's seed file; the compiled-in default path points into the build tree.
 COPY --from=builder /out/crm-data/ /app/crm/data/
+# The order flow's mail and audit logs (a volume in docker-compose.kafka.yml takes this owner).
+RUN mkdir -p /app/orderflow-data && chown app:app /app/orderflow-data
 ENV CRM_SEED_CSV=/app/crm/data/customers.csv \
     CRM_LISTEN_ADDR=0.0.0.0:3005 \
     IOT_LISTEN_ADDR=0.0.0.0:3008 \
     RUST_LOG=info
 WORKDIR /app
 USER app
-EXPOSE 3005 3008 3010 3011 3012 3013
+EXPOSE 3005 3008 3010 3011 3012 3013 3020 3021
 # Pick the binary with the service's command: crm | iot-platform | commerce <service> | connector -c FILE | topics apply
 CMD ["crm"]
