@@ -147,6 +147,15 @@ struct Shared<S> {
     /// Per partition, how often it was (re)positioned: records taken before the partition
     /// was sought somewhere else are dropped rather than folded across a gap.
     epochs: Mutex<HashMap<i32, u64>>,
+    /// The documents of owned partitions as the store holds them after this instance's last
+    /// write (or load) of them, so a state-reading fold loads a document from the store only
+    /// the first time; see [`Shared::keep`].
+    documents: Mutex<HashMap<String, Cached>>,
+    /// Whether documents are kept in [`Shared::documents`]: until a document is folded from a
+    /// record with another key. A document keyed by its records' key lives in one partition,
+    /// so no other instance writes it while this one owns that partition; one folded from
+    /// records of several keys may be written from partitions another instance owns.
+    caching: AtomicBool,
     /// An error found inside the rebalance callback, where it cannot be returned.
     fatal: Mutex<Option<Error>>,
     /// Wakes the loop out of a wait for records when `fatal` was set.
@@ -157,7 +166,81 @@ struct Shared<S> {
     runtime: Handle,
 }
 
+/// The most documents [`Shared::documents`] holds; it starts over empty when a batch would
+/// take it beyond (documents are then loaded from the store again).
+const MAX_CACHED_DOCUMENTS: usize = 200_000;
+
+/// A document as the store holds it, kept between batches.
+struct Cached {
+    /// The partition (and its epoch) whose write left it so: valid while that partition is
+    /// owned and was not sought elsewhere since.
+    partition: i32,
+    epoch: u64,
+    state: Option<Document>,
+    sequence: Option<i64>,
+}
+
 impl<S: Store> Shared<S> {
+    /// Takes the kept documents of `keys` out of the cache (`None` for those not kept, which
+    /// the caller loads from the store).
+    fn take_cached(&self, keys: &[&str]) -> Vec<Option<(Option<Document>, Option<i64>)>> {
+        if !self.caching.load(Ordering::Relaxed) {
+            return keys.iter().map(|_| None).collect();
+        }
+        let mut documents = lock(&self.documents);
+        let epochs = lock(&self.epochs);
+        keys.iter()
+            .map(|key| {
+                let cached = documents.remove(*key)?;
+                (epochs.get(&cached.partition).copied().unwrap_or_default() == cached.epoch)
+                    .then_some((cached.state, cached.sequence))
+            })
+            .collect()
+    }
+
+    /// Keeps `documents`, which a write of `partition` in `epoch` just left in the store,
+    /// unless the partition was revoked or sought elsewhere meanwhile.
+    fn keep(
+        &self,
+        partition: i32,
+        epoch: u64,
+        documents: Vec<(String, Option<Document>, Option<i64>)>,
+    ) {
+        if documents.is_empty() || !self.caching.load(Ordering::Relaxed) {
+            return;
+        }
+        // Under the positions lock, which a revoke takes before it drops the partition's
+        // documents: a partition revoked while its batch was written keeps nothing.
+        let positions = lock(&self.positions);
+        if !positions.contains_key(&partition) || self.epoch(partition) != epoch {
+            return;
+        }
+        let mut cached = lock(&self.documents);
+        if cached.len() + documents.len() > MAX_CACHED_DOCUMENTS {
+            cached.clear();
+        }
+        for (key, state, sequence) in documents {
+            cached.insert(
+                key,
+                Cached {
+                    partition,
+                    epoch,
+                    state,
+                    sequence,
+                },
+            );
+        }
+    }
+
+    /// A document was folded from a record with another key: documents are loaded from the
+    /// store for every batch from now on.
+    fn stop_caching(&self) {
+        if self.caching.swap(false, Ordering::Relaxed) {
+            lock(&self.documents).clear();
+            debug!("a document is folded from records of other keys; loading documents for every batch");
+        }
+    }
+
     /// Where `partition` must start given what the store recorded; the one place that
     /// decides it, for assignments and for re-seeks after [`Error::OffsetMoved`].
     fn start(
@@ -322,6 +405,7 @@ impl<S: Store> ConsumerContext for Membership<S> {
                     idle.remove(partition);
                     owned.remove(partition);
                 }
+                lock(&shared.documents).retain(|_, d| !partitions.contains(&d.partition));
                 info!(partitions = ?*owned, "partitions revoked");
             }
             other => warn!(error = ?other, "rebalance failed"),
@@ -400,6 +484,8 @@ impl<P: Projection, S: Store> Projector<P, S> {
             positions: Mutex::default(),
             held: Mutex::default(),
             epochs: Mutex::default(),
+            documents: Mutex::default(),
+            caching: AtomicBool::new(true),
             fatal: Mutex::default(),
             wake: Notify::new(),
             stopping: Arc::default(),
@@ -859,13 +945,17 @@ impl<P: Projection, S: Store> Projector<P, S> {
         // them twice.
         let mut dead = HashSet::new();
         let written = match self
-            .write(partition, w.expected, &w.records, &w.keys, &mut dead)
+            .write(
+                partition, w.epoch, w.expected, &w.records, &w.keys, &mut dead,
+            )
             .await
         {
             Err(e @ Error::Rejected { .. }) => {
                 warn!(error = %e, partition, "the store refused part of a batch; writing it event by event");
-                self.write_one_by_one(partition, w.expected, &w.records, &w.keys, &mut dead)
-                    .await
+                self.write_one_by_one(
+                    partition, w.epoch, w.expected, &w.records, &w.keys, &mut dead,
+                )
+                .await
             }
             written => written,
         };
@@ -898,9 +988,11 @@ impl<P: Projection, S: Store> Projector<P, S> {
     /// `keys[i]` is the document key of `records[i]` (`None`: not decoded). Records whose
     /// document the store refuses are dead-lettered (before the write, so a crash never
     /// records their offset without them) and added to `dead`.
+    #[allow(clippy::too_many_arguments)]
     async fn write(
         &self,
         partition: i32,
+        epoch: u64,
         expected: Option<i64>,
         records: &[Taken<'_, P::Event>],
         keys: &[Option<String>],
@@ -913,20 +1005,40 @@ impl<P: Projection, S: Store> Projector<P, S> {
             let mut wanted: Vec<&str> = keys.iter().flatten().map(String::as_str).collect();
             wanted.sort_unstable();
             wanted.dedup();
-            let stored: Vec<(Option<Document>, Option<i64>)> = if json {
-                self.patiently(partition, || self.store().load_json(&wanted))
+            // Kept from this instance's earlier writes, or else loaded.
+            let cached = self.shared.take_cached(&wanted);
+            let mut missing = Vec::with_capacity(wanted.len());
+            for (key, cached) in wanted.into_iter().zip(cached) {
+                match cached {
+                    Some((state, sequence)) => {
+                        documents.insert(
+                            key,
+                            Working {
+                                state,
+                                sequence,
+                                offset: None,
+                            },
+                        );
+                    }
+                    None => missing.push(key),
+                }
+            }
+            let stored: Vec<(Option<Document>, Option<i64>)> = if missing.is_empty() {
+                Vec::new()
+            } else if json {
+                self.patiently(partition, || self.store().load_json(&missing))
                     .await?
                     .into_iter()
                     .map(|s| (s.json.map(Document::Json), s.sequence))
                     .collect()
             } else {
-                self.patiently(partition, || self.store().load(&wanted))
+                self.patiently(partition, || self.store().load(&missing))
                     .await?
                     .into_iter()
                     .map(|s| (s.document.map(Document::Value), s.sequence))
                     .collect()
             };
-            for (key, (state, sequence)) in wanted.into_iter().zip(stored) {
+            for (key, (state, sequence)) in missing.into_iter().zip(stored) {
                 documents.insert(
                     key,
                     Working {
@@ -942,6 +1054,10 @@ impl<P: Projection, S: Store> Projector<P, S> {
             let (Some(event), Some(key)) = (&record.event, key) else {
                 continue;
             };
+            let own_key = record.message.key() == Some(key.as_bytes());
+            if !own_key {
+                self.shared.stop_caching();
+            }
             if dead.contains(&record.offset()) {
                 continue;
             }
@@ -951,9 +1067,7 @@ impl<P: Projection, S: Store> Projector<P, S> {
                 offset: None,
             });
             // A sequence speaks for the record's key only.
-            let sequence = record
-                .sequence()
-                .filter(|_| record.message.key() == Some(key.as_bytes()));
+            let sequence = record.sequence().filter(|_| own_key);
             if let (Some(sequence), Some(seen)) = (sequence, document.sequence) {
                 if sequence <= seen {
                     duplicates += 1;
@@ -987,21 +1101,25 @@ impl<P: Projection, S: Store> Projector<P, S> {
             document.offset = Some(record.offset());
             applied += 1;
         }
+        // Documents loaded but left as they were are kept as loaded.
+        let mut untouched = Vec::new();
+        let mut changes = Vec::with_capacity(documents.len());
+        for (key, document) in documents {
+            match document.offset {
+                Some(offset) => changes.push(Write {
+                    offset,
+                    sequence: document.sequence,
+                    change: change(key, document.state),
+                }),
+                None => untouched.push((key.to_owned(), document.state, document.sequence)),
+            }
+        }
         let batch = PartitionBatch {
             topic: self.settings.topic.clone(),
             partition,
             expected_offset: expected,
             last_offset: records.last().map_or(-1, Taken::offset),
-            changes: documents
-                .into_iter()
-                .filter_map(|(key, document)| {
-                    Some(Write {
-                        offset: document.offset?,
-                        sequence: document.sequence,
-                        change: change(key, document.state),
-                    })
-                })
-                .collect(),
+            changes,
         };
         // Consumer spans of the records that carry a trace context, over the store write;
         // none at all when tracing is off.
@@ -1013,6 +1131,19 @@ impl<P: Projection, S: Store> Projector<P, S> {
         let recorded = self
             .patiently(partition, || self.store().write(&batch))
             .await?;
+        if self.projection.reads_state() {
+            // What the store now holds: the changes as written, and the documents unchanged.
+            let mut kept = untouched;
+            kept.extend(batch.changes.into_iter().map(|write| {
+                let (key, state) = match write.change {
+                    Change::Put { key, document } => (key, Some(Document::Value(document))),
+                    Change::PutJson { key, json } => (key, Some(Document::Json(json))),
+                    Change::Delete { key } => (key, None),
+                };
+                (key, state, write.sequence)
+            }));
+            self.shared.keep(partition, epoch, kept);
+        }
         let group = self.settings.group_id.clone();
         telemetry::metrics::histogram!(telemetry::names::PROJECTOR_BATCH_DURATION, "group" => group.clone())
             .record(started.elapsed().as_secs_f64());
@@ -1029,6 +1160,7 @@ impl<P: Projection, S: Store> Projector<P, S> {
     async fn write_one_by_one(
         &self,
         partition: i32,
+        epoch: u64,
         mut expected: Option<i64>,
         records: &[Taken<'_, P::Event>],
         keys: &[Option<String>],
@@ -1037,7 +1169,7 @@ impl<P: Projection, S: Store> Projector<P, S> {
         for (i, record) in records.iter().enumerate() {
             let one = &records[i..=i];
             let recorded = match self
-                .write(partition, expected, one, &keys[i..=i], dead)
+                .write(partition, epoch, expected, one, &keys[i..=i], dead)
                 .await
             {
                 Err(Error::Rejected { message, .. }) => {

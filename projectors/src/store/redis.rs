@@ -16,6 +16,10 @@ use crate::store::{PartitionBatch, Store, Stored, StoredJson};
 /// quintuples. Returns {1, recorded} when applied, {0, recorded} when the recorded offset is
 /// not the expected one. Changes at or below the recorded offset were applied by an earlier
 /// delivery; changes at or below their key's stored sequence are re-sent events.
+///
+/// The changes are decided in order in Lua (sequences read with one HMGET per 500 keys) and
+/// then written with one MSET, DEL and HSET per 500 keys, instead of a call per change: the
+/// calls, not the Lua, are most of the script's time.
 const APPLY_BATCH: &str = r"
 local recorded = redis.call('HGET', KEYS[1], ARGV[1]) or ''
 if recorded ~= ARGV[4] then
@@ -23,27 +27,78 @@ if recorded ~= ARGV[4] then
 end
 local applied = tonumber(recorded) or -1
 local prefix = ARGV[2]
+local chunk = 500
+local function each_chunk(list, width, call)
+  for c = 1, #list, width do
+    call(unpack(list, c, math.min(c + width - 1, #list)))
+  end
+end
+local wanted, asked = {}, {}
+for i = 5, #ARGV, 5 do
+  local key = ARGV[i + 3]
+  if ARGV[i + 1] ~= '' and not asked[key] and tonumber(ARGV[i]) > applied then
+    asked[key] = true
+    wanted[#wanted + 1] = key
+  end
+end
+local seqs = {}
+for c = 1, #wanted, chunk do
+  local last = math.min(c + chunk - 1, #wanted)
+  local values = redis.call('HMGET', KEYS[2], unpack(wanted, c, last))
+  for j = c, last do
+    local value = values[j - c + 1]
+    if value then
+      seqs[wanted[j]] = tonumber(value)
+    end
+  end
+end
+local docs, docs_order, new_seqs, seqs_order = {}, {}, {}, {}
 for i = 5, #ARGV, 5 do
   if tonumber(ARGV[i]) > applied then
+    local key = ARGV[i + 3]
     local fresh = true
     local seq = ARGV[i + 1]
     if seq ~= '' then
-      local stored = tonumber(redis.call('HGET', KEYS[2], ARGV[i + 3]) or '')
+      local stored = seqs[key]
       if stored and stored >= tonumber(seq) then
         fresh = false
       else
-        redis.call('HSET', KEYS[2], ARGV[i + 3], seq)
+        seqs[key] = tonumber(seq)
+        if new_seqs[key] == nil then
+          seqs_order[#seqs_order + 1] = key
+        end
+        new_seqs[key] = seq
       end
     end
     if fresh then
+      if docs[key] == nil then
+        docs_order[#docs_order + 1] = key
+      end
       if ARGV[i + 2] == 'put' then
-        redis.call('SET', prefix .. ARGV[i + 3], ARGV[i + 4])
+        docs[key] = ARGV[i + 4]
       else
-        redis.call('DEL', prefix .. ARGV[i + 3])
+        docs[key] = false
       end
     end
   end
 end
+local puts, dels, fields = {}, {}, {}
+for _, key in ipairs(docs_order) do
+  local value = docs[key]
+  if value then
+    puts[#puts + 1] = prefix .. key
+    puts[#puts + 1] = value
+  else
+    dels[#dels + 1] = prefix .. key
+  end
+end
+for _, key in ipairs(seqs_order) do
+  fields[#fields + 1] = key
+  fields[#fields + 1] = new_seqs[key]
+end
+each_chunk(puts, 2 * chunk, function(...) redis.call('MSET', ...) end)
+each_chunk(dels, chunk, function(...) redis.call('DEL', ...) end)
+each_chunk(fields, 2 * chunk, function(...) redis.call('HSET', KEYS[2], ...) end)
 if tonumber(ARGV[3]) > applied then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
   return {1, ARGV[3]}
