@@ -8,6 +8,8 @@
 //!   projector's fold rate against a bare rdkafka consumer of the same topic.
 //! - [`orders`]: orders through the commerce services against a bare conditional UPDATE loop
 //!   on the same PostgreSQL, 0 oversold.
+//! - [`queries`]: the continuous-query engine: a review posted until the catalogue shows it,
+//!   and review changes applied incrementally against recomputing the aggregate with SQL.
 //! - [`replay`]: rebuilding read models from the log into Redis and MySQL, and a rebuild's
 //!   time to switch.
 //! - [`workload`]: the pre-filled topic, the bare-consumer baseline and the projector runs.
@@ -15,6 +17,7 @@
 mod connector;
 mod mandates;
 mod orders;
+mod queries;
 mod replay;
 mod workload;
 
@@ -42,6 +45,10 @@ enum Benchmark {
     /// on the same PostgreSQL, commit-to-Kafka latency, RSS and CPU; Debezium with
     /// --debezium-home.
     Connector(connector::Options),
+    /// A review through the reviews service, connector, query engine and catalogue until
+    /// visible (p50/p99), and review changes applied incrementally by the engine vs an SQL
+    /// recompute of the aggregate per change, same run (ratio).
+    Queries(queries::Options),
 }
 
 #[tokio::main]
@@ -51,5 +58,6 @@ async fn main() -> anyhow::Result<()> {
         Benchmark::Replay(options) => replay::run(options).await,
         Benchmark::Orders(options) => orders::run(options).await,
         Benchmark::Connector(options) => connector::run(options).await,
+        Benchmark::Queries(options) => queries::run(options).await,
     }
 }

@@ -25,6 +25,7 @@ use crate::row::{Cell, Column};
 pub const PRODUCT_CATALOGUE: Query = Query {
     name: "product-catalogue",
     topic: &spec::QUERIES_PRODUCT_CATALOGUE,
+    history: None,
     key: "productId",
     columns: &[
         Column::long("productId"),
@@ -40,6 +41,7 @@ pub const PRODUCT_CATALOGUE: Query = Query {
 pub const LOW_STOCK: Query = Query {
     name: "low-stock",
     topic: &spec::QUERIES_LOW_STOCK,
+    history: Some(&spec::QUERIES_LOW_STOCK_HISTORY),
     key: "productId",
     columns: &[Column::long("productId"), Column::text("name")],
     build: low_stock,
@@ -48,6 +50,7 @@ pub const LOW_STOCK: Query = Query {
 pub const CRITICAL_STOCK: Query = Query {
     name: "critical-stock",
     topic: &spec::QUERIES_CRITICAL_STOCK,
+    history: Some(&spec::QUERIES_CRITICAL_STOCK_HISTORY),
     key: "productId",
     columns: &[Column::long("productId"), Column::text("name")],
     build: critical_stock,
@@ -56,6 +59,7 @@ pub const CRITICAL_STOCK: Query = Query {
 pub const AT_RISK_ORDERS: Query = Query {
     name: "at-risk-orders",
     topic: &spec::QUERIES_AT_RISK_ORDERS,
+    history: None,
     key: "orderId",
     columns: &[
         Column::text("orderId"),
@@ -70,6 +74,7 @@ pub const AT_RISK_ORDERS: Query = Query {
 pub const DELAYED_GOLD_ORDERS: Query = Query {
     name: "delayed-gold-orders",
     topic: &spec::QUERIES_DELAYED_GOLD_ORDERS,
+    history: None,
     key: "orderId",
     columns: &[
         Column::text("orderId"),
@@ -242,6 +247,11 @@ mod tests {
             let columns: Vec<_> = q.columns.iter().map(|c| c.name.to_owned()).collect();
             assert_eq!(fields, columns, "{}", q.name);
             assert_eq!(q.topic.name, format!("queries.{}", q.name));
+            if let Some(history) = q.history {
+                assert_eq!(history.name, format!("queries.{}.history", q.name));
+                assert_eq!(history.value_schema, q.topic.value_schema, "{}", q.name);
+                assert_eq!(history.cleanup_policy, spec::CleanupPolicy::Delete);
+            }
         }
     }
 }

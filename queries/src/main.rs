@@ -1,7 +1,9 @@
 //! The `queries` binary.
 //!
-//! - `queries run` (default): the continuous-query engine ([`queries::runner`]).
+//! - `queries run` (default): the continuous-query engine ([`queries::runner`]), with
+//!   `GET /metrics` on `QUERIES_METRICS_ADDR` (127.0.0.1:3019).
 //! - `queries catalogue`: the catalogue read model and service ([`queries::catalogue`]).
+//!   Every service answers `GET /metrics` (Prometheus text) next to its routes.
 //! - `queries notifications`: the stock notifications service ([`queries::notifications`]).
 //! - `queries dashboard`: the live dashboard ([`queries::dashboard`]).
 //! - `queries show <query>`: the current result of a query, read back from its topic.
@@ -32,15 +34,15 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
+    // Logs (`RUST_LOG`), span export when configured by environment, the metrics registry.
+    let _telemetry = telemetry::init(match command {
+        Command::Catalogue => "catalogue",
+        Command::Notifications => "notifications",
+        Command::Dashboard => "dashboard",
+        Command::Run | Command::Show { .. } => "queries",
+    });
     match command {
         Command::Catalogue => {
             let settings = topics::settings::load("catalogue")?;

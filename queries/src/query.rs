@@ -38,6 +38,10 @@ pub struct Query {
     pub name: &'static str,
     /// Its result-change topic (compacted, keyed by the result key) and Avro contract.
     pub topic: &'static TopicSpec,
+    /// A non-compacted topic receiving every change too (same contract and sequence numbers,
+    /// same transaction), for consumers that need each change after compaction has kept only
+    /// the newest per key (the notifications). `None`: the compacted topic only.
+    pub history: Option<&'static TopicSpec>,
     /// The column whose value is the result key.
     pub key: &'static str,
     /// The result row's columns, in the order of the contract's row record.

@@ -8,9 +8,10 @@ use std::time::Duration;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use topics::registry::Registry;
 use topics::settings::KafkaSettings;
 
@@ -28,6 +29,15 @@ pub enum Op {
 }
 
 impl Op {
+    /// `added`, `updated` or `deleted` (a metric label, the JSON form).
+    pub fn label(self) -> &'static str {
+        match self {
+            Op::Added => "added",
+            Op::Updated => "updated",
+            Op::Deleted => "deleted",
+        }
+    }
+
     fn symbol(self) -> &'static str {
         match self {
             Op::Added => "ADDED",
@@ -283,7 +293,8 @@ pub async fn read_all(
     query: &'static Query,
     topic: &str,
 ) -> Result<Vec<ResultChange>> {
-    let consumer: BaseConsumer = end_reader(kafka).create()?;
+    let consumer: BaseConsumer<EndReaderContext> =
+        end_reader(kafka).create_with_context(EndReaderContext)?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
     consumer.assign(&tpl)?;
@@ -299,7 +310,7 @@ pub async fn read_all(
         let polled = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(200)));
         match polled {
             None => continue,
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) if is_end_marker(&e) => break,
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(msg)) => {
                 let Some(payload) = msg.payload() else {
@@ -312,6 +323,32 @@ pub async fn read_all(
     }
     Ok(changes)
 }
+
+/// Whether a librdkafka error is the end-of-partition marker (`enable.partition.eof`), which
+/// an end reader asks for, rather than an error.
+pub fn is_end_marker(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::PartitionEOF(_))
+        || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
+}
+
+/// The client context of [`end_reader`] consumers. librdkafka delivers "partition end
+/// reached" as an error event, which rdkafka's default context logs at ERROR before the poll
+/// returns it as [`KafkaError::PartitionEOF`]; here it is the end marker it is (logged at
+/// TRACE), and every other client error is still logged at ERROR.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EndReaderContext;
+
+impl ClientContext for EndReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if is_end_marker(&error) {
+            tracing::trace!(reason, "partition end reached");
+        } else {
+            tracing::error!(error = %error, reason, "librdkafka");
+        }
+    }
+}
+
+impl ConsumerContext for EndReaderContext {}
 
 /// A consumer outside any group that reports the end of each partition (committed records
 /// only), for reading a topic up to where it stands.
@@ -393,4 +430,23 @@ pub fn follow(
         }
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_eof_is_the_end_marker_and_other_errors_are_not() {
+        assert!(is_end_marker(&KafkaError::PartitionEOF(0)));
+        assert!(is_end_marker(&KafkaError::Global(
+            RDKafkaErrorCode::PartitionEOF
+        )));
+        assert!(!is_end_marker(&KafkaError::Global(
+            RDKafkaErrorCode::BrokerTransportFailure
+        )));
+        assert!(!is_end_marker(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+        )));
+    }
 }

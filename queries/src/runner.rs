@@ -16,6 +16,9 @@
 //! batch, the clock advances logical time every `queries_tick_ms` when nothing changes
 //! (releasing temporal results, e.g. a Gold order becoming delayed), and each step's result
 //! changes are published in one Kafka transaction.
+//!
+//! **Metrics** (`GET /metrics` on `queries_metrics_addr`): source changes in per table, result
+//! changes out per query and op, step latency, source lag per partition (`telemetry::names`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -25,6 +28,10 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
+use telemetry::metrics;
+use telemetry::names::{
+    QUERIES_RESULT_CHANGES, QUERIES_SOURCE_CHANGES, QUERIES_SOURCE_LAG, QUERIES_STEP_DURATION,
+};
 use topics::cluster::Cluster;
 use topics::registry::Registry;
 use topics::spec::TopicSpec;
@@ -52,6 +59,8 @@ struct QueryState {
     query: &'static Query,
     topic: String,
     encoder: Encoder,
+    /// The query's non-compacted history topic and its encoder, if it has one.
+    history: Option<(String, Encoder)>,
     /// Per key, the row last published.
     published: HashMap<String, Row>,
     /// Per key, the row of the engine's current answer.
@@ -119,6 +128,17 @@ impl Positions {
 /// Runs the engine until `shutdown` completes (or a non-retryable error).
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<()> {
     let queries = crate::declared::ALL;
+    if !settings.queries_metrics_addr.is_empty() {
+        let bound = telemetry::serve_metrics(&settings.queries_metrics_addr)
+            .await
+            .map_err(|e| {
+                Error::Config(format!(
+                    "metrics listener on {}: {e}",
+                    settings.queries_metrics_addr
+                ))
+            })?;
+        tracing::info!(addr = %bound, "engine metrics at /metrics");
+    }
     let registry = Registry::new(&settings.kafka.schema_registry_url);
     let schemas = Schemas::new(registry.clone());
     let cluster = Cluster::connect(&settings.kafka)?;
@@ -128,8 +148,17 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     for query in queries {
         let topic = settings.result_topic(query);
         ensure_topic(&cluster, query.topic, &topic).await?;
+        let history = match (query.history, settings.history_topic(query)) {
+            (Some(spec), Some(name)) => {
+                ensure_topic(&cluster, spec, &name).await?;
+                let encoder = Encoder::connect(&registry, query, &name).await?;
+                Some((name, encoder))
+            }
+            _ => None,
+        };
         states.push(QueryState {
             query,
+            history,
             encoder: Encoder::connect(&registry, query, &topic).await?,
             topic,
             published: HashMap::new(),
@@ -193,6 +222,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let started = Instant::now();
     let tick = Duration::from_millis(settings.queries_tick_ms.max(1));
     let mut last_step = Instant::now();
+    let mut last_lag = Instant::now();
     tokio::pin!(shutdown);
 
     loop {
@@ -249,9 +279,16 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         }
         let released = {
             let time = now_ms();
-            tokio::task::block_in_place(|| engine.step(time, updates))?
+            let stepping = Instant::now();
+            let released = tokio::task::block_in_place(|| engine.step(time, updates))?;
+            metrics::histogram!(QUERIES_STEP_DURATION).record(stepping.elapsed().as_secs_f64());
+            released
         };
         last_step = Instant::now();
+        if last_lag.elapsed() >= LAG_EVERY {
+            tokio::task::block_in_place(|| record_lag(&consumer, &positions));
+            last_lag = Instant::now();
+        }
         for update in released {
             let query = update.query;
             states[query].apply(update);
@@ -273,6 +310,25 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     }
 }
 
+/// How often the source lag is measured (a watermark request per source partition).
+const LAG_EVERY: Duration = Duration::from_secs(1);
+
+/// Per source partition, records not yet consumed: the high watermark (asked of the broker)
+/// minus the next offset. A partition whose watermark is not answered keeps its last value.
+fn record_lag(consumer: &StreamConsumer, positions: &Positions) {
+    for ((topic, partition), next) in &positions.next {
+        match consumer.fetch_watermarks(topic, *partition, Duration::from_millis(500)) {
+            Ok((_, high)) => metrics::gauge!(
+                QUERIES_SOURCE_LAG,
+                "topic" => topic.clone(),
+                "partition" => partition.to_string()
+            )
+            .set((high - next).max(0) as f64),
+            Err(e) => tracing::debug!(topic, partition, error = %e, "source lag not measured"),
+        }
+    }
+}
+
 /// Reads one source record into the tables' state and the collection updates.
 async fn ingest(
     msg: rdkafka::message::BorrowedMessage<'_>,
@@ -286,6 +342,9 @@ async fn ingest(
     positions
         .next
         .insert((topic.to_owned(), msg.partition()), msg.offset() + 1);
+    if let Some(table) = tables_by_topic.get(topic) {
+        metrics::counter!(QUERIES_SOURCE_CHANGES, "table" => table.name()).increment(1);
+    }
     // Tombstones (after deletes) carry nothing the delete did not.
     if let (Some(payload), Some(table)) = (msg.payload(), tables_by_topic.get(topic)) {
         let envelope = schemas.decode(payload).await?;
@@ -325,14 +384,28 @@ async fn publish(
     if batch.is_empty() {
         return Ok(0);
     }
-    let mut encoded = Vec::with_capacity(batch.len());
+    // Each change goes to the query's compacted topic and, if it has one, to its history
+    // topic: in one transaction, so the history is exactly the sequence the compacted topic had.
+    let mut encoded: Vec<Outgoing<'_>> = Vec::with_capacity(batch.len());
     for (i, change) in &batch {
-        encoded.push(states[*i].encoder.encode(change)?);
+        let state = &states[*i];
+        encoded.push(Outgoing {
+            topic: &state.topic,
+            change,
+            payload: state.encoder.encode(change)?,
+        });
+        if let Some((topic, encoder)) = &state.history {
+            encoded.push(Outgoing {
+                topic,
+                change,
+                payload: encoder.encode(change)?,
+            });
+        }
     }
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match send_transaction(producer, states, &batch, &encoded).await {
+        match send_transaction(producer, &encoded).await {
             Ok(()) => break,
             Err(e) if e.is_retryable() && attempt < 5 => {
                 tracing::warn!(error = %e, attempt, "result transaction failed; aborting and retrying");
@@ -342,9 +415,16 @@ async fn publish(
             Err(e) => return Err(e),
         }
     }
+    drop(encoded);
     let n = batch.len();
     for (i, change) in batch {
         let state = &mut states[i];
+        metrics::counter!(
+            QUERIES_RESULT_CHANGES,
+            "query" => state.query.name,
+            "op" => change.op.label()
+        )
+        .increment(1);
         state.seq = change.seq;
         match change.after {
             Some(row) => state.published.insert(change.key, row),
@@ -354,17 +434,24 @@ async fn publish(
     Ok(n)
 }
 
-async fn send_transaction(
-    producer: &FutureProducer,
-    states: &[QueryState],
-    batch: &[(usize, ResultChange)],
-    encoded: &[Vec<u8>],
-) -> Result<()> {
+/// One record of a result transaction.
+struct Outgoing<'a> {
+    topic: &'a str,
+    change: &'a ResultChange,
+    payload: Vec<u8>,
+}
+
+async fn send_transaction(producer: &FutureProducer, records: &[Outgoing<'_>]) -> Result<()> {
     producer.begin_transaction()?;
-    let mut deliveries = Vec::with_capacity(batch.len());
-    for ((i, change), payload) in batch.iter().zip(encoded) {
+    let mut deliveries = Vec::with_capacity(records.len());
+    for Outgoing {
+        topic,
+        change,
+        payload,
+    } in records
+    {
         let seq = change.seq.to_string();
-        let mut record = FutureRecord::to(&states[*i].topic)
+        let mut record = FutureRecord::to(topic)
             .key(&change.key)
             .payload(payload)
             .partition(0)

@@ -28,6 +28,8 @@ pub struct Settings {
     pub queries_max_batch: usize,
     /// How long start-up waits for the source topics to exist.
     pub queries_source_wait_ms: u64,
+    /// Where the engine serves `GET /metrics` (Prometheus text); empty: nowhere.
+    pub queries_metrics_addr: String,
 }
 
 impl Default for Settings {
@@ -44,6 +46,7 @@ impl Default for Settings {
             queries_tick_ms: 1000,
             queries_max_batch: 20_000,
             queries_source_wait_ms: 120_000,
+            queries_metrics_addr: "127.0.0.1:3019".to_owned(),
         }
     }
 }
@@ -62,6 +65,18 @@ impl Settings {
     pub fn result_topic(&self, query: &Query) -> String {
         result_topic(&self.queries_topic_prefix, query)
     }
+
+    /// The history topic of `query` under the configured prefix, if it has one.
+    pub fn history_topic(&self, query: &Query) -> Option<String> {
+        history_topic(&self.queries_topic_prefix, query)
+    }
+}
+
+/// `<prefix>.<query name>.history`, when the query has a history topic.
+pub fn history_topic(prefix: &str, query: &Query) -> Option<String> {
+    query
+        .history
+        .map(|_| format!("{}.history", result_topic(prefix, query)))
 }
 
 /// `<prefix>.<query name>`.

@@ -1,13 +1,17 @@
 //! The services over the query results, on the real stack and driven through the commerce
 //! APIs: a review moves the catalogue read model's average (served by `catalogue`, folded by
 //! the projector runtime into Redis), and selling stock down brings a low-stock and then a
-//! critical-stock notification, newest first (`notifications`).
+//! critical-stock notification, newest first (`notifications`). After the stock result topics
+//! were compacted (created here compacting eagerly), a notifications service started afresh
+//! still lists every entry into a condition. Every service's and the engine's `/metrics`
+//! parse as Prometheus text, and their counters move with the traffic.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::Stack;
+use common::{scrape, total, Stack};
+use queries::declared::{CRITICAL_STOCK, LOW_STOCK};
 use serde_json::{json, Value};
 
 async fn get(http: &reqwest::Client, url: &str) -> Option<Value> {
@@ -19,6 +23,9 @@ async fn get(http: &reqwest::Client, url: &str) -> Option<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn catalogue_follows_reviews_and_notifications_follow_stock() {
     let mut stack = Stack::start(&[]).await;
+    for query in [&LOW_STOCK, &CRITICAL_STOCK] {
+        common::create_eagerly_compacted(&stack.kafka, &stack.result_topic(query)).await;
+    }
     stack.start_engine();
     let namespace = format!("{}_catalogue", stack.prefix);
     let catalogue = stack
@@ -31,7 +38,21 @@ async fn catalogue_follows_reviews_and_notifications_follow_stock() {
         )
         .await;
     let notifications = stack.start_service("notifications", &[]).await;
+    let dashboard = stack.start_service("dashboard", &[]).await;
     let http = reqwest::Client::new();
+    let engine_metrics = stack.engine_metrics.clone();
+    let mut before = Vec::new();
+    for base in [&engine_metrics, &catalogue, &notifications, &dashboard] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let first = loop {
+            if let Some(scraped) = scrape(base).await {
+                break scraped;
+            }
+            assert!(Instant::now() < deadline, "{base}/metrics never answered");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        before.push(first);
+    }
 
     let product: Value = http
         .post(format!("{}/products", stack.url("products")))
@@ -140,5 +161,161 @@ async fn catalogue_follows_reviews_and_notifications_follow_stock() {
         ats.windows(2).all(|w| w[0] >= w[1]),
         "newest first: {ats:?}"
     );
+
+    // Out of both conditions and into low-stock twice more: low-stock has five changes for
+    // the product (added, deleted, added, deleted, added), critical-stock two.
+    let set_stock = |product: i64, name: &'static str, stock: i64| {
+        let (http, products, one) = (
+            &http,
+            stack.url("products").to_owned(),
+            format!("{catalogue}/catalogue/{product}"),
+        );
+        async move {
+            let r = http
+                .put(format!("{products}/products/{product}"))
+                .json(&json!({"name": name, "price": 39.90, "stock": stock}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+            // Each change its own engine step: wait until the catalogue shows it.
+            testkit::eventually(
+                &format!("the catalogue shows stock {stock} of {product}"),
+                Duration::from_secs(60),
+                || {
+                    let one = one.clone();
+                    async move { get(http, &one).await.is_some_and(|d| d["stock"] == stock) }
+                },
+            )
+            .await;
+        }
+    };
+    for stock in [30, 12, 30, 12] {
+        set_stock(id, "Headlamp", stock).await;
+    }
+    let entries = |list: &Value| -> (usize, usize) {
+        let mine: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["product"]["productId"] == id)
+            .map(|n| n["kind"].as_str().unwrap())
+            .collect();
+        (
+            mine.iter().filter(|k| **k == "low-stock").count(),
+            mine.iter().filter(|k| **k == "critical-stock").count(),
+        )
+    };
+    // Another product's stock keeps changing, so the product's changes leave the active
+    // segment, until the broker's log cleaner has compacted them away.
+    let filler: Value = http
+        .post(format!("{}/products", stack.url("products")))
+        .json(&json!({"name": "Filler", "price": 39.90, "stock": 30}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let filler = filler["id"].as_i64().unwrap();
+    let key = id.to_string();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut round = 0;
+    loop {
+        let left = stack
+            .changes(&LOW_STOCK)
+            .await
+            .iter()
+            .filter(|c| c.key == key)
+            .count();
+        if left < 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "low-stock was never compacted ({left} changes of product {id} left)"
+        );
+        round += 1;
+        set_stock(filler, "Filler", if round % 2 == 1 { 12 } else { 30 }).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A notifications service started now rebuilds from the history topics: every entry.
+    let fresh = stack.start_service("notifications", &[]).await;
+    for base in [&notifications, &fresh] {
+        testkit::eventually(
+            &format!("{base} lists three low-stock and one critical-stock entry"),
+            Duration::from_secs(60),
+            || {
+                let (http, url) = (&http, format!("{base}/notifications"));
+                async move {
+                    get(http, &url)
+                        .await
+                        .is_some_and(|list| entries(&list) == (3, 1))
+                }
+            },
+        )
+        .await;
+    }
+
+    // Metrics: every service parses and its counters moved.
+    let page = http.get(format!("{dashboard}/")).send().await.unwrap();
+    assert!(page.status().is_success());
+    let mut after = Vec::new();
+    for base in [&engine_metrics, &catalogue, &notifications, &dashboard] {
+        after.push(
+            scrape(base)
+                .await
+                .unwrap_or_else(|| panic!("{base}/metrics")),
+        );
+    }
+    let moved = |i: usize, name: &str, labels: &[(&str, &str)]| {
+        let was = total(&before[i], name, labels).unwrap_or(0.0);
+        let now = total(&after[i], name, labels)
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in the metrics of service {i}"));
+        assert!(now > was, "{name} {labels:?}: {was} → {now}");
+    };
+    moved(0, "queries_source_changes_total", &[("table", "products")]);
+    moved(0, "queries_source_changes_total", &[("table", "reviews")]);
+    moved(
+        0,
+        "queries_result_changes_total",
+        &[("query", "product-catalogue"), ("op", "updated")],
+    );
+    moved(
+        0,
+        "queries_result_changes_total",
+        &[("query", "low-stock"), ("op", "added")],
+    );
+    moved(0, "queries_step_duration_seconds", &[]);
+    assert!(
+        total(&after[0], "queries_source_lag_records", &[]).is_some(),
+        "the engine reports its source lag"
+    );
+    moved(
+        1,
+        "http_server_requests_total",
+        &[("route", "/catalogue/:product_id"), ("status", "200")],
+    );
+    moved(1, "projector_applied_total", &[]);
+    moved(
+        2,
+        "http_server_requests_total",
+        &[("route", "/notifications"), ("status", "200")],
+    );
+    moved(
+        3,
+        "http_server_requests_total",
+        &[("route", "/"), ("status", "200")],
+    );
+    for (i, scraped) in after.iter().enumerate() {
+        let service = ["queries", "catalogue", "notifications", "dashboard"][i];
+        assert!(
+            scraped
+                .samples
+                .iter()
+                .all(|s| s.labels.get("service") == Some(service)),
+            "every sample of {service} is labelled service={service}"
+        );
+    }
     stack.cleanup().await;
 }

@@ -30,3 +30,19 @@ pub const CONSUMER_LAG: &str = "kafka_consumer_lag_records";
 pub const CONNECTOR_SLOT_LAG: &str = "connector_slot_lag_bytes";
 /// Counter, label `connector`: row changes published (rate = changes/s).
 pub const CONNECTOR_CHANGES: &str = "connector_changes_total";
+/// Counter, label `connector`: rows published by the initial and incremental snapshots.
+pub const CONNECTOR_SNAPSHOT_ROWS: &str = "connector_snapshot_rows_total";
+/// Counter, labels `connector`, `reason` (`send`, `delivery`, `offset`): records Kafka refused
+/// or did not acknowledge.
+pub const CONNECTOR_PUBLISH_FAILURES: &str = "connector_publish_failures_total";
+
+/// Counter, label `table`: source change records the query engine consumed.
+pub const QUERIES_SOURCE_CHANGES: &str = "queries_source_changes_total";
+/// Counter, labels `query`, `op` (`added`, `updated`, `deleted`): result changes committed.
+pub const QUERIES_RESULT_CHANGES: &str = "queries_result_changes_total";
+/// Histogram (seconds): one dataflow step (apply a batch of source changes, advance time,
+/// collect the final answer changes).
+pub const QUERIES_STEP_DURATION: &str = "queries_step_duration_seconds";
+/// Gauge, labels `topic`, `partition`: source records not yet consumed by the engine (high
+/// watermark minus next offset).
+pub const QUERIES_SOURCE_LAG: &str = "queries_source_lag_records";

@@ -229,6 +229,22 @@ pub const QUERIES_DELAYED_GOLD_ORDERS: TopicSpec = TopicSpec {
     value_schema: Some(include_str!("../schemas/queries-delayed-gold-orders.avsc")),
 };
 
+/// Every change of the `low-stock` query, as on [`QUERIES_LOW_STOCK`] (same contract, same
+/// sequence numbers, written in the same transaction) but **not compacted**: the history of
+/// entries into the condition, which the notifications service lists, survives compaction.
+pub const QUERIES_LOW_STOCK_HISTORY: TopicSpec = TopicSpec {
+    name: "queries.low-stock.history",
+    cleanup_policy: CleanupPolicy::Delete,
+    ..QUERIES_LOW_STOCK
+};
+
+/// Every change of the `critical-stock` query, not compacted (see [`QUERIES_LOW_STOCK_HISTORY`]).
+pub const QUERIES_CRITICAL_STOCK_HISTORY: TopicSpec = TopicSpec {
+    name: "queries.critical-stock.history",
+    cleanup_policy: CleanupPolicy::Delete,
+    ..QUERIES_CRITICAL_STOCK
+};
+
 /// Records the commerce services' consumers (users, delivery) can never apply, with a header
 /// saying why: kept as they came.
 pub const COMMERCE_DEAD_LETTERS: TopicSpec = TopicSpec {
@@ -261,6 +277,8 @@ pub const CATALOGUE: &[TopicSpec] = &[
     QUERIES_CRITICAL_STOCK,
     QUERIES_AT_RISK_ORDERS,
     QUERIES_DELAYED_GOLD_ORDERS,
+    QUERIES_LOW_STOCK_HISTORY,
+    QUERIES_CRITICAL_STOCK_HISTORY,
     QUERIES_CATALOGUE_DEAD_LETTERS,
 ];
 

@@ -5,7 +5,8 @@
 //! two read models: one document per product ([`ProductDocuments`]) and one document holding
 //! the whole catalogue ([`CatalogueIndex`]), because a store answers by key and has no scan.
 //!
-//! `GET /catalogue` lists every product (by id); `GET /catalogue/{productId}` is one, or 404.
+//! `GET /catalogue` lists every product (by id); `GET /catalogue/{productId}` is one, or 404;
+//! `GET /metrics` the request and projector metrics (Prometheus text).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
@@ -230,12 +231,15 @@ struct Stores {
     index: AnyStore,
 }
 
+/// The routes, plus `GET /metrics` and request metrics (`telemetry::http::instrument`).
 fn router(stores: Stores) -> Router {
-    Router::new()
-        .route("/catalogue", get(list))
-        .route("/catalogue/{product_id}", get(one))
-        .route("/health", get(|| async { "ok" }))
-        .with_state(stores)
+    telemetry::http::instrument(
+        Router::new()
+            .route("/catalogue", get(list))
+            .route("/catalogue/{product_id}", get(one))
+            .route("/health", get(|| async { "ok" }))
+            .with_state(stores),
+    )
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Response {

@@ -1,5 +1,6 @@
 //! The `dashboard` service (default 127.0.0.1:3016): a static page showing every query's
-//! result live, and `GET /events`, the queries' result changes as Server-Sent Events.
+//! result live, and `GET /events`, the queries' result changes as Server-Sent Events;
+//! `GET /metrics` (Prometheus text).
 //!
 //! The service follows every result topic from the beginning into one in-memory log; an
 //! event's id is its position in that log, so a browser that reconnects with
@@ -77,11 +78,13 @@ pub async fn serve(
             filling.grew.notify_waiters();
         }
     });
-    let app = Router::new()
-        .route("/", get(page))
-        .route("/events", get(events))
-        .route("/health", get(|| async { "ok" }))
-        .with_state(log);
+    let app = telemetry::http::instrument(
+        Router::new()
+            .route("/", get(page))
+            .route("/events", get(events))
+            .route("/health", get(|| async { "ok" }))
+            .with_state(log),
+    );
     let listener = tokio::net::TcpListener::bind(&settings.dashboard_listen_addr).await?;
     tracing::info!(addr = %settings.dashboard_listen_addr, "dashboard serving");
     axum::serve(listener, app)

@@ -1,11 +1,13 @@
 //! The `notifications` service (default 127.0.0.1:3015): the low-stock and critical-stock
-//! business events, newest first (`GET /notifications`).
+//! business events, newest first (`GET /notifications`); `GET /metrics` (Prometheus text).
 //!
 //! A business event is a product *entering* a condition: an `added` result change of the
 //! low-stock or critical-stock query (changes while inside it do not exist; leaving it is a
 //! `deleted` change, which ends the condition but is no notification). The list is rebuilt at
-//! start from the compacted result topics, so after compaction it holds the entry events of
-//! products still or last in a condition.
+//! start from the queries' **history** topics (`queries.<query>.history`): every change, as
+//! on the compacted result topic and written in the same transaction, but not compacted, so
+//! every entry into a condition is still listed after compaction has kept only the newest
+//! change per product on the result topic.
 
 use std::sync::{Arc, RwLock};
 
@@ -21,7 +23,7 @@ use crate::avro::Schemas;
 use crate::declared::{CRITICAL_STOCK, LOW_STOCK};
 use crate::results::{self, Op, ResultChange};
 use crate::row::row_json;
-use crate::settings::result_topic;
+use crate::settings::history_topic;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
@@ -79,7 +81,11 @@ pub async fn serve(
         schemas,
         kinds
             .iter()
-            .map(|q| (*q, result_topic(&settings.queries_topic_prefix, q)))
+            .map(|q| {
+                let topic = history_topic(&settings.queries_topic_prefix, q)
+                    .expect("the stock queries have a history topic (checked by declared::tests)");
+                (*q, topic)
+            })
             .collect(),
     )?;
     let list: List = Arc::default();
@@ -91,10 +97,12 @@ pub async fn serve(
             }
         }
     });
-    let app = Router::new()
-        .route("/notifications", get(newest_first))
-        .route("/health", get(|| async { "ok" }))
-        .with_state(list);
+    let app = telemetry::http::instrument(
+        Router::new()
+            .route("/notifications", get(newest_first))
+            .route("/health", get(|| async { "ok" }))
+            .with_state(list),
+    );
     let listener = tokio::net::TcpListener::bind(&settings.notifications_listen_addr).await?;
     tracing::info!(addr = %settings.notifications_listen_addr, "notifications serving");
     axum::serve(listener, app)

@@ -105,6 +105,8 @@ pub struct Stack {
     pub connectors: Vec<Proc>,
     pub engine: Option<Proc>,
     pub engine_env: Vec<(String, String)>,
+    /// The engine's `GET /metrics` base URL (`QUERIES_METRICS_ADDR`, a free port).
+    pub engine_metrics: String,
     pub schemas: Schemas,
     admin_url: String,
     databases: Vec<String>,
@@ -124,13 +126,16 @@ impl Stack {
         let registry = Registry::new(&kafka.schema_registry_url);
         for q in declared::ALL {
             let topic = format!("{prefix}.queries.{}", q.name);
-            registry
-                .register(
-                    &topics::spec::value_subject(&topic),
-                    q.topic.value_schema.unwrap(),
-                )
-                .await
-                .expect("register the result contract");
+            let history = q.history.map(|_| format!("{topic}.history"));
+            for topic in std::iter::once(topic).chain(history) {
+                registry
+                    .register(
+                        &topics::spec::value_subject(&topic),
+                        q.topic.value_schema.unwrap(),
+                    )
+                    .await
+                    .expect("register the result contract");
+            }
         }
         let mut services = Vec::new();
         let mut urls = HashMap::new();
@@ -217,6 +222,7 @@ impl Stack {
             connectors.push(Proc::spawn(&format!("connector-{service}"), cmd));
             slots.push(slot);
         }
+        let engine_metrics = format!("127.0.0.1:{}", testkit::free_port());
         let mut env: Vec<(String, String)> = vec![
             (
                 "KAFKA_BOOTSTRAP_SERVERS".into(),
@@ -232,6 +238,7 @@ impl Stack {
                 format!("{prefix}-engine"),
             ),
             ("QUERIES_TICK_MS".into(), "200".into()),
+            ("QUERIES_METRICS_ADDR".into(), engine_metrics.clone()),
             ("RUST_LOG".into(), "info,rdkafka=warn".into()),
         ];
         for service in SERVICES {
@@ -253,6 +260,7 @@ impl Stack {
             connectors,
             engine: None,
             engine_env: env,
+            engine_metrics: format!("http://{engine_metrics}"),
             admin_url,
             databases,
             slots,
@@ -543,5 +551,61 @@ pub async fn await_oracle(stack: &Stack, gold_delay_ms: i64, within: Duration) {
             differing.join("; ")
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `GET <base>/metrics`, parsed as the Prometheus text format (`None` until it answers).
+pub async fn scrape(base_url: &str) -> Option<prometheus_parse::Scrape> {
+    let response = reqwest::get(format!("{base_url}/metrics")).await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let text = response.text().await.ok()?;
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).ok()
+}
+
+/// The sum of metric `name` (a counter or gauge's value, a histogram's count) over the samples
+/// whose labels include `labels`; `None` when there is no such sample.
+pub fn total(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    use prometheus_parse::Value;
+    let mut found = None;
+    for sample in scrape.samples.iter().filter(|s| s.metric == name) {
+        if labels.iter().all(|(k, v)| sample.labels.get(k) == Some(*v)) {
+            let value = match sample.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+                Value::Histogram(ref buckets) => buckets.last().map_or(0.0, |b| b.count),
+                Value::Summary(_) => continue,
+            };
+            *found.get_or_insert(0.0) += value;
+        }
+    }
+    found
+}
+
+/// Creates a result topic before the engine does (it keeps an existing one), compacted as
+/// eagerly as the broker allows: a new segment every 100 ms and any dirty share cleanable, so
+/// a test sees compaction within the log cleaner's back-off (15 s) instead of days.
+pub async fn create_eagerly_compacted(kafka: &KafkaSettings, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.kafka_bootstrap_servers)
+        .create()
+        .expect("admin client");
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")
+        .set("segment.ms", "100")
+        .set("min.cleanable.dirty.ratio", "0.01")
+        .set("min.compaction.lag.ms", "0")
+        .set("delete.retention.ms", "0");
+    for result in admin
+        .create_topics([&new], &AdminOptions::new())
+        .await
+        .expect("create topics")
+    {
+        result.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
     }
 }
