@@ -67,6 +67,23 @@ pub struct Settings {
     pub audit_group: String,
     pub audit_dir: PathBuf,
 
+    /// The tracking read model's MySQL server (platform-wide `MYSQL_URL`).
+    pub mysql_url: String,
+    pub tracking_listen_addr: String,
+    /// The tracking projector's consumer group (its offsets live in the store).
+    pub tracking_group: String,
+    /// The read model's namespace in the MySQL store (its tables' prefix).
+    pub tracking_namespace: String,
+    /// Where order events the read model can never apply go.
+    pub tracking_dead_letter_topic: String,
+    /// Test hook: `offset-first` records each batch's offset before its documents are
+    /// written (broken on purpose, for the chaos run to catch). Empty: never.
+    pub tracking_break: String,
+
+    /// Consumers without an HTTP server of their own (saga, restock, loyalty, audit) serve
+    /// `GET /metrics` here; empty: no listener. `127.0.0.1:0` picks a free port (logged).
+    pub metrics_listen_addr: String,
+
     /// The customers calls' policy: per-attempt timeout, retries after the first attempt, and the
     /// circuit breaker (opens after this many consecutive failures, for this long).
     pub customers_timeout_ms: u64,
@@ -126,6 +143,13 @@ impl Default for Settings {
             loyalty_points_per_item: 10,
             audit_group: "orderflow-audit".to_owned(),
             audit_dir: PathBuf::from("orderflow-data/audit"),
+            mysql_url: "mysql://platform:platform@127.0.0.1:3306/platform".to_owned(),
+            tracking_listen_addr: "127.0.0.1:3021".to_owned(),
+            tracking_group: "orderflow-tracking".to_owned(),
+            tracking_namespace: "orderflow:tracking".to_owned(),
+            tracking_dead_letter_topic: topics::spec::COMMERCE_DEAD_LETTERS.name.to_owned(),
+            tracking_break: String::new(),
+            metrics_listen_addr: String::new(),
             customers_timeout_ms: 3_000,
             customers_retries: 4,
             customers_breaker_failures: 10,

@@ -72,6 +72,12 @@ where
     let consumer: StreamConsumer = consumer_config(kafka, &config.group).create()?;
     consumer.subscribe(&[OrderEvent::TOPIC.name])?;
     let decoder = Decoder::<OrderEvent>::new(Registry::new(&kafka.schema_registry_url));
+    let _lag = telemetry::lag::watch(
+        kafka.clone(),
+        config.group.clone(),
+        OrderEvent::TOPIC.name.to_owned(),
+        Duration::from_secs(5),
+    );
     let mut redelivered: HashSet<(i32, i64)> = HashSet::new();
     let mut undecodable = 0u64;
     tracing::info!(group = %config.group, topic = OrderEvent::TOPIC.name, "consuming");

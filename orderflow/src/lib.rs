@@ -17,10 +17,13 @@
 //! - [`consumer`]: the batch consumer of `commerce.order-events` the others share.
 //! - [`clients`], [`resilience`]: calls to the other services, each under a policy of timeout,
 //!   retries with backoff and jitter, and a circuit breaker.
+//! - [`tracking`]: the order flow's read model, every order's status and history folded by
+//!   the projector runtime into MySQL, served per order and per customer over HTTP.
 //! - [`chaos`]: `orderflow chaos --orders N` (`scripts/chaos`), every process killed at random
 //!   while orders flow, then the figures checked.
-//! - [`configuration`], [`database`], [`error`], [`telemetry`]: settings, databases, errors,
-//!   logging.
+//! - [`configuration`], [`database`], [`error`]: settings, databases, errors.
+//! - [`telemetry`]: logs, traces and `/metrics` (the order flow's metric names in
+//!   [`telemetry::names`]).
 
 pub mod audit;
 pub mod chaos;
@@ -35,6 +38,7 @@ pub mod resilience;
 pub mod restock;
 pub mod saga;
 pub mod telemetry;
+pub mod tracking;
 
 /// A short id for one chaos run's names.
 pub fn chaos_id() -> String {

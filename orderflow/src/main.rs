@@ -34,18 +34,49 @@ enum Command {
     Loyalty,
     /// The audit log of every order event.
     Audit,
+    /// The tracking read model: order status per order and per customer (default 127.0.0.1:3021).
+    Tracking,
+    /// Where one order stands: its saga, email, loyalty points and audit lines.
+    Show {
+        /// The order id.
+        order: uuid::Uuid,
+    },
     /// Everything as processes, killed at random while orders flow; then the checks.
     Chaos(orderflow::chaos::ChaosArgs),
 }
 
+impl Command {
+    /// The component's name (its service name is `orderflow-<name>`).
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Saga => "saga",
+            Command::Payments => "payments",
+            Command::Restock => "restock",
+            Command::Loyalty => "loyalty",
+            Command::Audit => "audit",
+            Command::Tracking => "tracking",
+            Command::Show { .. } => "show",
+            Command::Chaos(_) => "chaos",
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    orderflow::telemetry::init();
     let cli = Cli::parse();
+    let _telemetry = orderflow::telemetry::init(cli.command.name());
     if let Command::Chaos(args) = cli.command {
         return orderflow::chaos::run(args).await;
     }
     let settings = configuration::load().context("loading the orderflow settings")?;
+    if matches!(
+        cli.command,
+        Command::Saga | Command::Restock | Command::Loyalty | Command::Audit
+    ) {
+        orderflow::telemetry::serve_metrics(&settings.metrics_listen_addr)
+            .await
+            .with_context(|| format!("metrics listener on {}", settings.metrics_listen_addr))?;
+    }
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -100,6 +131,8 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
             Ok(())
         }
+        Command::Tracking => orderflow::tracking::run(&settings, stopped).await,
+        Command::Show { order } => show(&settings, order).await,
         Command::Chaos(_) => unreachable!("handled above"),
         Command::Audit => {
             let log = AuditLog::open(&settings.audit_dir)?;
@@ -149,6 +182,72 @@ async fn run_saga(settings: Settings, stopped: watch::Receiver<bool>) -> anyhow:
     tracing::info!(workers, crash_at = ?crash_at, "saga starting");
     saga.run_workers(workers, stopped).await;
     intake.await.context("saga intake")??;
+    Ok(())
+}
+
+/// `orderflow show <order>`: the saga's status and steps, the email, the loyalty award and
+/// the customer's points, and the order's audit lines.
+async fn show(settings: &Settings, order: uuid::Uuid) -> anyhow::Result<()> {
+    let server = settings.server_options()?;
+    let connect = |database: &str| {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(server.clone().database(database))
+    };
+    let flow = connect(&settings.orderflow_database)
+        .await
+        .with_context(|| format!("connecting to {}", settings.orderflow_database))?;
+    let saga: Option<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT status, step, failure FROM sagas WHERE order_id = $1")
+            .bind(order)
+            .fetch_optional(&flow)
+            .await?;
+    match saga {
+        None => println!("saga: none yet for order {order}"),
+        Some((status, step, failure)) => {
+            let steps: Vec<String> = sqlx::query_scalar(
+                "SELECT step FROM saga_steps WHERE order_id = $1 ORDER BY completed_at, step",
+            )
+            .bind(order)
+            .fetch_all(&flow)
+            .await?;
+            let failure = failure.map(|f| format!(" ({f})")).unwrap_or_default();
+            println!(
+                "saga: {status}{failure}, at step {step}; steps done: {}",
+                steps.join(" → ")
+            );
+        }
+    }
+    let mails = MailLog::read_all(&settings.mail_log)?;
+    if let Some(mail) = mails.iter().find(|m| m.order_id == order) {
+        println!("email: to {}: {:?}", mail.to, mail.subject);
+    }
+    let loyalty = connect(&settings.loyalty_database)
+        .await
+        .with_context(|| format!("connecting to {}", settings.loyalty_database))?;
+    let award: Option<(i64, i64)> =
+        sqlx::query_as("SELECT customer_id, points FROM loyalty_ledger WHERE order_id = $1")
+            .bind(order)
+            .fetch_optional(&loyalty)
+            .await?;
+    match award {
+        None => println!("loyalty: no award yet"),
+        Some((customer, points)) => {
+            let (total, orders): (i64, i64) = sqlx::query_as(
+                "SELECT points, orders FROM loyalty_accounts WHERE customer_id = $1",
+            )
+            .bind(customer)
+            .fetch_one(&loyalty)
+            .await?;
+            println!("loyalty: +{points} points; customer {customer} has {total} points over {orders} orders");
+        }
+    }
+    for line in orderflow::audit::read_all(&settings.audit_dir)?
+        .iter()
+        .filter(|l| l.order_id == order)
+    {
+        println!("audit: {}", serde_json::to_string(line)?);
+    }
     Ok(())
 }
 

@@ -193,6 +193,7 @@ impl AuditLog {
             file.sync_data()?;
         }
         let count = written.len();
+        telemetry::metrics::counter!(crate::telemetry::names::AUDIT_LINES).increment(count as u64);
         self.seen.extend(written);
         Ok(count)
     }

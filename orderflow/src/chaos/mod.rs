@@ -1,15 +1,18 @@
 //! `orderflow chaos --orders N` (run through `scripts/chaos`): the whole order flow as
 //! processes on 127.0.0.1 — commerce's products, customers and orders (API and a separate
-//! outbox relay instance), the payment provider, saga, restock, loyalty, audit — against an
-//! ISOLATED Kafka (its own INFRA_HOME and ports; the shared PostgreSQL and registry with
-//! databases of this run). N orders are placed at a steady rate (each retried with its
-//! idempotency key until it has a definitive answer) while a random process is killed with
-//! SIGKILL and started again (Kafka too). Then, once quiet, it checks:
+//! outbox relay instance), the payment provider, saga, restock, loyalty, audit, and the
+//! tracking read model (a projector) — against an ISOLATED Kafka (its own INFRA_HOME and
+//! ports; the shared PostgreSQL, MySQL and registry with databases of this run). N orders
+//! are placed at a steady rate (each retried with its idempotency key until it has a
+//! definitive answer) while a random process is killed with SIGKILL and started again (Kafka
+//! too). Then, once quiet, it checks:
 //!
 //! orders accepted = orders in the database = distinct PLACED audit lines = loyalty ledger
 //! entries; no audit line twice; points = the expected sum; every saga finished; per product
-//! initial − sold + restocked = current, sold = what live orders hold; nothing oversold.
-//! It prints the figures and fails on any mismatch.
+//! initial − sold + restocked = current, sold = what live orders hold; nothing oversold;
+//! the tracking read model has every order with the database's status, and per customer the
+//! same orders, events and hash chain as the order events topic holds. It prints the figures
+//! and fails on any mismatch.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -230,6 +233,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         port("relay")?,
         port("payments")?,
     );
+    let tracking_port = port("tracking")?;
     let url = |p: u16| format!("http://127.0.0.1:{p}");
     let common = vec![
         ("POSTGRES_URL".to_owned(), postgres.clone()),
@@ -277,6 +281,9 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     settings.loyalty_group = format!("chaos-{run}-loyalty");
     settings.audit_group = format!("chaos-{run}-audit");
     settings.retry_max_backoff_ms = 1_000;
+    settings.tracking_listen_addr = format!("127.0.0.1:{tracking_port}");
+    settings.tracking_group = format!("chaos-{run}-tracking");
+    settings.tracking_namespace = format!("chaos_{run}_tracking");
     let flow_env = settings.environment();
     let commerce = bin.join("commerce");
     let orderflow = bin.join("orderflow");
@@ -331,6 +338,13 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         spec("restock", &orderflow, "restock", flow_env.clone(), None),
         spec("loyalty", &orderflow, "loyalty", flow_env.clone(), None),
         spec("audit", &orderflow, "audit", flow_env.clone(), None),
+        spec(
+            "tracking",
+            &orderflow,
+            "tracking",
+            flow_env.clone(),
+            Some(tracking_port),
+        ),
     ];
     let mut procs: Vec<Proc> = Vec::new();
     for spec in specs {
@@ -521,12 +535,29 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         kills.lock().unwrap()
     );
 
-    let result = check(&args, &settings, &postgres, &db, &initial, &accepted).await;
+    let tracking = Tracking {
+        http: http.clone(),
+        url: url(tracking_port),
+        customers: customers.clone(),
+    };
+    let result = check(
+        &args, &settings, &postgres, &db, &initial, &accepted, &tracking,
+    )
+    .await;
     let mut procs = procs.lock().await;
     for proc in procs.iter_mut() {
         proc.kill().await;
     }
     drop(procs);
+    match crate::tracking::TrackingStore::connect(&settings).await {
+        Ok(store) => {
+            use projectors::Store as _;
+            if let Err(e) = store.clear().await {
+                eprintln!("chaos: the tracking tables stay: {e}");
+            }
+        }
+        Err(e) => eprintln!("chaos: the tracking tables stay: {e}"),
+    }
     for name in [
         "products",
         "customers",
@@ -561,6 +592,86 @@ async fn scalar(pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await?)
 }
 
+/// The tracking read model as a user reads it: over HTTP, per customer.
+struct Tracking {
+    http: reqwest::Client,
+    url: String,
+    customers: Vec<i64>,
+}
+
+impl Tracking {
+    /// Every customer's answer; `None` while the service does not answer.
+    async fn read(&self) -> Option<Vec<crate::tracking::CustomerOrders>> {
+        let mut all = Vec::new();
+        for customer in &self.customers {
+            let response = self
+                .http
+                .get(format!("{}/customers/{customer}/orders", self.url))
+                .send()
+                .await
+                .ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            all.push(response.json().await.ok()?);
+        }
+        Some(all)
+    }
+}
+
+/// What the read model should say per customer, from the log's fold.
+fn expected_summaries(
+    log: &HashMap<Uuid, (i64, Vec<Uuid>)>,
+) -> BTreeMap<i64, crate::tracking::Summary> {
+    let mut histories: BTreeMap<i64, Vec<(Uuid, projectors::digest::Digest)>> = BTreeMap::new();
+    for (order, (customer, events)) in log {
+        let ids: Vec<String> = events.iter().map(Uuid::to_string).collect();
+        histories.entry(*customer).or_default().push((
+            *order,
+            projectors::digest::Digest::of(ids.iter().map(String::as_str)),
+        ));
+    }
+    histories
+        .into_iter()
+        .map(|(customer, orders)| {
+            (
+                customer,
+                crate::tracking::Summary::of(orders.iter().map(|(o, d)| (*o, d))),
+            )
+        })
+        .collect()
+}
+
+/// Orders whose read model status is the database's, of `orders`.
+fn statuses_matching<'a>(
+    read: &[crate::tracking::CustomerOrders],
+    database: &HashMap<Uuid, String>,
+    orders: impl IntoIterator<Item = &'a Uuid>,
+) -> usize {
+    let views: HashMap<Uuid, &str> = read
+        .iter()
+        .flat_map(|c| c.orders.iter().map(|o| (o.order_id, o.status.as_str())))
+        .collect();
+    orders
+        .into_iter()
+        .filter(|id| {
+            views
+                .get(id)
+                .is_some_and(|s| database.get(id).is_some_and(|d| d == s))
+        })
+        .count()
+}
+
+async fn order_statuses(orders: &PgPool) -> anyhow::Result<HashMap<Uuid, String>> {
+    Ok(
+        sqlx::query_as::<_, (Uuid, String)>("SELECT id, status FROM orders")
+            .fetch_all(orders)
+            .await?
+            .into_iter()
+            .collect(),
+    )
+}
+
 async fn check(
     args: &ChaosArgs,
     settings: &Settings,
@@ -568,6 +679,7 @@ async fn check(
     db: &dyn Fn(&str) -> String,
     initial: &BTreeMap<i64, i64>,
     accepted: &[Placed],
+    tracking: &Tracking,
 ) -> anyhow::Result<()> {
     let orders = connect(postgres, &db("orders")).await?;
     let products = connect(postgres, &db("products")).await?;
@@ -603,11 +715,34 @@ async fn check(
         let (_, _, placed) = audit_placed()?;
         let quiet =
             finished == n && ledger == n && pending == 0 && timers == 0 && placed as i64 == n;
+        // The read model: every accepted order with the database's status, and the
+        // customers' histories those of the log (read only once the rest is quiet).
+        let mut tracked = -1;
+        let mut tracking_quiet = false;
         if quiet {
+            if let (Some(read), Ok(database)) =
+                (tracking.read().await, order_statuses(&orders).await)
+            {
+                tracked = statuses_matching(&read, &database, &accepted_ids) as i64;
+                if tracked == n {
+                    let log = crate::tracking::log_fold(
+                        &settings.kafka,
+                        &HashMap::new(),
+                        Duration::from_secs(60),
+                    )
+                    .await?;
+                    let expected = expected_summaries(&log);
+                    tracking_quiet = read.iter().all(|c| {
+                        expected.get(&c.customer_id).cloned().unwrap_or_default() == c.summary
+                    });
+                }
+            }
+        }
+        if quiet && tracking_quiet {
             break;
         }
         if Instant::now() > deadline {
-            println!("not quiet after {}s: sagas finished {finished}/{n}, ledger {ledger}, pending orders {pending}, timers+restocks pending {timers}, audit PLACED {placed}", args.settle_secs);
+            println!("not quiet after {}s: sagas finished {finished}/{n}, ledger {ledger}, pending orders {pending}, timers+restocks pending {timers}, audit PLACED {placed}, tracked with the database's status {tracked}", args.settle_secs);
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -763,6 +898,51 @@ async fn check(
         }
     }
     expect("products oversold", oversold, 0);
+
+    // The tracking read model against the database and the log.
+    let read = tracking
+        .read()
+        .await
+        .context("the tracking read model does not answer")?;
+    let database = order_statuses(&orders).await?;
+    let log = crate::tracking::log_fold(&settings.kafka, &HashMap::new(), Duration::from_secs(60))
+        .await?;
+    let tracked: HashSet<Uuid> = read
+        .iter()
+        .flat_map(|c| c.orders.iter().map(|o| o.order_id))
+        .collect();
+    expect(
+        "accepted orders tracked with the database's status",
+        statuses_matching(&read, &database, &accepted_ids) as i64,
+        n,
+    );
+    expect(
+        "tracked orders = orders in the log",
+        tracked.len() as i64,
+        log.len() as i64,
+    );
+    expect(
+        "tracked orders with the database's status = tracked orders",
+        statuses_matching(&read, &database, &tracked) as i64,
+        tracked.len() as i64,
+    );
+    let expected = expected_summaries(&log);
+    let events: u64 = read.iter().map(|c| c.summary.events).sum();
+    let log_events: usize = log.values().map(|(_, e)| e.len()).sum();
+    expect(
+        "tracked events = distinct events in the log",
+        events as i64,
+        log_events as i64,
+    );
+    let matching = read
+        .iter()
+        .filter(|c| expected.get(&c.customer_id).cloned().unwrap_or_default() == c.summary)
+        .count();
+    expect(
+        "customers whose orders, events and hash chain match the log",
+        matching as i64,
+        expected.len().max(read.len()) as i64,
+    );
     if failures.is_empty() {
         println!("chaos: all checks passed");
         Ok(())

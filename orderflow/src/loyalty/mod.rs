@@ -15,6 +15,7 @@ use topics::settings::KafkaSettings;
 
 use crate::consumer::{self, ConsumerConfig, Delivered};
 use crate::error::Result;
+use crate::telemetry::names::{LOYALTY_ORDERS, LOYALTY_POINTS};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./src/loyalty/migrations");
 
@@ -61,6 +62,7 @@ impl Loyalty {
                 // One lock order for every instance: fewer deadlocks (a deadlock is retried).
                 placed.sort_by_key(|e| (e.customer_id, e.order_id));
                 let mut tx = self.pool.begin().await?;
+                let (mut orders, mut awarded) = (0u64, 0u64);
                 for event in placed {
                     let points = self.points_per_item * i64::from(event.quantity);
                     let new = sqlx::query(
@@ -86,9 +88,15 @@ impl Loyalty {
                         .bind(points)
                         .execute(&mut *tx)
                         .await?;
+                        orders += 1;
+                        awarded += points.max(0) as u64;
                     }
                 }
                 tx.commit().await?;
+                telemetry::metrics::counter!(LOYALTY_ORDERS, "mode" => "exactly-once")
+                    .increment(orders);
+                telemetry::metrics::counter!(LOYALTY_POINTS, "mode" => "exactly-once")
+                    .increment(awarded);
             }
             Mode::Naive => {
                 for event in placed {
@@ -115,6 +123,9 @@ impl Loyalty {
                     .bind(points)
                     .execute(&self.pool)
                     .await?;
+                    telemetry::metrics::counter!(LOYALTY_ORDERS, "mode" => "naive").increment(1);
+                    telemetry::metrics::counter!(LOYALTY_POINTS, "mode" => "naive")
+                        .increment(points.max(0) as u64);
                 }
             }
         }

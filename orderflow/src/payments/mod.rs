@@ -93,6 +93,7 @@ async fn charge(
     }
     tokio::time::sleep(provider.behaviour.latency).await;
     if draw() < provider.behaviour.error_rate {
+        charged("unavailable");
         return error(StatusCode::SERVICE_UNAVAILABLE, "provider busy; try again");
     }
     let declined = draw() < provider.behaviour.decline_rate;
@@ -123,8 +124,14 @@ async fn charge(
                 );
             }
             let status = if inserted {
+                charged(if outcome == "approved" {
+                    "approved"
+                } else {
+                    "declined"
+                });
                 StatusCode::CREATED
             } else {
+                charged("repeated");
                 StatusCode::OK
             };
             (
@@ -136,20 +143,27 @@ async fn charge(
         }
         Err(e) => {
             tracing::warn!(error = %e, "charge not stored");
+            charged("unavailable");
             error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
         }
     }
+}
+
+fn charged(outcome: &'static str) {
+    telemetry::metrics::counter!(crate::telemetry::names::CHARGES, "outcome" => outcome)
+        .increment(1);
 }
 
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// The provider's routes, with request metrics and `GET /metrics`.
 pub fn router(pool: PgPool, behaviour: Behaviour) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/charges", post(charge))
-        .route("/health", get(health))
-        .with_state(Provider { pool, behaviour })
+        .route("/health", get(health));
+    telemetry::http::instrument(routes).with_state(Provider { pool, behaviour })
 }
 
 /// Prepares the database and binds the listen address; [`Payments::serve`] serves.

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::clients::Clients;
 use crate::error::Result;
+use crate::telemetry::names::RESTOCKS;
 
 /// Records a sale once per order and arms or pushes back the product's restock timer.
 /// `stock` is the product's stock as the products service reported it at the sale (`None`:
@@ -96,6 +97,7 @@ pub async fn fire_due(pool: &PgPool, quantity: i32) -> Result<usize> {
         tracing::info!(product_id, quantity, "restock timer fired");
     }
     tx.commit().await?;
+    telemetry::metrics::counter!(RESTOCKS, "stage" => "fired").increment(due.len() as u64);
     Ok(due.len())
 }
 
@@ -121,6 +123,7 @@ pub async fn execute_pending(pool: &PgPool, clients: &Clients) -> Result<usize> 
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
+                telemetry::metrics::counter!(RESTOCKS, "stage" => "done").increment(1);
                 tracing::info!(product_id, quantity, %restock_id, "restocked");
                 done += 1;
             }

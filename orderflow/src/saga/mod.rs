@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 use crate::clients::{Charge, Clients, Profile};
 use crate::error::{Error, Result};
+use crate::telemetry::names::{SAGAS_FINISHED, SAGA_STEPS};
 use mail::{Mail, MailLog};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./src/saga/migrations");
@@ -153,10 +154,25 @@ impl Saga {
                     std::process::abort();
                 }
                 tx.commit().await?;
+                telemetry::metrics::counter!(SAGA_STEPS, "step" => step.as_str(), "outcome" => "completed")
+                    .increment(1);
+                match &outcome {
+                    Outcome::Finish(status) => {
+                        telemetry::metrics::counter!(SAGAS_FINISHED, "status" => *status)
+                            .increment(1)
+                    }
+                    Outcome::Skip(_) => {
+                        telemetry::metrics::counter!(SAGAS_FINISHED, "status" => "skipped")
+                            .increment(1)
+                    }
+                    Outcome::Advance(_) | Outcome::Compensate(_) => {}
+                }
                 tracing::debug!(order = %saga.order_id, step = step.as_str(), ?outcome, "saga step done");
             }
             Err(e) => {
                 tx.rollback().await.ok();
+                telemetry::metrics::counter!(SAGA_STEPS, "step" => step.as_str(), "outcome" => "failed")
+                    .increment(1);
                 self.failed(&saga, step, &e).await?;
             }
         }

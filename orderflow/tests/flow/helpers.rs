@@ -20,7 +20,7 @@ pub const WAIT: Duration = Duration::from_secs(90);
 
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        orderflow::telemetry::init();
+        let _logs = orderflow::telemetry::init("test");
     }
 }
 
@@ -353,4 +353,56 @@ pub async fn saga_pool(settings: &Settings) -> PgPool {
     )
     .await
     .expect("saga database")
+}
+
+/// Records the end of the order events topic as applied in the tracking read model's store,
+/// so its projector folds only what this test produces (the topic is shared with every
+/// other test, and the store, not Kafka, says where a partition starts).
+/// Returns the store and the first offset per partition it will fold.
+pub async fn tracking_from_end(
+    settings: &Settings,
+) -> (
+    orderflow::tracking::TrackingStore,
+    std::collections::HashMap<i32, i64>,
+) {
+    use projectors::store::{PartitionBatch, Store};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let store = orderflow::tracking::TrackingStore::connect(settings)
+        .await
+        .expect("tracking store");
+    let kafka = settings.kafka.clone();
+    let ends: Vec<(i32, i64)> = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = topics::kafka::consumer_config(&kafka, "orderflow-test-ends")
+            .create()
+            .expect("consumer");
+        let metadata = consumer
+            .fetch_metadata(Some(OrderEvent::TOPIC.name), WAIT)
+            .expect("metadata");
+        metadata.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(OrderEvent::TOPIC.name, p.id(), WAIT)
+                    .expect("watermarks");
+                (p.id(), high)
+            })
+            .collect()
+    })
+    .await
+    .unwrap();
+    for &(partition, high) in ends.iter().filter(|(_, high)| *high > 0) {
+        store
+            .write(&PartitionBatch {
+                topic: OrderEvent::TOPIC.name.to_owned(),
+                partition,
+                expected_offset: None,
+                last_offset: high - 1,
+                changes: Vec::new(),
+            })
+            .await
+            .expect("start offset recorded");
+    }
+    (store, ends.into_iter().collect())
 }

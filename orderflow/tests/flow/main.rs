@@ -7,3 +7,4 @@ mod helpers;
 mod loyalty;
 mod restock;
 mod saga;
+mod tracking;

@@ -187,3 +187,184 @@ async fn a_declined_payment_releases_the_stock_and_cancels_the_order() {
     shop.stop().await;
     cleanup(&settings).await;
 }
+
+// ---- Observed: every component's `/metrics` moves with one checkout ----
+
+/// A scrape of `url`'s `/metrics`, parsed as the Prometheus text format.
+async fn scrape(url: &str) -> Option<prometheus_parse::Scrape> {
+    let response = reqwest::get(format!("{url}/metrics")).await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let text = response.text().await.ok()?;
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).ok()
+}
+
+/// The sum of `name` over the samples whose labels include `labels` (0 when none).
+fn total(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::Value;
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            Value::Summary(_) => 0.0,
+        })
+        .sum()
+}
+
+/// One metric of one component, read before and after the checkout.
+struct Watched {
+    component: &'static str,
+    url: String,
+    metric: &'static str,
+    labels: &'static [(&'static str, &'static str)],
+    /// How much it must grow at least.
+    by: f64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_component_serves_metrics_and_its_counters_move_with_a_checkout() {
+    use orderflow::telemetry::names::*;
+
+    // The in-process payment provider's metrics need this process's recorder installed
+    // (without the logging `telemetry::init` would add).
+    let _ = telemetry::prometheus::render();
+    let shop = Shop::start().await;
+    let mut settings = flow_settings(&shop).await;
+    settings.restock_delay_ms = 200;
+    settings.restock_poll_ms = 100;
+    settings.tracking_namespace = testkit::unique("orderflow_test_tracking");
+    settings.tracking_group = testkit::unique("orderflow_test_tracking");
+    let (tracking_store, _) = tracking_from_end(&settings).await;
+    let payments = Provider::start(&mut settings, flaky(0.0)).await;
+    let payments_url = settings.payments_url.clone();
+    let flow = saga_pool(&settings).await;
+
+    let mut components = Vec::new();
+    let mut urls = std::collections::HashMap::new();
+    for name in ["saga", "restock", "loyalty", "audit", "tracking"] {
+        let address = format!("127.0.0.1:{}", testkit::free_port());
+        let variable = if name == "tracking" {
+            "TRACKING_LISTEN_ADDR"
+        } else {
+            "METRICS_LISTEN_ADDR"
+        };
+        components.push(Component::start(name, &settings, &[(variable, &address)]));
+        urls.insert(name, format!("http://{address}"));
+    }
+    for (name, url) in &urls {
+        testkit::eventually(&format!("{name} serves /metrics"), WAIT, || async {
+            scrape(url).await.is_some()
+        })
+        .await;
+    }
+    let watched = |component: &'static str,
+                   metric: &'static str,
+                   labels: &'static [(&'static str, &'static str)],
+                   by: f64| Watched {
+        component,
+        url: urls
+            .get(component)
+            .cloned()
+            .unwrap_or_else(|| payments_url.clone()),
+        metric,
+        labels,
+        by,
+    };
+    let watch = [
+        watched(
+            "saga",
+            SAGA_STEPS,
+            &[("step", "payment"), ("outcome", "completed")],
+            1.0,
+        ),
+        watched("saga", SAGA_STEPS, &[("outcome", "completed")], 7.0),
+        watched("saga", SAGAS_FINISHED, &[("status", "completed")], 1.0),
+        watched("restock", RESTOCKS, &[("stage", "fired")], 1.0),
+        watched("restock", RESTOCKS, &[("stage", "done")], 1.0),
+        watched("loyalty", LOYALTY_POINTS, &[("mode", "exactly-once")], 10.0),
+        watched("loyalty", LOYALTY_ORDERS, &[("mode", "exactly-once")], 1.0),
+        watched("audit", AUDIT_LINES, &[], 1.0),
+        watched("tracking", "projector_applied_total", &[], 1.0),
+        watched(
+            "tracking",
+            "http_server_requests_total",
+            &[("route", "/orders/:id"), ("status", "200")],
+            1.0,
+        ),
+        watched("payments", CHARGES, &[("outcome", "approved")], 1.0),
+        watched(
+            "payments",
+            "http_server_requests_total",
+            &[("route", "/charges")],
+            1.0,
+        ),
+    ];
+    let mut before = Vec::new();
+    for w in &watch {
+        let scrape = scrape(&w.url).await.expect("scraped");
+        before.push(total(&scrape, w.metric, w.labels));
+    }
+
+    // One checkout of the last item: every step, a sell-out, a restock, points, an audit line.
+    let customer = shop.customer().await;
+    let product = shop.product(1).await;
+    let order = shop.order(customer, product, 1).await;
+    let tracking = urls["tracking"].clone();
+    testkit::eventually("the order in the tracking read model", WAIT, || async {
+        reqwest::get(format!("{tracking}/orders/{order}"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    testkit::eventually("the product restocked", WAIT, || async {
+        shop.stock(product).await > 0
+    })
+    .await;
+
+    for (w, before) in watch.iter().zip(before) {
+        testkit::eventually(
+            &format!(
+                "{} {} {:?} grows by {} from {before}",
+                w.component, w.metric, w.labels, w.by
+            ),
+            WAIT,
+            || async {
+                scrape(&w.url)
+                    .await
+                    .is_some_and(|s| total(&s, w.metric, w.labels) >= before + w.by)
+            },
+        )
+        .await;
+    }
+    let saga = scrape(&urls["saga"]).await.expect("scraped");
+    assert!(
+        saga.samples
+            .iter()
+            .any(|s| s.metric == "kafka_consumer_lag_records"),
+        "the saga's intake reports its consumer lag"
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM sagas WHERE order_id = $1")
+        .bind(order)
+        .fetch_one(&flow)
+        .await
+        .unwrap();
+    assert_eq!(status, "completed");
+
+    for component in components {
+        component.kill().await;
+    }
+    {
+        use projectors::Store as _;
+        tracking_store
+            .clear()
+            .await
+            .expect("tracking tables dropped");
+    }
+    payments.stop();
+    shop.stop().await;
+    cleanup(&settings).await;
+}
