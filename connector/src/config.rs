@@ -107,6 +107,9 @@ pub struct Config {
     /// Rows per incremental snapshot chunk (Debezium's
     /// `incremental.snapshot.chunk.size`).
     pub incremental_snapshot_chunk_size: u32,
+    /// `host:port` of a `GET /metrics` listener (Prometheus text format);
+    /// empty: none.
+    pub metrics_listen_addr: String,
 }
 
 /// Session settings pinned on every PostgreSQL connection (replication and
@@ -146,6 +149,7 @@ outbox_table = ""
 outbox_topic_prefix = "outbox.event."
 signal_table = ""
 incremental_snapshot_chunk_size = 1024
+metrics_listen_addr = ""
 "#;
 
 impl Config {

@@ -2,7 +2,7 @@
 //! `ts_ms`) and key, encoded as Confluent-framed Avro or as plain JSON.
 
 use crate::schema::TableSchema;
-use crate::value::{avro_long, avro_str, json_str, write_avro, write_json, Datum};
+use crate::value::{avro_long, avro_str, json_long, json_str, write_avro, write_json, Datum};
 
 /// Reported as `source.version`.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-connector");
@@ -162,14 +162,15 @@ impl Event<'_> {
                 );
             }
         }
-        let _ = write!(
-            out,
-            ",\"op\":\"{}\",\"ts_ms\":{},\"ts_us\":{},\"ts_ns\":{}}}",
-            self.op.code(),
-            self.ts_us.div_euclid(1000),
-            self.ts_us,
-            self.ts_us.saturating_mul(1000)
-        );
+        out.extend_from_slice(b",\"op\":\"");
+        out.extend_from_slice(self.op.code().as_bytes());
+        out.extend_from_slice(b"\",\"ts_ms\":");
+        json_long(&mut out, self.ts_us.div_euclid(1000));
+        out.extend_from_slice(b",\"ts_us\":");
+        json_long(&mut out, self.ts_us);
+        out.extend_from_slice(b",\"ts_ns\":");
+        json_long(&mut out, self.ts_us.saturating_mul(1000));
+        out.push(b'}');
         out
     }
 }
@@ -330,29 +331,26 @@ fn avro_source(out: &mut Vec<u8>, s: &Source<'_>, schema: &str, table: &str) {
 
 /// Debezium's `source` block, JSON.
 fn json_source(out: &mut Vec<u8>, s: &Source<'_>, schema: &str, table: &str) {
-    use std::io::Write as _;
     out.extend_from_slice(b"{\"version\":");
     json_str(out, VERSION);
     out.extend_from_slice(b",\"connector\":\"postgresql\",\"name\":");
     json_str(out, s.name);
-    let _ = write!(
-        out,
-        ",\"ts_ms\":{},\"snapshot\":\"{}\",\"db\":",
-        s.ts_us.div_euclid(1000),
-        s.snapshot.as_str()
-    );
+    out.extend_from_slice(b",\"ts_ms\":");
+    json_long(out, s.ts_us.div_euclid(1000));
+    out.extend_from_slice(b",\"snapshot\":\"");
+    out.extend_from_slice(s.snapshot.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"db\":");
     json_str(out, s.db);
     out.extend_from_slice(b",\"sequence\":");
     match &s.sequence {
         Some(seq) => json_str(out, seq),
         None => out.extend_from_slice(b"null"),
     }
-    let _ = write!(
-        out,
-        ",\"ts_us\":{},\"ts_ns\":{},\"schema\":",
-        s.ts_us,
-        s.ts_us.saturating_mul(1000)
-    );
+    out.extend_from_slice(b",\"ts_us\":");
+    json_long(out, s.ts_us);
+    out.extend_from_slice(b",\"ts_ns\":");
+    json_long(out, s.ts_us.saturating_mul(1000));
+    out.extend_from_slice(b",\"schema\":");
     json_str(out, schema);
     out.extend_from_slice(b",\"table\":");
     json_str(out, table);
@@ -364,11 +362,8 @@ fn json_source(out: &mut Vec<u8>, s: &Source<'_>, schema: &str, table: &str) {
 }
 
 fn opt_json_long(out: &mut Vec<u8>, v: Option<i64>) {
-    use std::io::Write as _;
     match v {
-        Some(v) => {
-            let _ = write!(out, "{v}");
-        }
+        Some(v) => json_long(out, v),
         None => out.extend_from_slice(b"null"),
     }
 }

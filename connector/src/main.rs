@@ -41,6 +41,7 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    telemetry::prometheus::install_recorder("connector");
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!(

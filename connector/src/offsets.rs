@@ -193,6 +193,17 @@ pub async fn store(pub_: &Publisher, cfg: &Config, offset: Option<StoredOffset>)
     wait_delivery(fut).await
 }
 
+/// Counts a record Kafka refused or did not acknowledge
+/// (`connector_publish_failures_total`).
+pub fn publish_failure(connector: &str, reason: &'static str) {
+    telemetry::metrics::counter!(
+        telemetry::names::CONNECTOR_PUBLISH_FAILURES,
+        "connector" => connector.to_owned(),
+        "reason" => reason
+    )
+    .increment(1);
+}
+
 pub async fn wait_delivery(fut: DeliveryFuture) -> Result<()> {
     match fut.await {
         Ok(Ok(_)) => Ok(()),
@@ -251,6 +262,7 @@ impl Tracker {
             while let Some(p) = rx.recv().await {
                 for d in p.deliveries {
                     if let Err(e) = wait_delivery(d).await {
+                        publish_failure(&cfg.name, "delivery");
                         let _ = fail_tx.send(Some(e.to_string()));
                         return;
                     }
@@ -285,7 +297,10 @@ impl Tracker {
                                     stored = lsn;
                                     last_store = Instant::now();
                                 }
-                                Err(e) => tracing::warn!(error = %e, "could not write offset"),
+                                Err(e) => {
+                                    publish_failure(&cfg.name, "offset");
+                                    tracing::warn!(error = %e, "could not write offset")
+                                }
                             }
                         }
                     }

@@ -17,6 +17,8 @@ use crate::config::Config;
 use crate::error::{one_line, Error, Result};
 
 pub struct Publisher {
+    /// The connector's `name`, for the failure counter's label.
+    name: String,
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     registry: Registry,
@@ -60,6 +62,7 @@ impl Publisher {
             })?;
 
         Ok(Publisher {
+            name: cfg.name.clone(),
             producer,
             admin,
             registry: Registry::new(&cfg.schema_registry_url)?,
@@ -149,7 +152,10 @@ impl Publisher {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Err((e, _)) => return Err(e.into()),
+                Err((e, _)) => {
+                    crate::offsets::publish_failure(&self.name, "send");
+                    return Err(e.into());
+                }
             }
         }
     }

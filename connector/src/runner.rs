@@ -100,9 +100,60 @@ async fn open_stream(
     }
 }
 
+/// How often the slot's lag is read for the `connector_slot_lag_bytes` gauge.
+const SLOT_LAG_EVERY: Duration = Duration::from_secs(2);
+
+/// Sets the slot-lag gauge (WAL written since the slot's confirmed position,
+/// in bytes) every [`SLOT_LAG_EVERY`] until `shutdown`; reconnects after a
+/// lost connection. The gauge is left as it was while the server is away.
+async fn watch_slot_lag(cfg: Config, mut shutdown: watch::Receiver<bool>) {
+    let gauge = telemetry::metrics::gauge!(
+        telemetry::names::CONNECTOR_SLOT_LAG, "slot" => cfg.slot_name.clone()
+    );
+    let mut client = None;
+    while !*shutdown.borrow() {
+        if client
+            .as_ref()
+            .is_none_or(|c: &tokio_postgres::Client| c.is_closed())
+        {
+            client = pg::connect(&cfg).await.ok();
+        }
+        if let Some(c) = &client {
+            let lag = c
+                .query_opt(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::float8
+                       FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&cfg.slot_name],
+                )
+                .await;
+            match lag {
+                Ok(Some(row)) => {
+                    if let Some(bytes) = row.get::<_, Option<f64>>(0) {
+                        gauge.set(bytes.max(0.0));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "reading the slot lag"),
+            }
+        }
+        let _ = tokio::time::timeout(SLOT_LAG_EVERY, shutdown.changed()).await;
+    }
+}
+
 /// Runs the connector until `shutdown` flips (or, for `initial_only`, until
 /// the snapshot is published).
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
+    if !cfg.metrics_listen_addr.is_empty() {
+        let addr = telemetry::serve_metrics(&cfg.metrics_listen_addr)
+            .await
+            .map_err(|e| {
+                Error::Config(format!(
+                    "metrics_listen_addr {}: {e}",
+                    cfg.metrics_listen_addr
+                ))
+            })?;
+        tracing::info!(%addr, "metrics on GET /metrics");
+    }
     let pg_client = pg::connect(&cfg).await?;
     pg::preflight(&pg_client, &cfg).await?;
     // Every later connection must reach this cluster on this timeline.
@@ -136,11 +187,8 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
         _ => {}
     }
 
-    let emitter = Emitter {
-        db: cfg.database()?,
-        publisher: publisher.clone(),
-        cfg: cfg.clone(),
-    };
+    let emitter = Emitter::new(cfg.clone(), cfg.database()?, publisher.clone());
+    let slot_lag = tokio::spawn(watch_slot_lag(cfg.clone(), shutdown.clone()));
     let mut start_lsn = stored.as_ref().map(|o| o.lsn);
     let progress = stored.as_ref().and_then(|o| o.incremental.clone());
     let mut incremental = crate::incremental::Incremental::new(&cfg, progress.clone());
@@ -279,6 +327,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
     if let Some(h) = heartbeat {
         h.abort();
     }
+    slot_lag.abort();
     if result.is_ok() {
         // Clean stop: publish what is in flight and confirm it to the slot,
         // unless Kafka does not answer in time (an outage): then what it did

@@ -2,15 +2,32 @@
 //! REPEATABLE READ transaction that imports the replication slot's exported
 //! snapshot, so that streaming continues exactly where the snapshot ends:
 //! nothing missing, nothing twice.
+//!
+//! Each table is read with `COPY (SELECT ...) TO STDOUT` (the server streams
+//! rows without a round trip per batch) by a task of its own that parses the
+//! text rows into datums, while this task encodes and produces the batches
+//! before: reading, parsing and producing overlap on different threads.
 
-use tokio_postgres::SimpleQueryMessage;
+use std::borrow::Cow;
+use std::sync::Arc;
 
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+use crate::config::DecimalHandling;
 use crate::envelope::{Op, SnapshotMarker, Source};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::offsets::{Ack, Pending, Tracker};
 use crate::pg::{self, quote_ident};
+use crate::schema::TableSchema;
 use crate::stream::{Emitter, TableState};
 use crate::value::{parse, Datum};
+
+/// Deliveries handed to the tracker at a time.
+const DELIVERY_BATCH: usize = 5000;
+/// Row batches buffered between the reader and the encoder.
+const BATCHES_IN_FLIGHT: usize = 8;
 
 /// Reads and publishes all rows; returns how many. Rows are handed to the
 /// tracker in batches; the caller drains it before recording the offset.
@@ -22,7 +39,7 @@ pub async fn run(
     tracker: &Tracker,
 ) -> Result<u64> {
     let cfg = &emitter.cfg;
-    let client = pg::connect(cfg).await?;
+    let mut client = pg::connect(cfg).await?;
     // SET TRANSACTION SNAPSHOT must be the first statement of the transaction.
     client
         .batch_execute(&format!(
@@ -36,10 +53,11 @@ pub async fn run(
         .await?;
     let ts_us = chrono::Utc::now().timestamp_micros();
     let mut total = 0u64;
-    let mut batch = Vec::new();
+    let mut batch = Vec::with_capacity(DELIVERY_BATCH);
     // The previous row is held back so the very last one can say snapshot=last.
     let mut held: Option<(usize, Vec<Datum>)> = None;
     let mut states: Vec<TableState> = Vec::new();
+    let batch_rows = (cfg.snapshot_fetch_size.max(1)) as usize;
 
     for (schema, table) in tables {
         let ts = emitter
@@ -47,40 +65,16 @@ pub async fn run(
             .await?;
         states.push(ts);
         let idx = states.len() - 1;
-        let cols = states[idx]
-            .schema
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ");
-        client
-            .batch_execute(&format!(
-                "DECLARE connector_snapshot NO SCROLL CURSOR FOR SELECT {cols} FROM {}.{}",
-                quote_ident(schema),
-                quote_ident(table)
-            ))
-            .await?;
-        let fetch = format!(
-            "FETCH {} FROM connector_snapshot",
-            cfg.snapshot_fetch_size.max(1)
-        );
-        loop {
-            let msgs = client.simple_query(&fetch).await?;
-            let mut n = 0;
-            for m in msgs {
-                let SimpleQueryMessage::Row(row) = m else {
-                    continue;
-                };
-                n += 1;
-                let columns = &states[idx].schema.columns;
-                let mut datums = Vec::with_capacity(columns.len());
-                for (i, c) in columns.iter().enumerate() {
-                    datums.push(match row.get(i) {
-                        None => Datum::Null,
-                        Some(text) => parse(&c.name, &c.ty, text, cfg.decimal_handling)?,
-                    });
-                }
+        let (tx, mut rx) = mpsc::channel(BATCHES_IN_FLIGHT);
+        let reader = tokio::spawn(read_table(
+            client,
+            states[idx].schema.clone(),
+            cfg.decimal_handling,
+            batch_rows,
+            tx,
+        ));
+        while let Some(rows) = rx.recv().await {
+            for datums in rows {
                 if let Some((t, prev)) = held.replace((idx, datums)) {
                     let marker = if total == 0 {
                         SnapshotMarker::First
@@ -90,20 +84,20 @@ pub async fn run(
                     emit(emitter, &states[t], &prev, ts_us, lsn, marker, &mut batch).await?;
                     total += 1;
                 }
-            }
-            if batch.len() >= 5000 {
-                tracker
-                    .push(Pending {
-                        deliveries: std::mem::take(&mut batch),
-                        ack: Ack::None,
-                    })
-                    .await?;
-            }
-            if n == 0 {
-                break;
+                if batch.len() >= DELIVERY_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(DELIVERY_BATCH));
+                    tracker
+                        .push(Pending {
+                            deliveries: full,
+                            ack: Ack::None,
+                        })
+                        .await?;
+                }
             }
         }
-        client.batch_execute("CLOSE connector_snapshot").await?;
+        client = reader
+            .await
+            .map_err(|e| Error::Postgres(format!("snapshot reader of {schema}.{table}: {e}")))??;
     }
     if let Some((t, last)) = held.take() {
         emit(
@@ -129,6 +123,116 @@ pub async fn run(
     Ok(total)
 }
 
+/// Streams one table through COPY, parses its rows and sends them on in
+/// batches of `batch_rows`; hands the client back for the next table. Stops
+/// early (without error) when the encoder is gone: its error is the one
+/// reported.
+async fn read_table(
+    client: Client,
+    schema: Arc<TableSchema>,
+    decimals: DecimalHandling,
+    batch_rows: usize,
+    tx: mpsc::Sender<Vec<Vec<Datum>>>,
+) -> Result<Client> {
+    let cols = schema
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let copy = client
+        .copy_out(&format!(
+            "COPY (SELECT {cols} FROM {}.{}) TO STDOUT",
+            quote_ident(&schema.schema),
+            quote_ident(&schema.table)
+        ))
+        .await?;
+    futures::pin_mut!(copy);
+    let mut rows = Vec::with_capacity(batch_rows);
+    // The server sends a row per message; a row split over messages waits here.
+    let mut carry: Vec<u8> = Vec::new();
+    while let Some(chunk) = copy.next().await {
+        let chunk = chunk?;
+        let mut data: &[u8] = &chunk;
+        let joined;
+        if !carry.is_empty() {
+            carry.extend_from_slice(data);
+            joined = std::mem::take(&mut carry);
+            data = &joined;
+        }
+        while let Some(end) = data.iter().position(|b| *b == b'\n') {
+            let line = std::str::from_utf8(&data[..end]).map_err(|e| Error::Value {
+                column: schema.qualified(),
+                value: String::new(),
+                reason: format!("COPY row is not UTF-8: {e}"),
+            })?;
+            rows.push(parse_row(&schema, line, decimals)?);
+            data = &data[end + 1..];
+        }
+        carry.extend_from_slice(data);
+        if rows.len() >= batch_rows
+            && tx
+                .send(std::mem::replace(&mut rows, Vec::with_capacity(batch_rows)))
+                .await
+                .is_err()
+        {
+            return Ok(client);
+        }
+    }
+    if !carry.is_empty() {
+        return Err(Error::Postgres(format!(
+            "COPY of {} ended inside a row",
+            schema.qualified()
+        )));
+    }
+    if !rows.is_empty() {
+        let _ = tx.send(rows).await;
+    }
+    Ok(client)
+}
+
+fn parse_row(schema: &TableSchema, line: &str, decimals: DecimalHandling) -> Result<Vec<Datum>> {
+    let mut datums = Vec::with_capacity(schema.columns.len());
+    let mut fields = line.split('\t');
+    for c in &schema.columns {
+        let field = fields
+            .next()
+            .ok_or_else(|| short_row(schema, datums.len()))?;
+        datums.push(match copy_field(field) {
+            None => Datum::Null,
+            Some(text) => parse(&c.name, &c.ty, &text, decimals)?,
+        });
+    }
+    if fields.next().is_some() {
+        return Err(Error::Postgres(format!(
+            "COPY of {} gave more fields than its {} columns",
+            schema.qualified(),
+            schema.columns.len()
+        )));
+    }
+    Ok(datums)
+}
+
+fn short_row(schema: &TableSchema, got: usize) -> Error {
+    Error::Postgres(format!(
+        "COPY of {} gave {got} fields for {} columns",
+        schema.qualified(),
+        schema.columns.len()
+    ))
+}
+
+/// A field of PostgreSQL's COPY text format: `\N` is NULL, backslash escapes
+/// are undone (a field without a backslash is borrowed).
+fn copy_field(field: &str) -> Option<Cow<'_, str>> {
+    if field == "\\N" {
+        None
+    } else if field.contains('\\') {
+        Some(Cow::Owned(unescape(field)))
+    } else {
+        Some(Cow::Borrowed(field))
+    }
+}
+
 async fn emit(
     emitter: &Emitter,
     ts: &TableState,
@@ -151,4 +255,87 @@ async fn emit(
     emitter
         .emit(ts, Op::Read, None, Some(row), source, out)
         .await
+}
+
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' || i + 1 == b.len() {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        let c = b[i + 1];
+        i += 2;
+        match c {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut v = u32::from(c - b'0');
+                for _ in 0..2 {
+                    match b.get(i) {
+                        Some(d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push(v as u8);
+            }
+            b'x' if b.get(i).is_some_and(u8::is_ascii_hexdigit) => {
+                let mut v = 0u32;
+                for _ in 0..2 {
+                    match b.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                        Some(d) => {
+                            v = v * 16 + d;
+                            i += 1;
+                        }
+                        None => break,
+                    }
+                }
+                out.push(v as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(line: &str) -> Vec<Option<String>> {
+        line.split('\t')
+            .map(|f| copy_field(f).map(Cow::into_owned))
+            .collect()
+    }
+
+    #[test]
+    fn copy_text_rows_are_split_and_unescaped() {
+        assert_eq!(
+            fields("1\t\\N\tplain"),
+            [Some("1".into()), None, Some("plain".into())]
+        );
+        assert_eq!(
+            fields("a\\tb\\nc\\\\d\t\\x41\\101\\r\t"),
+            [
+                Some("a\tb\nc\\d".into()),
+                Some("AA\r".into()),
+                Some("".into())
+            ]
+        );
+        // bytea's hex output and an array with a backslash, as COPY escapes them.
+        assert_eq!(
+            fields("\\\\x0aff\t{\"a\\\\\\\\b\"}"),
+            [Some("\\x0aff".into()), Some("{\"a\\\\b\"}".into())]
+        );
+    }
 }

@@ -41,9 +41,28 @@ pub struct Emitter {
     pub cfg: Config,
     pub db: String,
     pub publisher: Arc<Publisher>,
+    /// Streamed row changes handed to Kafka.
+    changes: telemetry::metrics::Counter,
+    /// Snapshot rows (initial and incremental) handed to Kafka.
+    snapshot_rows: telemetry::metrics::Counter,
 }
 
 impl Emitter {
+    pub fn new(cfg: Config, db: String, publisher: Arc<Publisher>) -> Emitter {
+        let name = cfg.name.clone();
+        Emitter {
+            changes: telemetry::metrics::counter!(
+                telemetry::names::CONNECTOR_CHANGES, "connector" => name.clone()
+            ),
+            snapshot_rows: telemetry::metrics::counter!(
+                telemetry::names::CONNECTOR_SNAPSHOT_ROWS, "connector" => name
+            ),
+            cfg,
+            db,
+            publisher,
+        }
+    }
+
     /// Creates the topic and registers the schemas (cached by content, so an
     /// unchanged table costs nothing and an added column registers a new
     /// version).
@@ -183,12 +202,20 @@ impl Emitter {
         if op == Op::Delete && self.cfg.tombstones_on_delete && key.is_some() {
             out.push(self.publisher.send(&ts.topic, key.as_deref(), None).await?);
         }
+        if op == Op::Read {
+            self.snapshot_rows.increment(1);
+        } else {
+            self.changes.increment(1);
+        }
         Ok(())
     }
 
     /// Routes an inserted outbox row: topic `<outbox_topic_prefix><aggregatetype>`,
     /// key = aggregate id, value = payload (as is with `json`, an Avro string
-    /// with `avro`), header `id` = the event id.
+    /// with `avro`), header `id` = the event id, and the row's `traceparent` /
+    /// `tracestate` columns (when it has them and they are set) as the W3C
+    /// trace-context headers, so the trace of the request that wrote the row
+    /// goes on in the consumers.
     pub async fn emit_outbox(
         &self,
         ts: &TableState,
@@ -250,11 +277,19 @@ impl Emitter {
                 (key, Some(value))
             }
         };
+        let mut headers: Vec<(&str, Vec<u8>)> = vec![("id", id)];
+        for name in ["traceparent", "tracestate"] {
+            if let Some(v) = get(name).filter(|v| !v.is_empty()) {
+                headers.push((name, v));
+            }
+        }
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, &v[..])).collect();
         out.push(
             self.publisher
-                .send_with_headers(&topic, Some(&key), value.as_deref(), &[("id", &id)])
+                .send_with_headers(&topic, Some(&key), value.as_deref(), &headers)
                 .await?,
         );
+        self.changes.increment(1);
         Ok(())
     }
 

@@ -736,12 +736,8 @@ pub fn write_json(out: &mut Vec<u8>, d: &Datum) {
     match d {
         Datum::Null => out.extend_from_slice(b"null"),
         Datum::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Datum::Int(v) => {
-            let _ = write!(out, "{v}");
-        }
-        Datum::Long(v) => {
-            let _ = write!(out, "{v}");
-        }
+        Datum::Int(v) => json_long(out, i64::from(*v)),
+        Datum::Long(v) => json_long(out, *v),
         // JSON has no NaN/Infinity: Kafka Connect's JsonConverter writes them as strings too.
         Datum::Float(v) => write_float(out, *v as f64),
         Datum::Double(v) => write_float(out, *v),
@@ -775,9 +771,36 @@ pub fn write_json(out: &mut Vec<u8>, d: &Datum) {
     }
 }
 
-/// A JSON string literal, escaped.
+/// A JSON string literal, escaped. Most strings need no escape: they are
+/// copied as they are (serde_json's escaping showed in the snapshot profile).
 pub fn json_str(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    }
+}
+
+/// An integer in decimal, without `fmt` machinery (it showed in the profile).
+pub fn json_long(out: &mut Vec<u8>, v: i64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = v.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 fn write_float(out: &mut Vec<u8>, v: f64) {
@@ -1074,6 +1097,20 @@ mod tests {
             to_json(&Datum::Point { x: 1.5, y: -2.0 }),
             serde_json::json!({"x": 1.5, "y": -2.0, "wkb": base64(&wkb), "srid": null})
         );
+    }
+
+    #[test]
+    fn json_integers_and_strings() {
+        for v in [0, 7, -1, 10, 1234567890123, i64::MIN, i64::MAX] {
+            let mut out = Vec::new();
+            json_long(&mut out, v);
+            assert_eq!(String::from_utf8(out).unwrap(), v.to_string());
+        }
+        for s in ["plain", "", "q\"uote", "back\\slash", "tab\tnl\n", "ünï"] {
+            let mut out = Vec::new();
+            json_str(&mut out, s);
+            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s}");
+        }
     }
 
     #[test]

@@ -704,8 +704,8 @@ async fn heartbeat_topic_when_enabled() {
     env.cleanup().await;
 }
 
-/// The first record of `topic`: JSON key, JSON value, first header.
-async fn read_one(kafka: &str, topic: String) -> (Json, Json, Option<(String, String)>) {
+/// The first record of `topic`: JSON key, JSON value, headers.
+async fn read_one(kafka: &str, topic: String) -> (Json, Json, Vec<(String, String)>) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Headers;
     use rdkafka::Message;
@@ -721,13 +721,19 @@ async fn read_one(kafka: &str, topic: String) -> (Json, Json, Option<(String, St
     loop {
         assert!(std::time::Instant::now() < deadline, "nothing on {topic}");
         if let Some(Ok(m)) = consumer.poll(std::time::Duration::from_millis(200)) {
-            let header = m.headers().map(|h| {
-                let h = h.get(0);
-                (
-                    h.key.to_string(),
-                    String::from_utf8_lossy(h.value.unwrap()).to_string(),
-                )
-            });
+            let header = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap()).to_string(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             let key: Json = serde_json::from_slice(m.key().unwrap()).unwrap();
             let value: Json = serde_json::from_slice(m.payload().unwrap()).unwrap();
             return (key, value, header);
@@ -742,7 +748,8 @@ async fn outbox_rows_are_routed_by_aggregate_type_keyed_and_headed() {
     env.client
         .batch_execute(
             "CREATE TABLE outbox (id uuid PRIMARY KEY, aggregatetype text NOT NULL,
-                                  aggregateid text NOT NULL, type text, payload jsonb);
+                                  aggregateid text NOT NULL, type text, payload jsonb,
+                                  traceparent text, tracestate text);
              INSERT INTO outbox VALUES ('00000000-0000-0000-0000-00000000000a', 'order', 'o-0',
                                         'Old', '{}');",
         )
@@ -764,8 +771,9 @@ async fn outbox_rows_are_routed_by_aggregate_type_keyed_and_headed() {
     env.client
         .batch_execute(
             "INSERT INTO outbox VALUES
-               ('00000000-0000-0000-0000-000000000001', 'order', 'o-1', 'OrderCreated', '{\"total\": 5}'),
-               ('00000000-0000-0000-0000-000000000002', 'customer', 'c-7', 'CustomerMoved', '{\"city\": \"Gouda\"}');
+               ('00000000-0000-0000-0000-000000000001', 'order', 'o-1', 'OrderCreated', '{\"total\": 5}',
+                '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', 'congo=t61rcWkgMzE'),
+               ('00000000-0000-0000-0000-000000000002', 'customer', 'c-7', 'CustomerMoved', '{\"city\": \"Gouda\"}', NULL, NULL);
              DELETE FROM outbox;",
         )
         .await
@@ -777,15 +785,26 @@ async fn outbox_rows_are_routed_by_aggregate_type_keyed_and_headed() {
         "the snapshot row of the outbox is not an event"
     );
     assert_eq!(value, json!({"total": 5}));
+    let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
     assert_eq!(
         header,
-        Some((
-            "id".to_string(),
-            "00000000-0000-0000-0000-000000000001".to_string()
-        ))
+        vec![
+            pair("id", "00000000-0000-0000-0000-000000000001"),
+            // The row's trace context, as the W3C headers the relay also writes.
+            pair(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            ),
+            pair("tracestate", "congo=t61rcWkgMzE"),
+        ]
     );
-    let (key, value, _) = read_one(&env.kafka, format!("{prefix}customer")).await;
+    let (key, value, headers) = read_one(&env.kafka, format!("{prefix}customer")).await;
     assert_eq!((key, value), (json!("c-7"), json!({"city": "Gouda"})));
+    assert_eq!(
+        headers,
+        vec![pair("id", "00000000-0000-0000-0000-000000000002")],
+        "no trace headers for a row without trace context"
+    );
     // The outbox table itself has no topic.
     let topic = env.topic("outbox");
     let admin: BaseConsumer = rdkafka::ClientConfig::new()
@@ -796,6 +815,90 @@ async fn outbox_rows_are_routed_by_aggregate_type_keyed_and_headed() {
         .fetch_metadata(None, std::time::Duration::from_secs(5))
         .unwrap();
     assert!(md.topics().iter().all(|t| t.name() != topic));
+    conn.stop();
+    env.cleanup().await;
+}
+
+/// The sum of the samples of `name` whose labels include `labels`.
+fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use prometheus_parse::Value;
+    let mut found = None;
+    for sample in scrape.samples.iter().filter(|s| s.metric == name) {
+        if labels.iter().all(|(k, v)| sample.labels.get(k) == Some(*v)) {
+            if let Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) = sample.value {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    found
+}
+
+async fn scrape(addr: &str) -> Option<prometheus_parse::Scrape> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_snapshot_rows_changes_and_slot_lag() {
+    let env = TestEnv::new().await;
+    env.client
+        .batch_execute(
+            "CREATE TABLE m (id int PRIMARY KEY, v int);
+             INSERT INTO m SELECT g, 0 FROM generate_series(1, 40) g;",
+        )
+        .await
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", testkit::free_port());
+    let mut conn = env.spawn(&["m"], &[("CONNECTOR_METRICS_LISTEN_ADDR", &addr)]);
+    wait_for(60, "connector streaming", || async {
+        env.streaming_walsender().await.is_some()
+    })
+    .await;
+    let name = env.prefix.as_str();
+    let of = |s: &prometheus_parse::Scrape, m: &str| metric(s, m, &[("connector", name)]);
+    let before = scrape(&addr).await.expect("GET /metrics answers");
+    assert_eq!(
+        of(&before, "connector_snapshot_rows_total"),
+        Some(40.0),
+        "every snapshot row counted"
+    );
+    let changes_before = of(&before, "connector_changes_total").unwrap_or(0.0);
+    env.client
+        .batch_execute(
+            "INSERT INTO m SELECT g, 0 FROM generate_series(41, 70) g;
+             UPDATE m SET v = 1 WHERE id <= 10;",
+        )
+        .await
+        .unwrap();
+    let slot = env.slot.clone();
+    testkit::eventually(
+        "40 streamed changes counted",
+        std::time::Duration::from_secs(30),
+        || async {
+            scrape(&addr).await.is_some_and(|s| {
+                of(&s, "connector_changes_total") == Some(changes_before + 40.0)
+                    && of(&s, "connector_snapshot_rows_total") == Some(40.0)
+                    && metric(&s, "connector_slot_lag_bytes", &[("slot", &slot)])
+                        .is_some_and(|lag| lag >= 0.0)
+            })
+        },
+    )
+    .await;
+    let after = scrape(&addr).await.unwrap();
+    assert_eq!(
+        metric(
+            &after,
+            "connector_publish_failures_total",
+            &[("connector", name)]
+        )
+        .unwrap_or(0.0),
+        0.0
+    );
     conn.stop();
     env.cleanup().await;
 }

@@ -43,6 +43,12 @@ pub(crate) fn install(service: &str) -> &'static PrometheusHandle {
     })
 }
 
+/// Installs the global recorder for a binary that keeps its own `tracing` subscriber (the
+/// connector) instead of calling [`crate::init`].
+pub fn install_recorder(service: &str) {
+    install(service);
+}
+
 /// What `GET /metrics` answers now.
 pub fn render() -> String {
     let handle = HANDLE.get().unwrap_or_else(|| install("unknown"));
