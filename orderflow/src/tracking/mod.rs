@@ -48,7 +48,7 @@ use crate::configuration::Settings;
 use crate::error::{Error, Result};
 
 /// How long documents wait behind their offset under `tracking_break = offset-first`.
-pub const DEFERRED_FLUSH: Duration = Duration::from_millis(250);
+pub const DEFERRED_FLUSH: Duration = Duration::from_secs(2);
 
 /// The status as the orders database writes it.
 pub fn status_name(status: OrderStatus) -> &'static str {
