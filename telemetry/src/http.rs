@@ -64,6 +64,26 @@ pub async fn track(request: Request, next: Next) -> Response {
     response
 }
 
+/// A client span for an outgoing call (`otel.name` = `POST /reservations`, kind client),
+/// child of the current span; record `http.response.status_code` on it when the answer
+/// comes. [`Span::none`](tracing::Span::none) when tracing is off, so an untraced process
+/// pays nothing. Take [`outgoing_headers`] inside it (`span.in_scope(outgoing_headers)`) so
+/// the callee's server span becomes its child.
+pub fn client_span(method: &str, route: &str) -> tracing::Span {
+    if !crate::enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "http call",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        http.request.method = %method,
+        url.template = %route,
+        http.response.status_code = Empty,
+    )
+}
+
 /// Outgoing calls (one service calling another): `traceparent` / `tracestate` of the current
 /// span, to add to the request's headers. Empty when tracing is off.
 pub fn outgoing_headers() -> Vec<(&'static str, String)> {

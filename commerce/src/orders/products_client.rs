@@ -1,8 +1,12 @@
-//! The orders service's client of the products service's reservation API.
+//! The orders service's client of the products service's reservation API. Each call is a
+//! client span (when tracing is on) whose W3C `traceparent` / `tracestate` go in the
+//! request's headers, so the products service's server span, and the stock event it writes,
+//! continue the order's trace.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// What the products service answered to a reservation.
@@ -43,13 +47,11 @@ impl ProductsClient {
         product_id: i64,
         quantity: i32,
     ) -> Result<ReserveOutcome, Unavailable> {
-        let response = self
+        let request = self
             .http
             .post(format!("{}/reservations", self.base_url))
-            .json(&json!({ "orderId": order_id, "productId": product_id, "quantity": quantity }))
-            .send()
-            .await
-            .map_err(|e| Unavailable(e.to_string()))?;
+            .json(&json!({ "orderId": order_id, "productId": product_id, "quantity": quantity }));
+        let response = traced(request, "POST", "/reservations").await?;
         let status = response.status();
         let message = || async {
             response
@@ -69,12 +71,10 @@ impl ProductsClient {
 
     /// Releases whatever the order holds; succeeds once it holds nothing.
     pub async fn release(&self, order_id: Uuid) -> Result<bool, Unavailable> {
-        let response = self
+        let request = self
             .http
-            .post(format!("{}/reservations/{order_id}/release", self.base_url))
-            .send()
-            .await
-            .map_err(|e| Unavailable(e.to_string()))?;
+            .post(format!("{}/reservations/{order_id}/release", self.base_url));
+        let response = traced(request, "POST", "/reservations/{orderId}/release").await?;
         if !response.status().is_success() {
             return Err(Unavailable(format!(
                 "release answered {}",
@@ -87,4 +87,33 @@ impl ProductsClient {
             .map_err(|e| Unavailable(e.to_string()))?;
         Ok(body["released"].as_bool().unwrap_or(false))
     }
+}
+
+/// Sends `request` in a client span named `method route`, with the span's trace context in
+/// its headers (nothing added when tracing is off).
+async fn traced(
+    request: reqwest::RequestBuilder,
+    method: &str,
+    route: &str,
+) -> Result<reqwest::Response, Unavailable> {
+    let span = telemetry::http::client_span(method, route);
+    let request = span
+        .in_scope(telemetry::http::outgoing_headers)
+        .into_iter()
+        .fold(request, |request, (name, value)| {
+            request.header(name, value)
+        });
+    let response = request.send().instrument(span.clone()).await;
+    match &response {
+        Ok(response) => {
+            span.record("http.response.status_code", response.status().as_u16());
+            if response.status().is_server_error() {
+                span.record("otel.status_code", "error");
+            }
+        }
+        Err(_) => {
+            span.record("otel.status_code", "error");
+        }
+    }
+    response.map_err(|e| Unavailable(e.to_string()))
 }

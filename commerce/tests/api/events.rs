@@ -7,6 +7,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use reqwest::StatusCode;
+use telemetry::TraceContext;
 use tokio::time::Instant;
 use topics::apply::apply;
 use topics::cluster::Cluster;
@@ -22,14 +23,32 @@ use crate::helpers::Shop;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Creates every topic and subject of the catalogue (idempotent), as `topics apply` does.
+pub(crate) async fn apply_topics(kafka: &KafkaSettings) {
+    let cluster = {
+        let kafka = kafka.clone();
+        tokio::task::spawn_blocking(move || Cluster::connect(&kafka))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    apply(
+        &cluster,
+        &Registry::new(&kafka.schema_registry_url),
+        CATALOGUE,
+    )
+    .await
+    .expect("topics apply");
+}
+
 /// Reads `E`'s topic from the offsets it had at creation, keeping the records with `key`.
-struct Probe<E: Event> {
+pub(crate) struct Probe<E: Event> {
     consumer: StreamConsumer,
     decoder: Decoder<E>,
 }
 
 impl<E: Event> Probe<E> {
-    fn from_end(kafka: &KafkaSettings) -> Self {
+    pub(crate) fn from_end(kafka: &KafkaSettings) -> Self {
         let consumer: StreamConsumer = consumer_config(kafka, &testkit::unique("commerce_probe"))
             .create()
             .expect("consumer");
@@ -50,6 +69,19 @@ impl<E: Event> Probe<E> {
     }
 
     async fn expect(&self, key: &str, count: usize) -> Vec<E> {
+        self.expect_traced(key, count)
+            .await
+            .into_iter()
+            .map(|(event, _)| event)
+            .collect()
+    }
+
+    /// [`Probe::expect`], each event with the trace context of its record's headers.
+    pub(crate) async fn expect_traced(
+        &self,
+        key: &str,
+        count: usize,
+    ) -> Vec<(E, Option<TraceContext>)> {
         let deadline = Instant::now() + WAIT;
         let mut found = Vec::new();
         while found.len() < count {
@@ -70,12 +102,13 @@ impl<E: Event> Probe<E> {
                 .headers()
                 .is_some_and(|h| h.iter().any(|h| h.key == EVENT_ID_HEADER));
             assert!(has_id, "every event carries its event-id header");
-            found.push(
-                self.decoder
-                    .decode(message.payload().unwrap())
-                    .await
-                    .expect("decodes"),
-            );
+            let trace = message.headers().and_then(TraceContext::from_headers);
+            let event = self
+                .decoder
+                .decode(message.payload().unwrap())
+                .await
+                .expect("decodes");
+            found.push((event, trace));
         }
         found
     }
@@ -85,20 +118,7 @@ impl<E: Event> Probe<E> {
 async fn placing_and_cancelling_an_order_publishes_order_and_stock_events() {
     let shop = Shop::start().await;
     let kafka = shop.settings.kafka.clone();
-    let cluster = {
-        let kafka = kafka.clone();
-        tokio::task::spawn_blocking(move || Cluster::connect(&kafka))
-            .await
-            .unwrap()
-            .unwrap()
-    };
-    apply(
-        &cluster,
-        &Registry::new(&kafka.schema_registry_url),
-        CATALOGUE,
-    )
-    .await
-    .expect("topics apply");
+    apply_topics(&kafka).await;
     let order_probe = Probe::<OrderEvent>::from_end(&kafka);
     let stock_probe = Probe::<StockEvent>::from_end(&kafka);
 

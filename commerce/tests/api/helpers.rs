@@ -1,4 +1,6 @@
 use std::future::Future;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use commerce::configuration::Settings;
 use commerce::startup::Application;
@@ -247,4 +249,88 @@ where
     body(running.address.clone(), Client::default()).await;
     running.stop().await;
     drop_databases(&settings).await;
+}
+
+/// A commerce service in a process of its own (`commerce <service>`, so its metrics
+/// registry and trace service name are its own), configured from `settings` (databases,
+/// URLs, read models, groups; a free port), plus `env`. Stopped on drop: SIGTERM (the relay
+/// ends its Kafka transaction), SIGKILL if it has not stopped within 10 s.
+pub struct Process {
+    pub base_url: String,
+    child: Child,
+}
+
+impl Process {
+    /// Starts it and waits until `GET /health` answers.
+    pub async fn start(service: &str, settings: &Settings, env: &[(&str, String)]) -> Self {
+        let port = testkit::free_port();
+        let s = settings;
+        let names = [
+            ("PRODUCTS_DATABASE", &s.products_database),
+            ("CUSTOMERS_DATABASE", &s.customers_database),
+            ("ORDERS_DATABASE", &s.orders_database),
+            ("REVIEWS_DATABASE", &s.reviews_database),
+            ("USERS_DATABASE", &s.users_database),
+            ("DELIVERY_DATABASE", &s.delivery_database),
+            ("USERS_CHANGES_TOPIC", &s.users_changes_topic),
+            ("USERS_READ_MODEL", &s.users_read_model),
+            ("USERS_GROUP", &s.users_group),
+            ("DELIVERY_READ_MODEL", &s.delivery_read_model),
+            ("DELIVERY_GROUP", &s.delivery_group),
+            ("DELIVERY_ORDERS_URL", &s.delivery_orders_url),
+            ("ORDERS_PRODUCTS_URL", &s.orders_products_url),
+            ("MYSQL_URL", &s.mysql_url),
+            ("POSTGRES_URL", &s.postgres_url),
+            ("KAFKA_BOOTSTRAP_SERVERS", &s.kafka.kafka_bootstrap_servers),
+            ("SCHEMA_REGISTRY_URL", &s.kafka.schema_registry_url),
+        ];
+        let child = Command::new(env!("CARGO_BIN_EXE_commerce"))
+            .arg(service)
+            .envs(names)
+            .env(
+                format!("{}_LISTEN_ADDR", service.to_uppercase()),
+                format!("127.0.0.1:{port}"),
+            )
+            .env("COMMERCE_SEED", s.commerce_seed.to_string())
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the commerce binary starts");
+        let process = Self {
+            base_url: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let health = format!("{}/health", process.base_url);
+        testkit::eventually(
+            &format!("commerce {service} answers {health}"),
+            Duration::from_secs(60),
+            || {
+                let health = health.clone();
+                async move {
+                    reqwest::get(&health)
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+        process
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -13,5 +13,6 @@ mod people;
 mod products;
 mod reviews;
 mod seed;
+mod traces;
 mod users;
 mod users_query;
