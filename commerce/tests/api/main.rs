@@ -8,6 +8,7 @@ mod customers;
 mod delivery;
 mod events;
 mod helpers;
+mod metrics;
 mod orders;
 mod people;
 mod products;
