@@ -136,6 +136,8 @@ async fn pipeline(options: &Options) -> anyhow::Result<()> {
         "{} not found: build it with `cargo build --release -p connector`",
         options.connector_bin.display()
     );
+    // Absolute: the connectors run in the temporary directory.
+    let connector_bin = options.connector_bin.canonicalize()?;
     let run = format!("bench_q_{}", &Uuid::new_v4().simple().to_string()[..12]);
     let kafka: KafkaSettings = topics::settings::load("bench")?;
     let mut commerce = commerce::configuration::load()?;
@@ -194,7 +196,7 @@ async fn pipeline(options: &Options) -> anyhow::Result<()> {
                 .rsplit_once('/')
                 .map_or(commerce.postgres_url.as_str(), |(server, _)| server)
         );
-        let child = Command::new(&options.connector_bin)
+        let child = Command::new(&connector_bin)
             .args([
                 "-c",
                 concat!(
