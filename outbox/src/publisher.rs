@@ -27,6 +27,10 @@ const TOPIC_PROPAGATION_MS: &str = "1000";
 /// How often the producer refreshes metadata, so a topic created while a key was held back
 /// is seen within seconds, not the default 5 minutes.
 const METADATA_REFRESH_MS: &str = "3000";
+/// No linger: a cycle awaits every delivery before it commits, so the platform's 5 ms linger
+/// (batching for producers that do not wait) would be added to every cycle; records queued
+/// while a request is in flight are still sent together.
+const LINGER_MS: &str = "0";
 /// The bound on `init_transactions`, `commit_transaction` and `abort_transaction`.
 const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a commit that failed with a retriable error is tried again before aborting.
@@ -74,6 +78,7 @@ impl Publisher {
     pub async fn start(kafka: &KafkaSettings, role: &str) -> Result<Self> {
         let producer: FutureProducer = transactional_producer_config(kafka, role)
             .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
+            .set("linger.ms", LINGER_MS)
             .set("topic.metadata.propagation.max.ms", TOPIC_PROPAGATION_MS)
             .set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS)
             .create()?;
