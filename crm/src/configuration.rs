@@ -23,6 +23,10 @@ pub struct Settings {
     /// must share it (a new relay fences the old one); empty means
     /// `crm-outbox-relay.<crm_database>`, so each database has a role of its own.
     pub crm_relay_role: String,
+    /// The API's PostgreSQL connections. A change holds one for its transaction's round trips,
+    /// so changes per second are at most this many over the transaction's time: at 2,000/s and
+    /// 5 ms per transaction on a loaded machine, 10 are already all busy.
+    pub crm_max_connections: u32,
 }
 
 impl Default for Settings {
@@ -35,6 +39,7 @@ impl Default for Settings {
             // Resolved at build time so the binary finds the shipped file from any cwd.
             crm_seed_csv: default_seed_csv(),
             crm_relay_role: String::new(),
+            crm_max_connections: 10,
         }
     }
 }

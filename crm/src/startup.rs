@@ -38,7 +38,7 @@ impl Application {
             .context("parsing postgres_url")?;
         create_database_if_missing(&settings).await?;
         let pool = PgPoolOptions::new()
-            .max_connections(10)
+            .max_connections(settings.crm_max_connections)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(database.clone())
             .await
