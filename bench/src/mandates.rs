@@ -4,6 +4,8 @@
 //! scheduled send time, so a slow response cannot hide queueing); (b) the IoT projector folding
 //! a pre-filled topic vs a bare rdkafka consumer reading the same topic without decoding.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -11,10 +13,13 @@ use futures::stream::{self, StreamExt};
 use hdrhistogram::Histogram;
 use iot_platform::generations::{self, ReadStore};
 use projectors::store::any::StoreKind;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot};
 use topics::settings::KafkaSettings;
+use topics::spec::CONNECTION_MANDATES;
 use uuid::Uuid;
 
 use crate::workload::fold_against_bare;
@@ -42,6 +47,9 @@ pub struct Options {
     /// How long each open-loop rate is held, seconds.
     #[arg(long, default_value_t = 3)]
     open_seconds: u32,
+    /// The CRM API's PostgreSQL connections (`crm_max_connections`, default 10).
+    #[arg(long)]
+    crm_connections: Option<u32>,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -50,22 +58,34 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
     println!("(a) mandate changes through the CRM API until visible in the IoT platform");
     let api = api_to_visible(&run_id, &options).await?;
-    println!("| loop | changes | offered | total s | changes/s | p50 ms | p99 ms | max ms |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| loop | changes | offered | total s | changes/s | p50 ms | p99 ms | max ms | PUT answered p50 / p99 ms | in Kafka p50 / p99 ms |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    let quantiles = |h: &Option<Histogram<u64>>| {
+        h.as_ref().map_or("-".to_owned(), |h| {
+            format!(
+                "{:.1} / {:.1}",
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.99))
+            )
+        })
+    };
     for result in &api {
+        let answered = quantiles(&result.answered_ms);
+        let in_kafka = quantiles(&result.in_kafka_ms);
         println!(
-            "| {} | {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {answered} | {in_kafka} |",
             result.mode,
             result.changes,
             result.offered,
             result.total.as_secs_f64(),
             result.changes as f64 / result.total.as_secs_f64(),
-            result.latency_ms.value_at_quantile(0.5) as f64 / 1000.0,
-            result.latency_ms.value_at_quantile(0.99) as f64 / 1000.0,
-            result.latency_ms.max() as f64 / 1000.0,
+            ms(result.latency_ms.value_at_quantile(0.5)),
+            ms(result.latency_ms.value_at_quantile(0.99)),
+            ms(result.latency_ms.max()),
         );
     }
-    println!("closed: PUT to visible over HTTP (polled every 2 ms); open: scheduled send time to visible in the read model's store (what GET /mandates serves; all pending changes checked with one MGET per ms)");
+    println!("closed: PUT to visible over HTTP (polled every 2 ms); open: scheduled send time to visible in the read model's store (what GET /mandates serves; all pending changes checked with one MGET per ms), to the CRM's answer to the PUT and to the event on the topic");
 
     println!();
     let workload = fold_against_bare(
@@ -93,6 +113,11 @@ struct ApiResult {
     /// Microseconds from sending the request (closed loop) or its scheduled time (open loop)
     /// to the change being served.
     latency_ms: Histogram<u64>,
+    /// Open loop: microseconds from a change's scheduled send time until the CRM answered
+    /// its PUT, and until its event was on the topic (committed, as a `read_committed`
+    /// consumer sees it), so each stretch of the way shows its own queueing.
+    answered_ms: Option<Histogram<u64>>,
+    in_kafka_ms: Option<Histogram<u64>>,
 }
 
 /// A service running in this process until its stop sender fires.
@@ -119,6 +144,9 @@ async fn api_to_visible(run_id: &str, options: &Options) -> anyhow::Result<Vec<A
     crm_settings.crm_database = format!("crm_bench_{run_id}");
     crm_settings.crm_listen_addr = "127.0.0.1:0".to_owned();
     crm_settings.crm_seed_csv = seed.clone();
+    if let Some(connections) = options.crm_connections {
+        crm_settings.crm_max_connections = connections;
+    }
     let iot_settings = iot_platform::configuration::Settings {
         iot_listen_addr: "127.0.0.1:0".to_owned(),
         iot_group: format!("bench-{run_id}"),
@@ -197,6 +225,8 @@ async fn api_to_visible(run_id: &str, options: &Options) -> anyhow::Result<Vec<A
         offered: format!("{} clients", options.concurrency),
         total,
         latency_ms,
+        answered_ms: None,
+        in_kafka_ms: None,
     });
 
     for &rate in &options.rates {
@@ -204,13 +234,18 @@ async fn api_to_visible(run_id: &str, options: &Options) -> anyhow::Result<Vec<A
         let customers = api
             .create(&format!("{run_id}-open{rate}"), changes, 64)
             .await?;
-        let (total, latency_ms) = open_loop(&api, &serving, customers, rate).await?;
+        let arrivals = Arrivals::watch(&crm_settings.kafka, CONNECTION_MANDATES.name).await?;
+        let (total, latency_ms, answered_ms, scheduled) =
+            open_loop(&api, &serving, customers, rate).await?;
+        let in_kafka_ms = arrivals.latencies(&scheduled).await?;
         results.push(ApiResult {
             mode: "open",
             changes,
             offered: format!("{rate}/s"),
             total,
             latency_ms,
+            answered_ms: Some(answered_ms),
+            in_kafka_ms: Some(in_kafka_ms),
         });
     }
 
@@ -287,13 +322,14 @@ impl Api {
 /// Open loop: change `i` is sent at `start + i / rate` whatever became of the earlier ones;
 /// one watcher reads every pending connection from the serving store each millisecond, and a
 /// change's latency runs from its scheduled send time until the store shows it. Returns the
-/// time from the first scheduled send until the last change showed, and the latencies.
+/// time from the first scheduled send until the last change showed, the latencies to visible
+/// and those to the CRM's answer, and each change's connection with its scheduled time.
 async fn open_loop(
     api: &Api,
     serving: &ReadStore,
     customers: Vec<(u64, String)>,
     rate: u32,
-) -> anyhow::Result<(Duration, Histogram<u64>)> {
+) -> anyhow::Result<OpenLoop> {
     const WANTED: u8 = 1;
     let count = customers.len();
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
@@ -306,8 +342,9 @@ async fn open_loop(
                 let scheduled = start + interval * u32::try_from(i)?;
                 tokio::time::sleep_until(scheduled).await;
                 api.change(id, &connection, WANTED).await?;
+                let answered = scheduled.elapsed();
                 let _ = sent.send((connection, scheduled));
-                anyhow::Ok(())
+                anyhow::Ok(answered)
             }
         })
         // Every change may be in flight at once: nothing waits for an earlier one.
@@ -316,6 +353,7 @@ async fn open_loop(
     let watcher = async {
         let mut latency_ms = Histogram::<u64>::new(3)?;
         let mut pending: Vec<(String, tokio::time::Instant)> = Vec::new();
+        let mut scheduled = Vec::with_capacity(count);
         let mut open = true;
         let deadline = start + Duration::from_secs(120) + interval * u32::try_from(count)?;
         let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -327,7 +365,10 @@ async fn open_loop(
             tick.tick().await;
             loop {
                 match to_watch.try_recv() {
-                    Ok(sent) => pending.push(sent),
+                    Ok(sent) => {
+                        scheduled.push(sent.clone());
+                        pending.push(sent);
+                    }
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         open = false;
@@ -339,14 +380,16 @@ async fn open_loop(
                 continue;
             }
             let keys: Vec<&str> = pending.iter().map(|(c, _)| c.as_str()).collect();
-            let stored = projectors::Store::load(serving, &keys).await?;
+            // The stored text, reading only its mandate: the watcher shares the CPU with
+            // what it measures.
+            let stored = projectors::Store::load_json(serving, &keys).await?;
             let seen = tokio::time::Instant::now();
             let shown: Vec<bool> = stored
                 .iter()
                 .map(|s| {
-                    s.document
-                        .as_ref()
-                        .is_some_and(|d| d["mandate"] == json!(WANTED))
+                    s.json.as_deref().is_some_and(|text| {
+                        serde_json::from_str::<Shown>(text).is_ok_and(|d| d.mandate == WANTED)
+                    })
                 })
                 .collect();
             let mut shown = shown.into_iter();
@@ -360,13 +403,107 @@ async fn open_loop(
                 }
             });
         }
-        anyhow::Ok((start.elapsed(), latency_ms))
+        anyhow::Ok((start.elapsed(), latency_ms, scheduled))
     };
     let (sends, watched) = tokio::join!(senders, watcher);
+    let mut answered_ms = Histogram::<u64>::new(3)?;
     for send in sends {
-        send?;
+        answered_ms.record(u64::try_from(send?.as_micros())?)?;
     }
-    watched
+    let (total, latency_ms, scheduled) = watched?;
+    Ok((total, latency_ms, answered_ms, scheduled))
+}
+
+/// What [`open_loop`] measured: its time, the latencies to visible and to the CRM's answer,
+/// and every change's connection with its scheduled send time.
+type OpenLoop = (
+    Duration,
+    Histogram<u64>,
+    Histogram<u64>,
+    Vec<(String, tokio::time::Instant)>,
+);
+
+/// When each key first appeared on a topic after [`Arrivals::watch`], as a `read_committed`
+/// consumer of the platform's settings sees it (committed by the relay's transaction).
+struct Arrivals {
+    seen: Arc<Mutex<HashMap<String, tokio::time::Instant>>>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Arrivals {
+    /// Starts reading every partition of `topic` from its current end.
+    async fn watch(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<Self> {
+        let group = format!("bench-arrivals-{}", Uuid::new_v4().simple());
+        let consumer: StreamConsumer = topics::kafka::consumer_config(kafka, &group).create()?;
+        let topic = topic.to_owned();
+        // From the high watermarks read now, not a logical end resolved later: a change
+        // sent meanwhile must not be skipped.
+        let consumer = tokio::task::spawn_blocking(move || {
+            let mut start = TopicPartitionList::new();
+            for partition in 0..CONNECTION_MANDATES.partitions {
+                let (_, high) =
+                    consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+                start.add_partition_offset(&topic, partition, Offset::Offset(high))?;
+            }
+            consumer.assign(&start)?;
+            anyhow::Ok(consumer)
+        })
+        .await??;
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => return Ok(()),
+                        received = consumer.recv() => {
+                            let message = received?;
+                            if let Some(key) = message.key() {
+                                let key = String::from_utf8_lossy(key).into_owned();
+                                seen.lock()
+                                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                                    .entry(key)
+                                    .or_insert_with(tokio::time::Instant::now);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self { seen, stop, task })
+    }
+
+    /// Stops reading; the latencies from each change's scheduled time to its key's arrival.
+    /// Every change had arrived: the read model showed it, and it reads the same topic.
+    async fn latencies(
+        self,
+        scheduled: &[(String, tokio::time::Instant)],
+    ) -> anyhow::Result<Histogram<u64>> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut latency_ms = Histogram::<u64>::new(3)?;
+        for (connection, at) in scheduled {
+            let arrived = seen
+                .get(connection)
+                .with_context(|| format!("{connection} was never seen on the topic"))?;
+            latency_ms.record(u64::try_from(
+                arrived.saturating_duration_since(*at).as_micros(),
+            )?)?;
+        }
+        Ok(latency_ms)
+    }
+}
+
+/// The one field of a stored mandate document the open loop's watcher reads.
+#[derive(serde::Deserialize)]
+struct Shown {
+    mandate: u8,
 }
 
 /// Polls the IoT platform until the connection shows `mandate` (at most 60 s).

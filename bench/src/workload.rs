@@ -80,15 +80,18 @@ impl Workload {
         })
     }
 
-    /// Settings of an IoT platform of the benchmark's own over this topic.
+    /// Settings of an IoT platform of the benchmark's own over this topic, folding it as a
+    /// rebuild does (its batch cap).
     pub fn iot_settings(&self, store: StoreKind) -> anyhow::Result<Settings> {
         let run = Uuid::new_v4().simple();
+        let settings = Settings::load()?;
         Ok(Settings {
             iot_store: store,
             iot_topic: self.topic.clone(),
             iot_group: format!("bench-{run}"),
             iot_namespace: format!("bench:{run}"),
-            ..Settings::load()?
+            iot_max_batch: settings.iot_rebuild_max_batch,
+            ..settings
         })
     }
 

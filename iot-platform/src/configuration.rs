@@ -1,5 +1,5 @@
 //! The IoT platform's settings. Env names: `IOT_STORE` (redis|mysql), `MYSQL_URL`, `IOT_LISTEN_ADDR`, `IOT_GROUP`, `IOT_TOPIC`, `IOT_NAMESPACE`,
-//! `IOT_MAX_BATCH`, `REDIS_URL`, plus the platform-wide Kafka settings.
+//! `IOT_MAX_BATCH`, `IOT_REBUILD_MAX_BATCH`, `REDIS_URL`, plus the platform-wide Kafka settings.
 
 use projectors::store::any::StoreKind;
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,11 @@ pub struct Settings {
     pub iot_topic: String,
     /// The read model's key space in the store; a rebuild writes a new one.
     pub iot_namespace: String,
+    /// The most records one batch folds while serving: filled only under a backlog.
     pub iot_max_batch: usize,
+    /// The same for a rebuild, which starts with the whole topic as its backlog: larger
+    /// batches take fewer store round trips per event.
+    pub iot_rebuild_max_batch: usize,
     pub iot_dead_letter_topic: String,
 }
 
@@ -37,6 +41,7 @@ impl Default for Settings {
             iot_topic: topics::spec::CONNECTION_MANDATES.name.to_owned(),
             iot_namespace: "iot:mandates".to_owned(),
             iot_max_batch: 2000,
+            iot_rebuild_max_batch: 20_000,
             iot_dead_letter_topic: topics::spec::IOT_PLATFORM_DEAD_LETTERS.name.to_owned(),
         }
     }

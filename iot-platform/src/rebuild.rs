@@ -168,7 +168,11 @@ pub async fn rebuild(
     )
     .await?;
     let since = fresh.then(now_ms);
-    let projector = generations::projector(settings, to, store.clone())?;
+    let rebuilding = Settings {
+        iot_max_batch: settings.iot_rebuild_max_batch,
+        ..settings.clone()
+    };
+    let projector = generations::projector(&rebuilding, to, store.clone())?;
     let status = projector.status();
     let (stop, stopped) = oneshot::channel::<()>();
     let mut task = tokio::spawn(projector.run(async move {
