@@ -355,12 +355,28 @@ impl Stack {
             .connect(&self.admin_url)
             .await
             .expect("admin connection");
+        // A killed connector's walsender can hold its slot for a moment (and a slot keeps its
+        // database from being dropped): end it, then drop the slot once it is free.
         for slot in &self.slots {
-            let _ = sqlx::query(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-            )
-            .bind(slot)
-            .execute(&admin)
+            testkit::eventually("the test's replication slot dropped", Duration::from_secs(30), || async {
+                let _ = sqlx::query(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                )
+                .bind(slot)
+                .execute(&admin)
+                .await;
+                let _ = sqlx::query(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                )
+                .bind(slot)
+                .execute(&admin)
+                .await;
+                sqlx::query_scalar::<_, bool>("SELECT NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)")
+                    .bind(slot)
+                    .fetch_one(&admin)
+                    .await
+                    .unwrap_or(false)
+            })
             .await;
         }
         for db in &self.databases {
