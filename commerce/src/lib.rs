@@ -12,7 +12,6 @@
 //! - [`delivery`]: shipped orders become packages, assigned to free delivery agents.
 //! - [`inbox`]: following another service's events (users and delivery follow each other).
 //! - [`http`]: the glue every service shares: JSON bodies, errors as JSON, path ids.
-//! - [`database`]: creating and migrating a service's database.
 //! - [`events`]: writing domain events to a service's outbox inside its transaction.
 //! - [`seed`]: the shipped seed data, loaded once into each empty database.
 //! - [`startup`]: building and running one service.
@@ -23,7 +22,6 @@
 
 pub mod configuration;
 pub mod customers;
-pub mod database;
 pub mod delivery;
 pub mod events;
 pub mod http;

@@ -23,7 +23,7 @@ use crate::events::{AvroEncoder, ORDERS_OUTBOX, PRODUCTS_OUTBOX};
 use crate::http::{health, MAX_BODY_BYTES};
 use crate::orders::placement::{Orders, Sweeper};
 use crate::orders::products_client::ProductsClient;
-use crate::{customers, database, delivery, orders, products, reviews, seed, users, Service};
+use crate::{customers, delivery, orders, products, reviews, seed, users, Service};
 
 /// How long shutdown waits for background tasks; what the relay did not confirm stays in
 /// the outbox for the next start.
@@ -57,7 +57,7 @@ impl Application {
             Service::Users => &users::MIGRATOR,
             Service::Delivery => &delivery::MIGRATOR,
         };
-        let pool = database::prepare(
+        let pool = outbox::database::prepare(
             &server,
             settings.database_name(service),
             migrator,

@@ -5,8 +5,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -18,6 +19,9 @@ use crate::seed::{self, SeedOutcome};
 /// How long shutdown waits for the relay to finish its round before leaving it; whatever it
 /// did not confirm stays in the outbox for the next start.
 const RELAY_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The CRM's schema (the outbox table included).
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 pub struct Application {
     listener: TcpListener,
@@ -36,17 +40,14 @@ impl Application {
         let database = settings
             .database_options()
             .context("parsing postgres_url")?;
-        create_database_if_missing(&settings).await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.crm_max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(database.clone())
-            .await
-            .with_context(|| format!("connecting to database {}", settings.crm_database))?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .context("migrating the CRM database")?;
+        let pool = ::outbox::database::prepare(
+            &settings.server_options().context("parsing postgres_url")?,
+            &settings.crm_database,
+            &MIGRATOR,
+            settings.crm_max_connections,
+        )
+        .await
+        .with_context(|| format!("preparing database {}", settings.crm_database))?;
         let seed = seed::seed_once(&pool, &settings.crm_seed_csv).await?;
 
         let listener = TcpListener::bind(&settings.crm_listen_addr)
@@ -113,45 +114,6 @@ impl Application {
         self.pool.close().await;
         served.context("serving the CRM API")
     }
-}
-
-/// Creates the CRM's database on the configured server unless it exists.
-async fn create_database_if_missing(settings: &Settings) -> anyhow::Result<()> {
-    let name = &settings.crm_database;
-    // The name is spliced into DDL (identifiers cannot be bound), so it is held to a
-    // conservative alphabet instead of being quoted and escaped.
-    anyhow::ensure!(
-        !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
-        "crm_database {name:?} must consist of a-z, 0-9 and _"
-    );
-    let server = settings.server_options().context("parsing postgres_url")?;
-    let mut conn = PgConnection::connect_with(&server)
-        .await
-        .context("connecting to the Postgres server (postgres_url)")?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(name)
-            .fetch_one(&mut conn)
-            .await?;
-    if !exists {
-        match sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut conn)
-            .await
-        {
-            Ok(_) => tracing::info!(database = %name, "created the CRM database"),
-            // Another instance created it between the check and here.
-            Err(sqlx::Error::Database(e))
-                if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("creating database {name}"));
-            }
-        }
-    }
-    conn.close().await.ok();
-    Ok(())
 }
 
 async fn shutdown_signal() {

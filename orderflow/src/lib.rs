@@ -21,7 +21,7 @@
 //!   the projector runtime into MySQL, served per order and per customer over HTTP.
 //! - [`chaos`]: `orderflow chaos --orders N` (`scripts/chaos`), every process killed at random
 //!   while orders flow, then the figures checked.
-//! - [`configuration`], [`database`], [`error`]: settings, databases, errors.
+//! - [`configuration`], [`error`]: settings and errors (databases are prepared by `outbox::database`).
 //! - [`telemetry`]: logs, traces and `/metrics` (the order flow's metric names in
 //!   [`telemetry::names`]).
 
@@ -30,7 +30,6 @@ pub mod chaos;
 pub mod clients;
 pub mod configuration;
 pub mod consumer;
-pub mod database;
 pub mod error;
 pub mod loyalty;
 pub mod payments;

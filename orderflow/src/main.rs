@@ -106,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Loyalty => {
-            let pool = orderflow::database::prepare(
+            let pool = outbox::database::prepare(
                 &settings.server_options()?,
                 &settings.loyalty_database,
                 &orderflow::loyalty::MIGRATOR,
@@ -148,13 +148,14 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn saga_pool(settings: &Settings, connections: u32) -> anyhow::Result<sqlx::PgPool> {
-    orderflow::database::prepare(
+    outbox::database::prepare(
         &settings.server_options()?,
         &settings.orderflow_database,
         &saga::MIGRATOR,
         connections,
     )
     .await
+    .context("preparing the saga's database")
 }
 
 async fn run_saga(settings: Settings, stopped: watch::Receiver<bool>) -> anyhow::Result<()> {

@@ -24,6 +24,19 @@ pub enum Error {
     #[error("fenced by a newer relay with transactional.id {role}: {message}")]
     Fenced { role: String, message: String },
 
+    /// A service's database name outside the alphabet it is held to (see
+    /// [`crate::database::create_if_missing`]).
+    #[error("database name {0:?} must consist of a-z, 0-9 and _")]
+    DatabaseName(String),
+
+    /// A service's migrations could not be applied (an edited or failing migration).
+    #[error("migrating database {database}: {source}")]
+    Migrate {
+        database: String,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+
     /// A database call of the relay's lock session did not answer in time.
     #[error("database did not answer within {0:?}")]
     DatabaseTimeout(std::time::Duration),
@@ -44,7 +57,10 @@ impl Error {
             ),
             Error::Kafka(e) => !matches!(e, KafkaError::ClientConfig(..)),
             Error::DatabaseTimeout(_) => true,
-            Error::Fenced { .. } | Error::Payload(_) => false,
+            Error::Fenced { .. }
+            | Error::Payload(_)
+            | Error::DatabaseName(_)
+            | Error::Migrate { .. } => false,
         }
     }
 

@@ -2,6 +2,7 @@
 //! written to an `outbox` table in the same PostgreSQL transaction as the change they
 //! describe, and one relay per database publishes them to Kafka.
 //!
+//! - [`database`]: a service's database, created at first start and migrated ([`database::prepare`]).
 //! - [`schema`]: the `outbox` table ([`schema::MIGRATION`], [`schema::migrate`]).
 //! - [`write`]: [`NewEvent`] and [`Outbox::enqueue`], called inside the caller's
 //!   `sqlx::Transaction<Postgres>` (one statement), or [`Outbox::statement`], which writes a
@@ -55,6 +56,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod database;
 pub mod error;
 mod held;
 pub mod metrics;

@@ -175,7 +175,7 @@ pub struct Payments {
 
 impl Payments {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let pool = crate::database::prepare(
+        let pool = outbox::database::prepare(
             &settings.server_options()?,
             &settings.payments_database,
             &MIGRATOR,

@@ -345,7 +345,7 @@ pub fn flaky(decline_rate: f64) -> Behaviour {
 
 /// The saga's database, created and migrated (as the saga process would).
 pub async fn saga_pool(settings: &Settings) -> PgPool {
-    orderflow::database::prepare(
+    outbox::database::prepare(
         &settings.server_options().unwrap(),
         &settings.orderflow_database,
         &orderflow::saga::MIGRATOR,

@@ -13,7 +13,7 @@ const ORDERS: usize = 60;
 const POINTS_PER_ITEM: i64 = 10;
 
 async fn loyalty_pool(settings: &orderflow::configuration::Settings, database: &str) -> PgPool {
-    orderflow::database::prepare(
+    outbox::database::prepare(
         &settings.server_options().unwrap(),
         database,
         &orderflow::loyalty::MIGRATOR,

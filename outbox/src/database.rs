@@ -1,46 +1,52 @@
-//! A service's database: created on the configured server at first start, then migrated.
+//! The database a write-side service keeps its data and its outbox in: created on the
+//! configured server at first start, then migrated. Every service (crm, commerce's six,
+//! orderflow's components) prepares its database through [`prepare`].
 
 use std::time::Duration;
 
-use anyhow::Context;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
-/// Creates `name` on the server unless it exists, connects a pool and runs `migrator`.
+use crate::error::{Error, Result};
+
+/// How long a pool waits for a free connection before the call fails.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Creates `name` on `server` unless it exists, connects a pool of `max_connections` to it
+/// and runs `migrator`.
 pub async fn prepare(
     server: &PgConnectOptions,
     name: &str,
     migrator: &Migrator,
     max_connections: u32,
-) -> anyhow::Result<PgPool> {
+) -> Result<PgPool> {
     create_if_missing(server, name).await?;
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(server.clone().database(name))
-        .await
-        .with_context(|| format!("connecting to database {name}"))?;
-    migrator
-        .run(&pool)
-        .await
-        .with_context(|| format!("migrating database {name}"))?;
+        .await?;
+    migrator.run(&pool).await.map_err(|source| Error::Migrate {
+        database: name.to_owned(),
+        source,
+    })?;
     Ok(pool)
 }
 
-async fn create_if_missing(server: &PgConnectOptions, name: &str) -> anyhow::Result<()> {
+/// Creates `name` on `server` unless it exists; another instance creating it at the same
+/// moment is fine.
+pub async fn create_if_missing(server: &PgConnectOptions, name: &str) -> Result<()> {
     // The name is spliced into DDL (identifiers cannot be bound), so it is held to a
     // conservative alphabet instead of being quoted and escaped.
-    anyhow::ensure!(
-        !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
-        "database name {name:?} must consist of a-z, 0-9 and _"
-    );
-    let mut conn = PgConnection::connect_with(server)
-        .await
-        .context("connecting to the Postgres server (postgres_url)")?;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(Error::DatabaseName(name.to_owned()));
+    }
+    let mut conn = PgConnection::connect_with(server).await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(name)
@@ -55,7 +61,7 @@ async fn create_if_missing(server: &PgConnectOptions, name: &str) -> anyhow::Res
             // Another instance created it between the check and here.
             Err(sqlx::Error::Database(e))
                 if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => {}
-            Err(e) => return Err(e).with_context(|| format!("creating database {name}")),
+            Err(e) => return Err(e.into()),
         }
     }
     conn.close().await.ok();
