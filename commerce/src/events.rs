@@ -6,11 +6,16 @@
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use outbox::{BoxError, Encode, NewEvent, Outbox, Row};
+use outbox::{BoxError, Encode, NewEvent, Outbox, Relay, RelayConfig, Row};
 use sqlx::{Postgres, Transaction};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use topics::codec::Encoder;
 use topics::events::Event;
 use topics::registry::Registry;
+
+use crate::configuration::Settings;
+use crate::Service;
 
 /// The products database's outbox: stock reserved, released, adjusted.
 pub const PRODUCTS_OUTBOX: Outbox = Outbox::new(
@@ -88,4 +93,32 @@ impl<E: Event> Encode for AvroEncoder<E> {
         let event: E = serde_json::from_value(row.payload.clone())?;
         Ok(encoder.encode(&event)?)
     }
+}
+
+/// Starts the outbox relay of `service`'s database, publishing its `E` events as Avro, unless
+/// the settings turn relays off (`commerce_outbox_relay`). One relay role per database:
+/// instances of one service fence each other, while two databases (say, two test runs)
+/// never do.
+pub fn spawn_relay<E: Event + Send + Sync + 'static>(
+    settings: &Settings,
+    service: Service,
+    outbox: Outbox,
+    stopped: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<()> {
+    if !settings.commerce_outbox_relay {
+        return Ok(());
+    }
+    let role = format!("commerce-{}-outbox-relay", settings.database_name(service));
+    tasks.push(tokio::spawn(
+        Relay::new(
+            RelayConfig::new(role, outbox),
+            settings.database_options(service)?,
+            settings.kafka.clone(),
+            AvroEncoder::<E>::new(&settings.kafka.schema_registry_url),
+            stopped.clone(),
+        )
+        .run(),
+    ));
+    Ok(())
 }

@@ -10,7 +10,7 @@ use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::Router;
-use outbox::{Relay, RelayConfig};
+
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -19,7 +19,7 @@ use topics::commerce::{OrderEvent, StockEvent};
 use tower_http::trace::TraceLayer;
 
 use crate::configuration::Settings;
-use crate::events::{AvroEncoder, ORDERS_OUTBOX, PRODUCTS_OUTBOX};
+use crate::events::{spawn_relay, ORDERS_OUTBOX, PRODUCTS_OUTBOX};
 use crate::http::{health, MAX_BODY_BYTES};
 use crate::orders::placement::{Orders, Sweeper};
 use crate::orders::products_client::ProductsClient;
@@ -111,27 +111,15 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-        let database = self.settings.database_options(self.service)?;
-        let name = self.settings.database_name(self.service);
-        // One relay role per database: instances of one service fence each other, while two
-        // databases (say, two test runs) never do.
-        let role = format!("commerce-{name}-outbox-relay");
-        let registry = &self.settings.kafka.schema_registry_url;
-        let relay = self.settings.commerce_outbox_relay;
         let router = match self.service {
             Service::Products => {
-                if relay {
-                    tasks.push(tokio::spawn(
-                        Relay::new(
-                            RelayConfig::new(role, PRODUCTS_OUTBOX),
-                            database,
-                            self.settings.kafka.clone(),
-                            AvroEncoder::<StockEvent>::new(registry),
-                            stopped.clone(),
-                        )
-                        .run(),
-                    ));
-                }
+                spawn_relay::<StockEvent>(
+                    &self.settings,
+                    self.service,
+                    PRODUCTS_OUTBOX,
+                    &stopped,
+                    &mut tasks,
+                )?;
                 products::router(self.pool.clone())
             }
             Service::Orders => {
@@ -143,18 +131,13 @@ impl Application {
                     pool: self.pool.clone(),
                     products: client,
                 };
-                if relay {
-                    tasks.push(tokio::spawn(
-                        Relay::new(
-                            RelayConfig::new(role, ORDERS_OUTBOX),
-                            database,
-                            self.settings.kafka.clone(),
-                            AvroEncoder::<OrderEvent>::new(registry),
-                            stopped.clone(),
-                        )
-                        .run(),
-                    ));
-                }
+                spawn_relay::<OrderEvent>(
+                    &self.settings,
+                    self.service,
+                    ORDERS_OUTBOX,
+                    &stopped,
+                    &mut tasks,
+                )?;
                 tasks.push(tokio::spawn(
                     Sweeper {
                         orders: orders.clone(),

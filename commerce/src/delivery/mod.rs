@@ -28,7 +28,7 @@ use anyhow::Context;
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use outbox::{Outbox, Relay, RelayConfig};
+use outbox::Outbox;
 use projectors::store::mysql::MysqlStore;
 use projectors::{Projector, ProjectorSettings};
 use serde_json::Value;
@@ -46,7 +46,7 @@ use dispatch::{Dispatcher, OrdersClient};
 use domain::{parse_id, Package};
 
 use crate::configuration::Settings;
-use crate::events::AvroEncoder;
+use crate::events::spawn_relay;
 use crate::http::ApiError;
 use crate::inbox::Follower;
 use crate::Service;
@@ -85,19 +85,7 @@ pub async fn start(
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> anyhow::Result<Router> {
     let kafka = &settings.kafka;
-    if settings.commerce_outbox_relay {
-        let role = format!("commerce-{}-outbox-relay", settings.delivery_database);
-        tasks.push(tokio::spawn(
-            Relay::new(
-                RelayConfig::new(role, DELIVERY_OUTBOX),
-                settings.database_options(Service::Delivery)?,
-                kafka.clone(),
-                AvroEncoder::<DeliveryEvent>::new(&kafka.schema_registry_url),
-                stopped.clone(),
-            )
-            .run(),
-        ));
-    }
+    spawn_relay::<DeliveryEvent>(settings, Service::Delivery, DELIVERY_OUTBOX, stopped, tasks)?;
 
     let store = MysqlStore::connect(&settings.mysql_url, &settings.delivery_read_model)
         .await

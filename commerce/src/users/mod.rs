@@ -23,7 +23,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use outbox::{Outbox, Relay, RelayConfig};
+use outbox::Outbox;
 use projectors::store::mysql::MysqlStore;
 use projectors::{Projector, ProjectorSettings};
 use serde_json::Value;
@@ -41,7 +41,7 @@ use domain::{parse_user_id, User, UserBody};
 use query::QueryBody;
 
 use crate::configuration::Settings;
-use crate::events::AvroEncoder;
+use crate::events::spawn_relay;
 use crate::http::{ApiError, ApiJson};
 use crate::inbox::Follower;
 use crate::Service;
@@ -84,19 +84,7 @@ pub async fn start(
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> anyhow::Result<Router> {
     let kafka = &settings.kafka;
-    if settings.commerce_outbox_relay {
-        let role = format!("commerce-{}-outbox-relay", settings.users_database);
-        tasks.push(tokio::spawn(
-            Relay::new(
-                RelayConfig::new(role, USERS_OUTBOX),
-                settings.database_options(Service::Users)?,
-                kafka.clone(),
-                AvroEncoder::<UserEvent>::new(&kafka.schema_registry_url),
-                stopped.clone(),
-            )
-            .run(),
-        ));
-    }
+    spawn_relay::<UserEvent>(settings, Service::Users, USERS_OUTBOX, stopped, tasks)?;
 
     // The connector creates the change topic at its first snapshot; creating it here (as the
     // connector would) lets the projector subscribe before the connector ever ran.
