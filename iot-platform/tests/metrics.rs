@@ -8,9 +8,9 @@ use std::time::Duration;
 use prometheus_parse::{Scrape, Value as Sample};
 use reqwest::StatusCode;
 use serde_json::json;
-use sqlx::Connection;
 use testkit::eventually;
-use tokio::sync::oneshot;
+
+mod common;
 
 struct ChildIot {
     base_url: String,
@@ -54,24 +54,8 @@ async fn counters_move_on_every_service_after_traffic() {
     let _telemetry = telemetry::init_with("crm", None);
     let run = testkit::unique("metrics");
     let connection = format!("metrics-{run}");
-    let seed = std::env::temp_dir().join(format!("{run}.csv"));
-    std::fs::write(
-        &seed,
-        format!("id,firstName,lastName,city,connectionId,connectionMandate\n1,Femke,Bakker,Delft,{connection},1\n"),
-    )
-    .unwrap();
-    let mut settings = crm::configuration::load().unwrap();
-    settings.crm_database = run.clone();
-    settings.crm_listen_addr = "127.0.0.1:0".to_owned();
-    settings.crm_seed_csv = seed.clone();
-    let app = crm::startup::Application::build(settings.clone())
-        .await
-        .unwrap();
-    let crm = format!("http://127.0.0.1:{}", app.port());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(app.run_until(async move {
-        let _ = stopped.await;
-    }));
+    let crm_app = common::SeededCrm::start(&run, &connection).await;
+    let (crm, settings) = (crm_app.url.clone(), crm_app.settings.clone());
 
     let port = testkit::free_port();
     let group = format!("test-metrics-{run}");
@@ -216,14 +200,5 @@ async fn counters_move_on_every_service_after_traffic() {
     .await;
 
     drop(iot);
-    let _ = stop.send(());
-    served.await.unwrap().unwrap();
-    std::fs::remove_file(seed).unwrap();
-    let mut admin = sqlx::PgConnection::connect(&settings.postgres_url)
-        .await
-        .unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{run}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    crm_app.stop().await;
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sqlx::Connection;
 use testkit::{eventually, Isolated};
-use tokio::sync::oneshot;
+
+mod common;
 
 struct ChildIot {
     base_url: String,
@@ -86,24 +86,8 @@ async fn a_crm_put_is_one_trace_through_the_relay_to_the_projector_write() {
 
     let run = testkit::unique("traces");
     let connection = format!("trace-{run}");
-    let seed = std::env::temp_dir().join(format!("{run}.csv"));
-    std::fs::write(
-        &seed,
-        format!("id,firstName,lastName,city,connectionId,connectionMandate\n1,Femke,Bakker,Delft,{connection},1\n"),
-    )
-    .unwrap();
-    let mut settings = crm::configuration::load().unwrap();
-    settings.crm_database = run.clone();
-    settings.crm_listen_addr = "127.0.0.1:0".to_owned();
-    settings.crm_seed_csv = seed.clone();
-    let app = crm::startup::Application::build(settings.clone())
-        .await
-        .unwrap();
-    let crm = format!("http://127.0.0.1:{}", app.port());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(app.run_until(async move {
-        let _ = stopped.await;
-    }));
+    let crm_app = common::SeededCrm::start(&run, &connection).await;
+    let crm = crm_app.url.clone();
 
     let iot = start_iot(&endpoint, &run);
     eventually(
@@ -200,14 +184,5 @@ async fn a_crm_put_is_one_trace_through_the_relay_to_the_projector_write() {
     assert_eq!(request["tags"]["http.response.status_code"], "200");
 
     drop(iot);
-    let _ = stop.send(());
-    served.await.unwrap().unwrap();
-    std::fs::remove_file(seed).unwrap();
-    let mut admin = sqlx::PgConnection::connect(&settings.postgres_url)
-        .await
-        .unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{run}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    crm_app.stop().await;
 }

@@ -17,6 +17,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::StatusCode;
 use serde_json::Value;
+use sqlx::Connection;
 #[allow(unused_imports)]
 pub use testkit::eventually;
 use testkit::fold::Fold;
@@ -321,4 +322,62 @@ pub async fn assert_store_holds(
         keys.len(),
         differing.first()
     );
+}
+
+/// The CRM served in this process on a database of its own (`run`), seeded with customer 1
+/// on `connection` with mandate 1; [`SeededCrm::stop`] stops it and drops the database.
+pub struct SeededCrm {
+    pub url: String,
+    pub settings: crm::configuration::Settings,
+    run: String,
+    seed: std::path::PathBuf,
+    stop: oneshot::Sender<()>,
+    served: JoinHandle<anyhow::Result<()>>,
+}
+
+impl SeededCrm {
+    pub async fn start(run: &str, connection: &str) -> Self {
+        let seed = std::env::temp_dir().join(format!("{run}.csv"));
+        std::fs::write(
+            &seed,
+            format!("id,firstName,lastName,city,connectionId,connectionMandate\n1,Femke,Bakker,Delft,{connection},1\n"),
+        )
+        .unwrap();
+        let mut settings = crm::configuration::load().unwrap();
+        settings.crm_database = run.to_owned();
+        settings.crm_listen_addr = "127.0.0.1:0".to_owned();
+        settings.crm_seed_csv = seed.clone();
+        let app = crm::startup::Application::build(settings.clone())
+            .await
+            .unwrap();
+        let url = format!("http://127.0.0.1:{}", app.port());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            url,
+            settings,
+            run: run.to_owned(),
+            seed,
+            stop,
+            served,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.served.await.unwrap().unwrap();
+        std::fs::remove_file(&self.seed).unwrap();
+        let mut admin = sqlx::PgConnection::connect(&self.settings.postgres_url)
+            .await
+            .unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.run
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
 }
