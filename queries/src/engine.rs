@@ -293,9 +293,10 @@ mod tests {
         assert_eq!(of(&out, LOW_STOCK.name), vec![("1".into(), -1)]);
     }
 
-    #[test]
-    fn a_gold_order_becomes_delayed_when_time_passes_and_leaves_when_shipped() {
-        let mut engine = Engine::start(
+    /// An engine with a 1 s Gold-order delay, and Gold customer 7's order "o1" (processing,
+    /// created at 10 s) applied to its tables but not yet stepped.
+    fn a_gold_order_placed_at_10s() -> (Engine, Tables, Vec<Update>, Order) {
+        let engine = Engine::start(
             ALL,
             Params {
                 gold_order_delay_ms: 1000,
@@ -313,7 +314,7 @@ mod tests {
             SourceChange::Upsert(SourceRow::Customer(customer)),
             &mut updates,
         );
-        let mut order = Order {
+        let order = Order {
             id: "o1".into(),
             customer_id: 7,
             product_id: 1,
@@ -326,6 +327,12 @@ mod tests {
             SourceChange::Upsert(SourceRow::Order(order.clone())),
             &mut updates,
         );
+        (engine, tables, updates, order)
+    }
+
+    #[test]
+    fn a_gold_order_becomes_delayed_when_time_passes_and_leaves_when_shipped() {
+        let (mut engine, mut tables, mut updates, mut order) = a_gold_order_placed_at_10s();
         let out = engine.step(10_100, std::mem::take(&mut updates)).unwrap();
         assert_eq!(of(&out, DELAYED_GOLD_ORDERS.name), vec![]);
         // No data change; only the clock moves.
@@ -345,37 +352,7 @@ mod tests {
 
     #[test]
     fn an_order_shipped_before_its_delay_never_shows() {
-        let mut engine = Engine::start(
-            ALL,
-            Params {
-                gold_order_delay_ms: 1000,
-            },
-        );
-        let mut tables = Tables::default();
-        let mut updates = Vec::new();
-        let customer = Customer {
-            id: 7,
-            name: "Ann".into(),
-            tier: Tier::Gold,
-        };
-        tables.apply(
-            Table::Customers,
-            SourceChange::Upsert(SourceRow::Customer(customer)),
-            &mut updates,
-        );
-        let mut order = Order {
-            id: "o1".into(),
-            customer_id: 7,
-            product_id: 1,
-            quantity: 1,
-            status: OrderStatus::Processing,
-            created_ms: 10_000,
-        };
-        tables.apply(
-            Table::Orders,
-            SourceChange::Upsert(SourceRow::Order(order.clone())),
-            &mut updates,
-        );
+        let (mut engine, mut tables, mut updates, mut order) = a_gold_order_placed_at_10s();
         engine.step(10_100, std::mem::take(&mut updates)).unwrap();
         order.status = OrderStatus::Shipped;
         tables.apply(
