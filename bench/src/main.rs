@@ -12,6 +12,7 @@
 //!   and review changes applied incrementally against recomputing the aggregate with SQL.
 //! - [`replay`]: rebuilding read models from the log into Redis and MySQL, and a rebuild's
 //!   time to switch.
+//! - [`service`]: a commerce service run in-process (orders, queries).
 //! - [`workload`]: the pre-filled topic, the bare-consumer baseline and the projector runs.
 
 mod connector;
@@ -19,6 +20,7 @@ mod mandates;
 mod orders;
 mod queries;
 mod replay;
+mod service;
 mod workload;
 
 use clap::{Parser, Subcommand};

@@ -12,15 +12,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
-use commerce::configuration::Settings;
-use commerce::startup::Application;
 use commerce::Service;
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
-use tokio::sync::oneshot;
 use uuid::Uuid;
+
+use crate::service::Running;
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -43,36 +42,6 @@ pub struct Options {
     /// `--relay false` measures the API and database path alone.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     relay: bool,
-}
-
-struct Running {
-    address: String,
-    pool: PgPool,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn start(settings: &Settings, service: Service) -> anyhow::Result<Self> {
-        let app = Application::build(settings.clone(), service).await?;
-        let address = format!("http://127.0.0.1:{}", app.port());
-        let pool = app.pool().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until(async move {
-            let _ = stopped.await;
-        }));
-        Ok(Self {
-            address,
-            pool,
-            stop,
-            task,
-        })
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await?
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +82,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     settings.commerce_pool_size = options.pool_size;
     settings.commerce_outbox_relay = options.relay;
     let products = Running::start(&settings, Service::Products).await?;
-    settings.orders_products_url = products.address.clone();
+    settings.orders_products_url = products.base_url.clone();
     let orders = Running::start(&settings, Service::Orders).await?;
     let bare_pool = PgPoolOptions::new()
         .max_connections(options.pool_size)
@@ -146,10 +115,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         order.rotate_left(round % 3);
         for side in order {
             let ids =
-                create_products(&client, &products.address, options.products, per_product).await?;
+                create_products(&client, &products.base_url, options.products, per_product).await?;
             let outcome = match side {
                 Side::Service => {
-                    service_round(&client, &orders.address, &ids, stock, options.concurrency)
+                    service_round(&client, &orders.base_url, &ids, stock, options.concurrency)
                         .await?
                 }
                 Side::Bare => {

@@ -18,8 +18,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context};
-use commerce::configuration::Settings as CommerceSettings;
-use commerce::startup::Application;
 use commerce::Service;
 use hdrhistogram::Histogram;
 use projectors::store::any::{AnyStore, StoreKind};
@@ -38,6 +36,8 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::oneshot;
 use topics::settings::KafkaSettings;
 use uuid::Uuid;
+
+use crate::service::Running;
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -87,34 +87,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // (a) the whole pipeline
 
-/// A commerce service running in this process until its stop sender fires.
-struct Running {
-    base_url: String,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn commerce(settings: &CommerceSettings, service: Service) -> anyhow::Result<Self> {
-        let app = Application::build(settings.clone(), service).await?;
-        let base_url = format!("http://127.0.0.1:{}", app.port());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until(async move {
-            let _ = stopped.await;
-        }));
-        Ok(Self {
-            base_url,
-            stop,
-            task,
-        })
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await?
-    }
-}
-
 /// A connector child process, killed when dropped.
 struct Connector(Child);
 
@@ -148,8 +120,8 @@ async fn pipeline(options: &Options) -> anyhow::Result<()> {
     commerce.commerce_seed = false;
     commerce.commerce_outbox_relay = false;
     commerce.commerce_pool_size = 4;
-    let products = Running::commerce(&commerce, Service::Products).await?;
-    let reviews = Running::commerce(&commerce, Service::Reviews).await?;
+    let products = Running::start(&commerce, Service::Products).await?;
+    let reviews = Running::start(&commerce, Service::Reviews).await?;
 
     // The engine waits for all four source topics: the two this run does not write are
     // created empty; the result contracts are registered under this run's topics.
