@@ -241,6 +241,37 @@ pub struct Tracker {
     pub failed: watch::Receiver<Option<String>>,
 }
 
+/// Writes the offset record (`lsn`, the snapshot flag and the incremental snapshot's
+/// progress) to the offsets topic; whether it was handed to the producer. Its delivery is not
+/// awaited: ordering on the partition keeps the newest record last, and the slot is the
+/// backstop.
+async fn write_offset(
+    publisher: &Publisher,
+    cfg: &Config,
+    lsn: u64,
+    snapshot_completed: bool,
+    incremental: &Option<Progress>,
+) -> bool {
+    let rec = StoredOffset {
+        lsn,
+        snapshot_completed,
+        ts_ms: chrono::Utc::now().timestamp_millis(),
+        incremental: incremental.clone(),
+    };
+    let value = serde_json::to_vec(&rec).expect("serialisable");
+    match publisher
+        .send(&cfg.offsets_topic, Some(cfg.name.as_bytes()), Some(&value))
+        .await
+    {
+        Ok(_) => true,
+        Err(e) => {
+            publish_failure(&cfg.name, "offset");
+            tracing::warn!(error = %e, "could not write offset");
+            false
+        }
+    }
+}
+
 impl Tracker {
     pub fn spawn(
         publisher: Arc<Publisher>,
@@ -259,6 +290,10 @@ impl Tracker {
             let mut last_store = Instant::now();
             let mut stored = 0u64;
             let mut incremental = incremental;
+            // The newest acknowledged LSN, and whether it or the incremental snapshot's
+            // progress is newer than the last offset written.
+            let mut latest = 0u64;
+            let mut dirty = false;
             while let Some(p) = rx.recv().await {
                 for d in p.deliveries {
                     if let Err(e) = wait_delivery(d).await {
@@ -267,43 +302,53 @@ impl Tracker {
                         return;
                     }
                 }
-                match p.ack {
-                    Ack::None => {}
+                let write = match p.ack {
+                    Ack::None => false,
+                    // A drain (the clean stop) leaves the offset as far as everything
+                    // published: a chunk's progress acknowledged after the last LSN write
+                    // would otherwise be read again at the next start.
                     Ack::Notify(done) => {
+                        let written = dirty
+                            && latest > 0
+                            && write_offset(
+                                &publisher,
+                                &cfg,
+                                latest,
+                                snapshot_completed,
+                                &incremental,
+                            )
+                            .await;
+                        if written {
+                            stored = latest;
+                            last_store = Instant::now();
+                            dirty = false;
+                        }
                         let _ = done.send(());
+                        false
                     }
-                    Ack::Progress(p) => incremental = p,
+                    Ack::Progress(p) => {
+                        incremental = p;
+                        dirty = true;
+                        false
+                    }
                     Ack::Lsn(lsn) => {
                         acked2.fetch_max(lsn, Ordering::SeqCst);
                         if let Some(f) = &feedback {
                             f.update_flushed_lsn(lsn);
                             f.update_applied_lsn(lsn);
                         }
-                        if lsn > stored && (last_store.elapsed() >= interval || rx.is_empty()) {
-                            let rec = StoredOffset {
-                                lsn,
-                                snapshot_completed,
-                                ts_ms: chrono::Utc::now().timestamp_millis(),
-                                incremental: incremental.clone(),
-                            };
-                            let value = serde_json::to_vec(&rec).expect("serialisable");
-                            // Not awaited: ordering on the partition keeps the
-                            // newest record last, and the slot is the backstop.
-                            match publisher
-                                .send(&cfg.offsets_topic, Some(cfg.name.as_bytes()), Some(&value))
-                                .await
-                            {
-                                Ok(_) => {
-                                    stored = lsn;
-                                    last_store = Instant::now();
-                                }
-                                Err(e) => {
-                                    publish_failure(&cfg.name, "offset");
-                                    tracing::warn!(error = %e, "could not write offset")
-                                }
-                            }
-                        }
+                        latest = latest.max(lsn);
+                        dirty |= lsn > stored;
+                        lsn > stored && (last_store.elapsed() >= interval || rx.is_empty())
                     }
+                };
+                if write
+                    && write_offset(&publisher, &cfg, latest, snapshot_completed, &incremental)
+                        .await
+                {
+                    stored = latest;
+                    last_store = Instant::now();
+                    dirty = false;
                 }
             }
         });
