@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use testkit::zipkin::{find, trace};
 use testkit::{eventually, Isolated};
 
 mod common;
@@ -51,27 +52,6 @@ async fn mandate(iot: &ChildIot, connection: &str) -> Option<Value> {
         return None;
     }
     response.json::<Value>().await.ok()?.get("mandate").cloned()
-}
-
-/// The spans Zipkin holds for `trace_id`.
-async fn trace(zipkin: &str, trace_id: &str) -> Vec<Value> {
-    let Ok(response) = reqwest::get(format!("{zipkin}/api/v2/trace/{trace_id}")).await else {
-        return Vec::new();
-    };
-    if response.status() != StatusCode::OK {
-        return Vec::new();
-    }
-    response.json().await.unwrap_or_default()
-}
-
-fn find<'s>(spans: &'s [Value], service: &str, kind: &str, name: &str) -> Option<&'s Value> {
-    spans.iter().find(|s| {
-        s["localEndpoint"]["serviceName"] == service
-            && s["kind"] == kind
-            && s["name"]
-                .as_str()
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,10 +7,12 @@
 //! - [`env`]: the shared services' addresses, from the environment with the local defaults.
 //! - [`fold`]: a fold that depends on every event (per key, its event ids in order), so a
 //!   fault test sees a lost, repeated or reordered event and not only the last value.
+//! - [`zipkin`]: a trace's spans read back from Zipkin, and finding one of them.
 
 pub mod env;
 pub mod fold;
 mod isolated;
+pub mod zipkin;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

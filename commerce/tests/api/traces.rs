@@ -7,32 +7,12 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use testkit::zipkin::{find, trace};
 use testkit::{eventually, Isolated};
 use topics::commerce::{OrderEvent, OrderEventKind};
 
 use crate::events::{apply_topics, Probe};
 use crate::helpers::{drop_databases, order_body, product_body, test_settings, Client, Process};
-
-/// The spans Zipkin holds for `trace_id`.
-async fn trace(zipkin: &str, trace_id: &str) -> Vec<Value> {
-    let Ok(response) = reqwest::get(format!("{zipkin}/api/v2/trace/{trace_id}")).await else {
-        return Vec::new();
-    };
-    if response.status() != StatusCode::OK {
-        return Vec::new();
-    }
-    response.json().await.unwrap_or_default()
-}
-
-fn find<'s>(spans: &'s [Value], service: &str, kind: &str, name: &str) -> Option<&'s Value> {
-    spans.iter().find(|s| {
-        s["localEndpoint"]["serviceName"] == service
-            && s["kind"] == kind
-            && s["name"]
-                .as_str()
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
-    })
-}
 
 /// The spans of one placed order, each the parent of the next (the order's publish is a
 /// child of its request, after the reservation answered).
