@@ -10,8 +10,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use backon::{BlockingRetryable, ExponentialBuilder};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
@@ -19,6 +20,8 @@ use crate::kafka;
 use crate::settings::KafkaSettings;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request is asked again while the group's coordinator is busy.
+const COORDINATOR_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The metadata projectors commit their offsets with: their read model's store owns the
 /// offsets (a projector starts where its store stands), and Kafka's are there for lag only.
@@ -208,7 +211,7 @@ pub fn reset(
             for (topic, partition) in &partitions {
                 query.add_partition_offset(topic, *partition, Offset::Offset(ms))?;
             }
-            let found = client.consumer.offsets_for_times(query, TIMEOUT)?;
+            let found = client.ask(|| client.consumer.offsets_for_times(query.clone(), TIMEOUT))?;
             for element in found.elements() {
                 element.error()?;
                 let offset = match element.offset() {
@@ -228,7 +231,7 @@ pub fn reset(
     }
     // Not a member, so the commit carries no generation: the coordinator accepts it only while
     // the group is empty, which closes the gap between the state check above and this commit.
-    client.consumer.commit(&commit, CommitMode::Sync)?;
+    client.ask(|| client.consumer.commit(&commit, CommitMode::Sync))?;
 
     // Report what the coordinator now holds, not what was asked, so a partial commit shows.
     let (_, now) = client.positions(topic)?;
@@ -275,7 +278,7 @@ impl GroupClient {
     }
 
     fn state(&self) -> Result<GroupState> {
-        let list = self.consumer.fetch_group_list(Some(&self.group), TIMEOUT)?;
+        let list = self.ask(|| self.consumer.fetch_group_list(Some(&self.group), TIMEOUT))?;
         Ok(list
             .groups()
             .iter()
@@ -313,7 +316,15 @@ impl GroupClient {
         }
         let mut committed = Committed::new();
         if query.count() > 0 {
-            for element in self.consumer.committed_offsets(query, TIMEOUT)?.elements() {
+            let answer = self.ask(|| {
+                let answer = self.consumer.committed_offsets(query.clone(), TIMEOUT)?;
+                // A partition's own error, e.g. its coordinator still loading the offsets.
+                for element in answer.elements() {
+                    element.error()?;
+                }
+                Ok(answer)
+            })?;
+            for element in answer.elements() {
                 element.error()?;
                 if let Offset::Offset(offset) = element.offset() {
                     committed.insert((element.topic().to_owned(), element.partition()), offset);
@@ -336,7 +347,7 @@ impl GroupClient {
         for (topic, partition) in partitions {
             query.add_partition(topic, *partition);
         }
-        let committed = self.consumer.committed_offsets(query, TIMEOUT)?;
+        let committed = self.ask(|| self.consumer.committed_offsets(query.clone(), TIMEOUT))?;
         Ok(committed
             .elements()
             .iter()
@@ -382,9 +393,42 @@ impl GroupClient {
         }
     }
 
+    /// Asks `request` again, with backoff, while the group's coordinator is busy: not elected
+    /// yet (a fresh cluster creates `__consumer_offsets` on the first group request), moving to
+    /// another broker, or loading the group's offsets. Any other answer is final.
+    fn ask<T>(&self, request: impl FnMut() -> KafkaResult<T>) -> Result<T> {
+        let answer = request
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_total_delay(Some(COORDINATOR_PATIENCE))
+                    .without_max_times(),
+            )
+            .sleep(std::thread::sleep)
+            .when(coordinator_busy)
+            .notify(|err, wait| {
+                tracing::debug!(group = %self.group, %err, ?wait, "group coordinator busy; asking again")
+            })
+            .call();
+        Ok(answer?)
+    }
+
     fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
         Ok(self.consumer.fetch_watermarks(topic, partition, TIMEOUT)?)
     }
+}
+
+/// The coordinator's answers that mean "ask again shortly".
+fn coordinator_busy(err: &KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+        )
+    )
 }
 
 #[cfg(test)]

@@ -276,3 +276,33 @@ fn a_group_without_offsets_is_an_error() {
     assert_one_line_failure(&cli(&["lag", &group]), "no committed offsets");
     assert_one_line_failure(&cli(&["reset", &group, "--to", "latest"]), "--topic");
 }
+
+/// On a cluster that never had a consumer group, the first group request makes the broker
+/// create `__consumer_offsets` and elect the coordinators, and is answered "not coordinator"
+/// or "coordinator not available" meanwhile (the fresh CI machine met it): a reset waits for
+/// the coordinator instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_on_a_fresh_cluster_waits_for_the_group_coordinator() {
+    let kafka = testkit::Isolated::new("kafka");
+    kafka.up_async().await;
+    let mut settings = settings();
+    settings.kafka_bootstrap_servers = kafka.address();
+    let spec = test_spec();
+    let topic = spec.name;
+    apply(
+        &Cluster::connect(&settings).unwrap(),
+        &Registry::new(&settings.schema_registry_url),
+        &[spec],
+    )
+    .await
+    .unwrap();
+
+    let group = format!("test-groups-fresh-{}", Uuid::new_v4());
+    let changes = tokio::task::spawn_blocking(move || {
+        groups::reset(&settings, &group, Some(topic), ResetTarget::Latest)
+    })
+    .await
+    .unwrap()
+    .expect("the reset waits for the coordinator");
+    assert_eq!(moves(&changes), [(0, None, 0), (1, None, 0), (2, None, 0)]);
+}
