@@ -121,11 +121,7 @@ async fn a_crm_put_is_one_trace_through_the_relay_to_the_projector_write() {
         || {
             telemetry::flush();
             let (zipkin_base, trace_id) = (&zipkin_base, &trace_id);
-            async move {
-                let t = trace(zipkin_base, trace_id).await;
-                eprintln!("DEBUG {}", serde_json::to_string(&t).unwrap());
-                complete(&t)
-            }
+            async move { complete(&trace(zipkin_base, trace_id).await) }
         },
     )
     .await;

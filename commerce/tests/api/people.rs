@@ -65,7 +65,14 @@ impl Connector {
         config.kafka_bootstrap_servers = settings.kafka.kafka_bootstrap_servers.clone();
         config.schema_registry_url = settings.kafka.schema_registry_url.clone();
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(connector::runner::run(config, stopped));
+        // A connector that gives up says why at once, instead of the test waiting it out.
+        let task = tokio::spawn(async move {
+            let ended = connector::runner::run(config, stopped).await;
+            if let Err(e) = &ended {
+                eprintln!("the users connector stopped: {e}");
+            }
+            ended
+        });
         Self {
             stop,
             task: Some(task),

@@ -23,7 +23,7 @@ use topics::spec::CATALOGUE;
 use crate::helpers::{assert_error, Client, Running};
 use crate::people::{drop_people, people_settings, user_body, Connector};
 
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(120);
 
 pub async fn apply_catalogue(kafka: &KafkaSettings) {
     let cluster = Cluster::connect(kafka).expect("cluster");
