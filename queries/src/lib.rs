@@ -8,6 +8,8 @@
 //! - [`model`]: the source tables' rows, parsed at the edge from the connector's records.
 //! - [`cdc`]: Debezium envelopes as upserts and deletes of source rows.
 //! - [`avro`]: generic decoding of Confluent-framed Avro with writer schemas from the registry.
+//! - [`dead_letters`]: source changes that can never be read, kept with the reason; waiting
+//!   for the registry while decoding is only transiently impossible.
 //! - [`engine`]: the differential-dataflow worker and the per-table state feeding it.
 //! - [`results`]: result changes, their Avro contract, reading a result topic back.
 //! - [`runner`]: the engine's life: recover (replay sources, diff against what was
@@ -22,6 +24,7 @@ pub mod avro;
 pub mod catalogue;
 pub mod cdc;
 pub mod dashboard;
+pub mod dead_letters;
 pub mod declared;
 pub mod engine;
 pub mod error;

@@ -18,7 +18,12 @@
 //! changes are published in one Kafka transaction.
 //!
 //! **Metrics** (`GET /metrics` on `queries_metrics_addr`): source changes in per table, result
-//! changes out per query and op, step latency, source lag per partition (`telemetry::names`).
+//! changes out per query and op, step latency, source lag per partition, source changes
+//! dead-lettered and decode waits (`telemetry::names`).
+//!
+//! **Bad input.** A source change that can never be read goes to the dead-letter topic with
+//! the reason and the engine goes on; one that cannot be decoded *yet* (registry away, schema
+//! id unknown to it) is waited for ([`crate::dead_letters`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -38,6 +43,7 @@ use topics::spec::TopicSpec;
 
 use crate::avro::Schemas;
 use crate::cdc;
+use crate::dead_letters::{self, DeadLetters};
 use crate::engine::{AnswerUpdate, Engine, Tables, Update};
 use crate::error::{Error, Result};
 use crate::model::Table;
@@ -168,6 +174,18 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         });
     }
 
+    ensure_topic(
+        &cluster,
+        &topics::spec::QUERIES_DEAD_LETTERS,
+        &settings.queries_dead_letter_topic,
+    )
+    .await?;
+    let dead_letters = DeadLetters::new(
+        &settings.kafka,
+        &settings.queries_dead_letter_topic,
+        &settings.queries_transactional_id,
+    )?;
+
     let producer: FutureProducer = topics::kafka::transactional_producer_config(
         &settings.kafka,
         &settings.queries_transactional_id,
@@ -241,15 +259,20 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             () = tokio::time::sleep(wait) => None,
         };
         if let Some(msg) = first {
-            ingest(
-                msg?,
-                &schemas,
-                &tables_by_topic,
-                &mut tables,
-                &mut positions,
-                &mut updates,
-            )
-            .await?;
+            // Shutdown also ends a wait for the registry or the dead-letter topic.
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                ingested = ingest(
+                    msg?,
+                    &schemas,
+                    &dead_letters,
+                    &tables_by_topic,
+                    &mut tables,
+                    &mut positions,
+                    &mut updates,
+                ) => ingested?,
+            }
             consumed += 1;
             let batch_deadline = Instant::now() + window;
             while consumed < settings.queries_max_batch {
@@ -262,15 +285,19 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                 }
                 match tokio::time::timeout(left, consumer.recv()).await {
                     Ok(msg) => {
-                        ingest(
-                            msg?,
-                            &schemas,
-                            &tables_by_topic,
-                            &mut tables,
-                            &mut positions,
-                            &mut updates,
-                        )
-                        .await?;
+                        tokio::select! {
+                            biased;
+                            () = &mut shutdown => return Ok(()),
+                            ingested = ingest(
+                                msg?,
+                                &schemas,
+                                &dead_letters,
+                                &tables_by_topic,
+                                &mut tables,
+                                &mut positions,
+                                &mut updates,
+                            ) => ingested?,
+                        }
                         consumed += 1;
                     }
                     Err(_) => break,
@@ -329,10 +356,12 @@ fn record_lag(consumer: &StreamConsumer, positions: &Positions) {
     }
 }
 
-/// Reads one source record into the tables' state and the collection updates.
+/// Reads one source record into the tables' state and the collection updates; one it can
+/// never read goes to the dead-letter topic.
 async fn ingest(
     msg: rdkafka::message::BorrowedMessage<'_>,
     schemas: &Schemas,
+    dead_letters: &DeadLetters,
     tables_by_topic: &HashMap<String, Table>,
     tables: &mut Tables,
     positions: &mut Positions,
@@ -346,14 +375,20 @@ async fn ingest(
         metrics::counter!(QUERIES_SOURCE_CHANGES, "table" => table.name()).increment(1);
     }
     // Tombstones (after deletes) carry nothing the delete did not.
-    if let (Some(payload), Some(table)) = (msg.payload(), tables_by_topic.get(topic)) {
-        let envelope = schemas.decode(payload).await?;
-        match cdc::change(*table, &envelope) {
-            Ok(Some(change)) => tables.apply(*table, change, updates),
-            Ok(None) => {}
-            // Never silent: a change the queries cannot read is logged with where it is.
+    if let (Some(payload), Some(&table)) = (msg.payload(), tables_by_topic.get(topic)) {
+        let envelope = match dead_letters::decode(schemas, table, &msg, payload).await {
+            Ok(envelope) => envelope,
             Err(e) => {
-                tracing::error!(topic, offset = msg.offset(), error = %e, "source change skipped")
+                let reason = format!("not a readable change record: {e}");
+                return dead_letters.send(&msg, table, &reason).await;
+            }
+        };
+        match cdc::change(table, &envelope) {
+            Ok(Some(change)) => tables.apply(table, change, updates),
+            Ok(None) => {}
+            Err(e) => {
+                let reason = format!("a change the queries cannot read: {e}");
+                dead_letters.send(&msg, table, &reason).await?;
             }
         }
     }

@@ -30,6 +30,9 @@ pub struct Settings {
     pub queries_source_wait_ms: u64,
     /// Where the engine serves `GET /metrics` (Prometheus text); empty: nowhere.
     pub queries_metrics_addr: String,
+    /// Where source changes the queries can never read go, with the reason (compacted, keyed
+    /// by their source coordinates).
+    pub queries_dead_letter_topic: String,
 }
 
 impl Default for Settings {
@@ -47,6 +50,7 @@ impl Default for Settings {
             queries_max_batch: 20_000,
             queries_source_wait_ms: 120_000,
             queries_metrics_addr: "127.0.0.1:3019".to_owned(),
+            queries_dead_letter_topic: topics::spec::QUERIES_DEAD_LETTERS.name.to_owned(),
         }
     }
 }

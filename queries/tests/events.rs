@@ -2,7 +2,9 @@
 //! exactly one low-stock event per entry and a deleted result per exit, and a critical-stock
 //! event on entry; a Gold customer's order becomes delayed when the (shortened) delay passes
 //! with no data change, and leaves when it ships. The engine's log never reports the end of a
-//! partition (what its start-up read-back waits for) as an error.
+//! partition (what its start-up read-back waits for) as an error. Source changes it can never
+//! read (not Avro; a status the queries do not know) go to its dead-letter topic with the
+//! reason, once each also across a restart, and the engine goes on.
 
 mod common;
 
@@ -159,5 +161,98 @@ async fn stock_thresholds_and_delayed_gold_orders() {
         !log.contains("No more messages") && !log.contains("Partition EOF"),
         "the engine logged the end of a partition as an error:\n{log}"
     );
+
+    // Bad input: a record on the products change topic that is not Avro at all, and an order
+    // whose status the queries do not know (the test drops the table's CHECK to write one).
+    let products_topic = format!("{}.products.public.products", stack.prefix);
+    let producer: rdkafka::producer::FutureProducer = topics::kafka::producer_config(&stack.kafka)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&products_topic)
+                .key("{\"id\":999999}")
+                .payload("not a change record"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    sqlx::query("ALTER TABLE orders DROP CONSTRAINT orders_status_check")
+        .execute(stack.pool("orders"))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO orders (id, customer_id, product_id, quantity, status)
+         VALUES ($1, $2, $3, 1, 'Teleported')",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(customer)
+    .bind(product)
+    .execute(stack.pool("orders"))
+    .await
+    .unwrap();
+    // The engine goes on: a later product change still arrives.
+    sqlx::query("UPDATE products SET stock = 40 WHERE id = $1")
+        .bind(product)
+        .execute(stack.pool("products"))
+        .await
+        .unwrap();
+    await_stock(&stack, product, 40).await;
+    let expect_two = |dead: &[(String, String, String)]| {
+        let keys: std::collections::BTreeSet<&str> = dead.iter().map(|d| d.0.as_str()).collect();
+        assert_eq!(keys.len(), 2, "one entry per bad record: {dead:?}");
+        assert!(
+            dead.iter()
+                .any(|(_, reason, topic)| *topic == products_topic
+                    && reason.contains("not a readable change record")),
+            "{dead:?}"
+        );
+        assert!(
+            dead.iter().any(
+                |(_, reason, topic)| topic.ends_with(".orders.public.orders")
+                    && reason.contains("cannot read")
+                    && reason.contains("Teleported")
+            ),
+            "{dead:?}"
+        );
+    };
+    testkit::eventually(
+        "both bad records dead-lettered",
+        Duration::from_secs(30),
+        || {
+            let stack = &stack;
+            async move {
+                let dead = stack.dead_letters().await;
+                dead.len() >= 2
+            }
+        },
+    )
+    .await;
+    expect_two(&stack.dead_letters().await);
+    testkit::eventually(
+        "the engine's metrics count two dead-lettered source changes",
+        Duration::from_secs(10),
+        || {
+            let url = stack.engine_metrics.clone();
+            async move {
+                let scrape = common::scrape(&url).await;
+                scrape.and_then(|s| common::total(&s, "queries_source_dead_lettered_total", &[]))
+                    == Some(2.0)
+            }
+        },
+    )
+    .await;
+
+    // A restart replays the sources and meets both again: the same two keys, nothing else.
+    stack.kill_engine();
+    stack.start_engine();
+    sqlx::query("UPDATE products SET stock = 41 WHERE id = $1")
+        .bind(product)
+        .execute(stack.pool("products"))
+        .await
+        .unwrap();
+    await_stock(&stack, product, 41).await;
+    expect_two(&stack.dead_letters().await);
     stack.cleanup().await;
 }

@@ -38,6 +38,12 @@ pub const CONNECTOR_PUBLISH_FAILURES: &str = "connector_publish_failures_total";
 
 /// Counter, label `table`: source change records the query engine consumed.
 pub const QUERIES_SOURCE_CHANGES: &str = "queries_source_changes_total";
+/// Counter, label `table`: source change records the query engine can never read, sent to
+/// its dead-letter topic with the reason.
+pub const QUERIES_SOURCE_DEAD_LETTERED: &str = "queries_source_dead_lettered_total";
+/// Counter, label `table`: waits for a source record that could not be decoded yet (registry
+/// unreachable, schema id unknown to it); a rising count with a flat consumption is a stall.
+pub const QUERIES_SOURCE_RETRIES: &str = "queries_source_retries_total";
 /// Counter, labels `query`, `op` (`added`, `updated`, `deleted`): result changes committed.
 pub const QUERIES_RESULT_CHANGES: &str = "queries_result_changes_total";
 /// Histogram (seconds): one dataflow step (apply a batch of source changes, advance time,

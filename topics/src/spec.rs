@@ -263,6 +263,16 @@ pub const QUERIES_CATALOGUE_DEAD_LETTERS: TopicSpec = TopicSpec {
     ..COMMERCE_DEAD_LETTERS
 };
 
+/// Source changes the query engine (`queries run`) can never read, as they came, with
+/// headers saying why and where they were. Keyed by the source coordinates and compacted:
+/// the engine replays its sources on every start and meets the same record again.
+pub const QUERIES_DEAD_LETTERS: TopicSpec = TopicSpec {
+    name: "queries.dead-letter",
+    cleanup_policy: CleanupPolicy::Compact,
+    retention: Retention::Forever,
+    ..COMMERCE_DEAD_LETTERS
+};
+
 /// Every topic of the platform.
 pub const CATALOGUE: &[TopicSpec] = &[
     CONNECTION_MANDATES,
@@ -273,6 +283,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
     COMMERCE_DELIVERY_EVENTS,
     COMMERCE_DEAD_LETTERS,
     QUERIES_PRODUCT_CATALOGUE,
+    QUERIES_DEAD_LETTERS,
     QUERIES_LOW_STOCK,
     QUERIES_CRITICAL_STOCK,
     QUERIES_AT_RISK_ORDERS,

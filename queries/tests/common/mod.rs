@@ -238,6 +238,10 @@ impl Stack {
                 format!("{prefix}-engine"),
             ),
             ("QUERIES_TICK_MS".into(), "200".into()),
+            (
+                "QUERIES_DEAD_LETTER_TOPIC".into(),
+                format!("{prefix}.queries.dead-letter"),
+            ),
             ("QUERIES_METRICS_ADDR".into(), engine_metrics.clone()),
             ("RUST_LOG".into(), "info,rdkafka=warn".into()),
         ];
@@ -323,6 +327,57 @@ impl Stack {
 
     pub fn result_topic(&self, query: &Query) -> String {
         format!("{}.queries.{}", self.prefix, query.name)
+    }
+
+    /// Every record on the engine's dead-letter topic so far: (key, reason header, source
+    /// topic header).
+    pub async fn dead_letters(&self) -> Vec<(String, String, String)> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::{Headers, Message};
+        let topic = format!("{}.queries.dead-letter", self.prefix);
+        let kafka = self.kafka.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = topics::kafka::consumer_config(&kafka, "queries-test-dl")
+                .create()
+                .expect("consumer");
+            let timeout = Duration::from_secs(10);
+            let Ok((_, high)) = consumer.fetch_watermarks(&topic, 0, timeout) else {
+                return Vec::new();
+            };
+            let mut assignment = rdkafka::TopicPartitionList::new();
+            assignment
+                .add_partition_offset(&topic, 0, rdkafka::Offset::Beginning)
+                .unwrap();
+            consumer.assign(&assignment).expect("assigned");
+            let header = |m: &rdkafka::message::BorrowedMessage<'_>, name: &str| {
+                m.headers()
+                    .and_then(|h| h.iter().find(|h| h.key == name))
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            let mut records = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let mut next = 0;
+            while next < high && std::time::Instant::now() < deadline {
+                let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+                    continue;
+                };
+                next = m.offset() + 1;
+                records.push((
+                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    header(&m, projectors::runtime::DEAD_LETTER_REASON),
+                    header(&m, projectors::runtime::DEAD_LETTER_TOPIC),
+                ));
+            }
+            assert!(
+                next >= high,
+                "the dead-letter topic read to its end ({next} of {high})"
+            );
+            records
+        })
+        .await
+        .unwrap()
     }
 
     /// Every change published on a query's topic so far.
