@@ -12,9 +12,17 @@
 //! the chunk's copy of that row may be older than the change, so the row is
 //! dropped from the chunk (the streamed event wins); at the close watermark
 //! the rest of the chunk is emitted as `op: r` (`source.snapshot =
-//! "incremental"`). Changes before the window are older than the chunk's
-//! rows, changes after it are newer than what was emitted: either way the
-//! events of a key never go back in time.
+//! "incremental"`). Changes after the window are newer than what was
+//! emitted. Changes before the window are older than the chunk's rows too,
+//! with one exception: PostgreSQL writes a transaction's commit record to
+//! the WAL before the transaction becomes visible to new snapshots, so a
+//! writer whose commit precedes the open watermark in the WAL can still be
+//! invisible to the chunk's SELECT (its backend not yet through
+//! `ProcArrayEndTransaction`, e.g. descheduled on a busy machine). The chunk
+//! therefore reads its own snapshot (`pg_current_snapshot()`, the same one the
+//! SELECT uses) and a change streamed before the window by a transaction that
+//! snapshot does not see drops the key as well. Either way the events of a
+//! key never go back in time.
 //!
 //! Progress (tables left, the last key emitted, the key the table ended at
 //! when its snapshot began) is part of the stored offset, acknowledged with
@@ -61,8 +69,16 @@ struct Window {
     opened: bool,
     /// Chunk rows in key order, with their JSON key.
     rows: Vec<(Vec<u8>, Vec<Datum>)>,
-    /// Keys changed in the stream while the window was open.
+    /// Keys changed in the stream while the window was open, or before it
+    /// by a transaction the chunk's snapshot does not see.
     changed: HashSet<Vec<u8>>,
+    /// The keys of `changed` changed before the window (for the log).
+    unseen: HashSet<Vec<u8>>,
+    /// Row changes streamed before the window by transactions the chunk's
+    /// snapshot does not see (for the log: how often the race happens).
+    unseen_changes: usize,
+    /// The snapshot the chunk was read with; `None`: the chunk was empty.
+    snapshot: Option<Snapshot>,
     /// Primary-key text of the chunk's last row; `None`: the chunk was empty.
     last_key: Option<Vec<String>>,
     /// The table state the rows are emitted with.
@@ -279,9 +295,12 @@ impl Incremental {
             )
         };
         client.simple_query(&watermark(WINDOW_OPEN, "open")).await?;
+        // One statement, one snapshot: `pg_current_snapshot()` is the one the
+        // rows are read with (the last column, the same on every row).
         let rows = client
             .simple_query(&format!(
-                "SELECT {columns} FROM {from} WHERE {} ORDER BY {key_list} LIMIT {}",
+                "SELECT {columns}, pg_current_snapshot()::text FROM {from} WHERE {} \
+                 ORDER BY {key_list} LIMIT {}",
                 filter.join(" AND "),
                 self.chunk_size
             ))
@@ -294,10 +313,17 @@ impl Incremental {
         let key_idx: Vec<usize> = state.schema.key_columns().map(|(i, _)| i).collect();
         let mut chunk = Vec::new();
         let mut last_key = None;
+        let mut snapshot = None;
         for m in rows {
             let SimpleQueryMessage::Row(row) = m else {
                 continue;
             };
+            if snapshot.is_none() {
+                let text = row.get(state.schema.columns.len()).unwrap_or_default();
+                snapshot = Some(Snapshot::parse(text).ok_or_else(|| {
+                    Error::Replication(format!("unreadable pg_current_snapshot() {text:?}"))
+                })?);
+            }
             let mut datums = Vec::with_capacity(state.schema.columns.len());
             for (i, c) in state.schema.columns.iter().enumerate() {
                 datums.push(match row.get(i) {
@@ -314,13 +340,16 @@ impl Incremental {
             let key = envelope::json_key(&state.schema, &datums).expect("the table has a key");
             chunk.push((key, datums));
         }
-        tracing::debug!(%table, rows = chunk.len(), window = %id, "chunk read");
+        tracing::debug!(%table, rows = chunk.len(), window = %id, ?last_key, "chunk read");
         self.window = Some(Window {
             id,
             table,
             opened: false,
             rows: chunk,
             changed: HashSet::new(),
+            unseen: HashSet::new(),
+            unseen_changes: 0,
+            snapshot,
             last_key,
             state,
         });
@@ -341,13 +370,20 @@ impl Incremental {
                 let w = self.window.take()?;
                 let full = w.rows.len() as u64 >= self.chunk_size as u64;
                 let dropped = w.rows.iter().filter(|(k, _)| w.changed.contains(k)).count();
+                let unseen = w.rows.iter().filter(|(k, _)| w.unseen.contains(k)).count();
                 let rows: Vec<Vec<Datum>> = w
                     .rows
                     .into_iter()
                     .filter(|(k, _)| !w.changed.contains(k))
                     .map(|(_, r)| r)
                     .collect();
-                tracing::debug!(table = %w.table, emitted = rows.len(), dropped, "chunk window closed");
+                if unseen > 0 {
+                    tracing::info!(table = %w.table, window = %w.id, keys = unseen,
+                        "chunk keys dropped: changed before the window by a transaction \
+                         the chunk's snapshot did not see yet");
+                }
+                tracing::debug!(table = %w.table, emitted = rows.len(), dropped,
+                    unseen_changes = w.unseen_changes, "chunk window closed");
                 match (&mut self.progress, w.last_key) {
                     (Some(p), Some(last)) if full => {
                         p.last_key = Some(last);
@@ -365,16 +401,26 @@ impl Incremental {
         }
     }
 
-    /// A streamed change of `row` in `table`: while a window is open, the
-    /// chunk's copy of that key is dropped (the streamed event is newer).
-    pub fn on_change(&mut self, table: &TableSchema, row: &[Datum]) {
+    /// A streamed change of `row` in `table` by transaction `xid`: while a
+    /// window is open, or before it when the chunk's snapshot does not see
+    /// `xid`, the chunk's copy of that key is dropped (the streamed event is
+    /// newer).
+    pub fn on_change(&mut self, table: &TableSchema, row: &[Datum], xid: u32) {
         let Some(w) = self.window.as_mut() else {
             return;
         };
-        if !w.opened || w.table != table.qualified() {
+        if w.table != table.qualified() {
             return;
         }
+        let unseen = !w.opened && w.snapshot.as_ref().is_some_and(|s| !s.sees(xid));
+        if !w.opened && !unseen {
+            return; // older than the chunk's rows
+        }
         if let Some(key) = envelope::json_key(table, row) {
+            if unseen {
+                w.unseen_changes += 1;
+                w.unseen.insert(key.clone());
+            }
             w.changed.insert(key);
         }
     }
@@ -394,6 +440,39 @@ impl Incremental {
             self.progress = None;
         }
         self.dirty = true;
+    }
+}
+
+/// A PostgreSQL snapshot (`pg_current_snapshot()`, `xmin:xmax:xip,...`):
+/// which transactions its reads see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Snapshot {
+    xmin: u64,
+    xmax: u64,
+    xip: HashSet<u64>,
+}
+
+impl Snapshot {
+    fn parse(text: &str) -> Option<Snapshot> {
+        let mut parts = text.splitn(3, ':');
+        let xmin = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let xip = match parts.next()? {
+            "" => HashSet::new(),
+            list => list
+                .split(',')
+                .map(|x| x.parse().ok())
+                .collect::<Option<_>>()?,
+        };
+        Some(Snapshot { xmin, xmax, xip })
+    }
+
+    /// Whether the snapshot sees the (committed) transaction `xid`, the
+    /// 32-bit id the stream carries: widened to the 64-bit id nearest `xmax`.
+    fn sees(&self, xid: u32) -> bool {
+        let d = i64::from(xid.wrapping_sub(self.xmax as u32) as i32);
+        let full = (self.xmax as i64).saturating_add(d).max(0) as u64;
+        full < self.xmin || (full < self.xmax && !self.xip.contains(&full))
     }
 }
 
@@ -468,6 +547,10 @@ mod tests {
                 opened: false,
                 rows,
                 changed: HashSet::new(),
+                unseen: HashSet::new(),
+                unseen_changes: 0,
+                // Sees transactions below 100 except 95; not 100 and later.
+                snapshot: Snapshot::parse("90:100:95"),
                 last_key: Some(vec!["3".into()]),
                 state: TableState::for_tests(schema),
             }),
@@ -479,21 +562,56 @@ mod tests {
     fn a_key_changed_inside_the_window_is_dropped_from_the_chunk() {
         let t = table();
         let mut inc = with_window(&[(1, 10), (2, 20), (3, 30)], 3);
-        // Before the open watermark: the chunk was read later, it is newer.
-        inc.on_change(&t, &[Datum::Int(1), Datum::Int(11)]);
+        // Before the open watermark by a transaction the chunk's snapshot
+        // sees: the chunk was read later, it is newer.
+        inc.on_change(&t, &[Datum::Int(1), Datum::Int(11)], 94);
         assert!(
             inc.on_watermark("w-close", WINDOW_CLOSE).is_none(),
             "not open yet"
         );
         assert!(inc.on_watermark("x-open", WINDOW_OPEN).is_none());
         inc.on_watermark("w-open", WINDOW_OPEN);
-        inc.on_change(&t, &[Datum::Int(2), Datum::Int(21)]);
+        inc.on_change(&t, &[Datum::Int(2), Datum::Int(21)], 101);
         let released = inc.on_watermark("w-close", WINDOW_CLOSE).unwrap();
         let ids: Vec<&Datum> = released.rows.iter().map(|r| &r[0]).collect();
         assert_eq!(ids, [&Datum::Int(1), &Datum::Int(3)]);
         // A full chunk: the next one starts after its last key.
         assert_eq!(inc.progress().unwrap().last_key, Some(vec!["3".into()]));
         assert!(inc.take_dirty() && inc.wants_chunk());
+    }
+
+    #[test]
+    fn a_change_before_the_window_the_chunk_did_not_see_drops_the_key() {
+        let t = table();
+        let mut inc = with_window(&[(1, 10), (2, 20), (3, 30), (4, 40)], 4);
+        // Committed before the open watermark in the WAL, yet still running
+        // for the chunk's snapshot (in its xip, or at/after its xmax).
+        inc.on_change(&t, &[Datum::Int(1), Datum::Int(11)], 95);
+        inc.on_change(&t, &[Datum::Int(2), Datum::Int(21)], 100);
+        // Seen by the snapshot: older than the chunk, the row stays.
+        inc.on_change(&t, &[Datum::Int(3), Datum::Int(31)], 89);
+        inc.on_change(&t, &[Datum::Int(4), Datum::Int(41)], 96);
+        inc.on_watermark("w-open", WINDOW_OPEN);
+        let released = inc.on_watermark("w-close", WINDOW_CLOSE).unwrap();
+        let ids: Vec<&Datum> = released.rows.iter().map(|r| &r[0]).collect();
+        assert_eq!(ids, [&Datum::Int(3), &Datum::Int(4)]);
+    }
+
+    #[test]
+    fn a_snapshot_sees_the_transactions_committed_before_it() {
+        let s = Snapshot::parse("10:20:12,15").unwrap();
+        assert_eq!(s.xip.len(), 2);
+        assert!(s.sees(9) && s.sees(11) && s.sees(19));
+        assert!(!s.sees(12) && !s.sees(15) && !s.sees(20) && !s.sees(25));
+        assert_eq!(Snapshot::parse("7:7:").unwrap().xip.len(), 0);
+        assert!(Snapshot::parse("7:x:").is_none());
+        // 64-bit ids past a wraparound: the stream's 32-bit id is widened
+        // next to xmax.
+        let epoch = 3u64 << 32;
+        let s = Snapshot::parse(&format!("{}:{}:", epoch - 5, epoch + 5)).unwrap();
+        assert!(s.sees(u32::MAX - 1) && s.sees(2));
+        assert!(!s.sees(5) && !s.sees(9));
+        assert!(s.sees(u32::MAX - 10), "before xmin");
     }
 
     #[test]

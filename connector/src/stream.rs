@@ -750,7 +750,7 @@ async fn stream_changes(
                     }
                     continue;
                 }
-                inc.on_change(&ts.schema, &after);
+                inc.on_change(&ts.schema, &after, t.xid);
                 if ts.outbox {
                     emitter.emit_outbox(ts, &after, &mut t.deliveries).await?;
                     continue;
@@ -777,12 +777,12 @@ async fn stream_changes(
                 }
                 let after = to_row(ts, &new_data, cfg)?;
                 let old = old_data.as_ref().map(|d| to_row(ts, d, cfg)).transpose()?;
-                inc.on_change(&ts.schema, &after);
+                inc.on_change(&ts.schema, &after, t.xid);
                 if let Some(old) = old
                     .as_ref()
                     .filter(|o| envelope::has_full_key(&ts.schema, o))
                 {
-                    inc.on_change(&ts.schema, old);
+                    inc.on_change(&ts.schema, old, t.xid);
                 }
                 // pgoutput sends the old tuple only when a REPLICA IDENTITY
                 // column changed (all columns with FULL). With USING INDEX on
@@ -848,7 +848,7 @@ async fn stream_changes(
                 }
                 let before = to_row(ts, &old_data, cfg)?;
                 if envelope::has_full_key(&ts.schema, &before) {
-                    inc.on_change(&ts.schema, &before);
+                    inc.on_change(&ts.schema, &before, t.xid);
                 }
                 let s = source(emitter, t, lsn, last_commit_lsn);
                 let orders = t.next_block(emitter, &ts.schema).await?;
