@@ -35,6 +35,20 @@ pub enum OrderStatus {
     Failed,
 }
 
+impl OrderStatus {
+    /// The status as the orders database and the services' JSON write it (`Processing`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "Pending",
+            OrderStatus::Processing => "Processing",
+            OrderStatus::Shipped => "Shipped",
+            OrderStatus::Delivered => "Delivered",
+            OrderStatus::Cancelled => "Cancelled",
+            OrderStatus::Failed => "Failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderEventKind {

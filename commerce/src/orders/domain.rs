@@ -32,15 +32,9 @@ impl OrderStatus {
         OrderStatus::Failed,
     ];
 
+    /// The name the database and the JSON use: the event contract's ([`topics::commerce`]).
     pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStatus::Pending => "Pending",
-            OrderStatus::Processing => "Processing",
-            OrderStatus::Shipped => "Shipped",
-            OrderStatus::Delivered => "Delivered",
-            OrderStatus::Cancelled => "Cancelled",
-            OrderStatus::Failed => "Failed",
-        }
+        topics::commerce::OrderStatus::from(self).as_str()
     }
 
     /// The transitions a client may ask for: Processing → Shipped → Delivered, and

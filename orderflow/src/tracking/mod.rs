@@ -40,7 +40,7 @@ use serde_json::{json, Value};
 use sqlx::mysql::MySqlPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use topics::commerce::{OrderEvent, OrderEventKind, OrderStatus};
+use topics::commerce::{OrderEvent, OrderEventKind};
 use topics::events::Event;
 use uuid::Uuid;
 
@@ -49,18 +49,6 @@ use crate::error::{Error, Result};
 
 /// How long documents wait behind their offset under `tracking_break = offset-first`.
 pub const DEFERRED_FLUSH: Duration = Duration::from_secs(2);
-
-/// The status as the orders database writes it.
-pub fn status_name(status: OrderStatus) -> &'static str {
-    match status {
-        OrderStatus::Pending => "Pending",
-        OrderStatus::Processing => "Processing",
-        OrderStatus::Shipped => "Shipped",
-        OrderStatus::Delivered => "Delivered",
-        OrderStatus::Cancelled => "Cancelled",
-        OrderStatus::Failed => "Failed",
-    }
-}
 
 /// One order as the read model has it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +93,7 @@ impl Projection for TrackingProjection {
             updated_at: event.occurred_at,
             history: Digest::default(),
         });
-        view.status = status_name(event.status).to_owned();
+        view.status = event.status.as_str().to_owned();
         view.updated_at = event.occurred_at;
         if event.kind == OrderEventKind::Placed {
             view.placed_at = Some(event.occurred_at);
