@@ -61,12 +61,9 @@ pub enum Error {
     #[error("Kafka: {0}")]
     Kafka(String),
 
-    #[error("schema registry: {0}")]
-    Registry(String),
-
-    /// Network errors, timeouts and 5xx answers: retried without limit.
-    #[error("schema registry unavailable: {0}")]
-    RegistryUnavailable(String),
+    /// The shared client layer (schema registry): classified by [`topics::Error::is_retryable`].
+    #[error(transparent)]
+    Topics(#[from] topics::Error),
 
     #[error(
         "table {table}: {change}, which the schema registry refuses for {subject} as \
@@ -118,11 +115,8 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::PostgresConnect(_)
-                | Error::Postgres(_)
-                | Error::Replication(_)
-                | Error::RegistryUnavailable(_)
-        )
+            Error::PostgresConnect(_) | Error::Postgres(_) | Error::Replication(_)
+        ) || matches!(self, Error::Topics(e) if e.is_retryable())
     }
 }
 
@@ -150,12 +144,6 @@ impl From<pg_walstream::ReplicationError> for Error {
 impl From<rdkafka::error::KafkaError> for Error {
     fn from(e: rdkafka::error::KafkaError) -> Self {
         Error::Kafka(one_line(&e))
-    }
-}
-
-impl From<reqwest::Error> for Error {
-    fn from(e: reqwest::Error) -> Self {
-        Error::Registry(one_line(&e))
     }
 }
 

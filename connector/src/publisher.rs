@@ -1,7 +1,7 @@
 //! Kafka side: an idempotent producer (acks=all), topic creation, and the
-//! schema registry (Confluent-compatible HTTP API) with a per-schema cache.
+//! schema registry through `topics::registry` with the connector's retry policy.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -65,7 +65,7 @@ impl Publisher {
             name: cfg.name.clone(),
             producer,
             admin,
-            registry: Registry::new(&cfg.schema_registry_url)?,
+            registry: Registry::new(&cfg.schema_registry_url),
             partitions: cfg.topic_partitions,
             replication: cfg.topic_replication_factor,
             known_topics: Mutex::new(HashSet::new()),
@@ -165,147 +165,70 @@ impl Publisher {
     }
 }
 
-/// Registers schemas under `<topic>-key` / `<topic>-value` (TopicNameStrategy)
-/// and remembers the ids, so the registry is only asked when a table's
-/// columns change.
+/// Registers schemas under `<topic>-key` / `<topic>-value` (TopicNameStrategy) through the
+/// shared [`topics::registry::Registry`], whose id cache per (subject, schema) means the
+/// registry is only asked when a table's columns change.
 pub struct Registry {
-    base: String,
-    http: reqwest::Client,
-    cache: tokio::sync::Mutex<HashMap<(String, String), u32>>,
+    inner: topics::registry::Registry,
 }
 
 impl Registry {
-    pub fn new(url: &str) -> Result<Self> {
-        Ok(Registry {
-            base: url.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(30))
-                .build()?,
-            cache: tokio::sync::Mutex::new(HashMap::new()),
-        })
+    pub fn new(url: &str) -> Self {
+        Registry {
+            inner: topics::registry::Registry::new(url),
+        }
     }
 
     pub fn url(&self) -> &str {
-        &self.base
+        self.inner.base_url()
     }
 
     /// Registers `schema` for `table` under `subject` and returns its id.
     ///
-    /// A registry that is down, times out or answers 5xx is waited for
+    /// A registry that is down, times out or answers 5xx/408/429 is waited for
     /// without limit (the stream is held back meanwhile, with a warning per
     /// attempt): skipping the change or exiting would both be worse. An
     /// incompatible schema (409) is final, with the column change named.
     pub async fn register(&self, subject: &str, table: &str, schema: &Json) -> Result<u32> {
         let text = schema.to_string();
-        let key = (subject.to_string(), text);
-        let mut cache = self.cache.lock().await;
-        if let Some(id) = cache.get(&key) {
-            return Ok(*id);
-        }
-        let body = serde_json::json!({"schema": key.1, "schemaType": "AVRO"});
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(5))
             .with_jitter()
             .without_max_times();
-        let id = (|| self.post(subject, &body))
+        let id = (|| self.inner.id_for(subject, &text))
             .retry(backoff)
-            .when(Error::is_retryable)
+            .when(topics::Error::is_retryable)
             .notify(|e, wait| {
-                tracing::warn!(error = %e, %subject, retry_in_ms = wait.as_millis() as u64,
+                tracing::warn!(error = %one_line(e), %subject, retry_in_ms = wait.as_millis() as u64,
                     "schema registry unavailable; holding the stream until it answers");
             })
             .await;
-        let id = match id {
-            Err(Error::SchemaIncompatible { reason, .. }) => {
+        match id {
+            Err(topics::Error::IncompatibleSchema { reason, .. }) => {
                 let change = match self.latest(subject).await {
                     Some(old) => crate::schema::describe_change(&old, schema),
                     None => "its schema changes".to_string(),
                 };
-                return Err(Error::SchemaIncompatible {
+                Err(Error::SchemaIncompatible {
                     table: table.to_string(),
                     subject: subject.to_string(),
                     change,
-                    reason,
-                });
+                    reason: one_line(&reason),
+                })
             }
-            other => other?,
-        };
-        cache.insert(key, id);
-        Ok(id)
-    }
-
-    async fn post(&self, subject: &str, body: &Json) -> Result<u32> {
-        let url = format!("{}/subjects/{}/versions", self.base, subject);
-        let resp = self
-            .http
-            .post(&url)
-            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| Error::RegistryUnavailable(format!("{}: {}", self.base, one_line(&e))))?;
-        let status = resp.status();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| Error::RegistryUnavailable(one_line(&e)))?;
-        let short = || one_line(&text.chars().take(300).collect::<String>());
-        if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
-            return Err(Error::RegistryUnavailable(format!(
-                "registering {subject} returned {status}: {}",
-                short()
-            )));
+            other => Ok(other?),
         }
-        if status.as_u16() == 409 {
-            let reason = serde_json::from_str::<Json>(&text)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(|m| one_line(&m)))
-                .unwrap_or_else(short);
-            return Err(Error::SchemaIncompatible {
-                table: String::new(),
-                subject: subject.to_string(),
-                change: String::new(),
-                reason,
-            });
-        }
-        if !status.is_success() {
-            return Err(Error::Registry(format!(
-                "registering {subject} returned {status}: {}",
-                short()
-            )));
-        }
-        serde_json::from_str::<Json>(&text)
-            .ok()
-            .and_then(|v| v["id"].as_u64())
-            .map(|id| id as u32)
-            .ok_or_else(|| Error::Registry(format!("unexpected answer for {subject}: {}", short())))
     }
 
     /// The latest registered schema of `subject`, if the registry says.
     async fn latest(&self, subject: &str) -> Option<Json> {
-        let url = format!("{}/subjects/{}/versions/latest", self.base, subject);
-        let v: Json = self.http.get(&url).send().await.ok()?.json().await.ok()?;
-        serde_json::from_str(v["schema"].as_str()?).ok()
+        let latest = self.inner.latest(subject).await.ok()??;
+        serde_json::from_str(&latest.schema).ok()
     }
 
     /// `Ok` when the registry answers (for `status`).
     pub async fn check(&self) -> Result<()> {
-        let resp = self
-            .http
-            .get(format!("{}/subjects", self.base))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| Error::RegistryUnavailable(one_line(&e)))?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(Error::RegistryUnavailable(format!(
-                "GET /subjects returned {}",
-                resp.status()
-            )))
-        }
+        Ok(self.inner.check().await?)
     }
 }

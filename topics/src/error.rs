@@ -18,8 +18,18 @@ pub enum Error {
         source: KafkaError,
     },
 
+    /// The registry was unreachable, timed out, or answered 5xx, 408 or 429: worth retrying.
     #[error("schema registry at {url}: {message}")]
     Registry { url: String, message: String },
+
+    /// The registry refused a request for good (a 4xx other than 408, 409 on registering, or
+    /// 429): the same request gets the same answer.
+    #[error("schema registry at {url} refused the request: HTTP {status}: {message}")]
+    RegistryRejected {
+        url: String,
+        status: u16,
+        message: String,
+    },
 
     #[error("schema for subject {subject} breaks BACKWARD compatibility: {reason}")]
     IncompatibleSchema { subject: String, reason: String },
@@ -94,6 +104,7 @@ impl Error {
             | Error::Registry { .. }
             | Error::UnknownSchemaId(_) => true,
             Error::Config(_)
+            | Error::RegistryRejected { .. }
             | Error::IncompatibleSchema { .. }
             | Error::Avro(_)
             | Error::WireFormat(_)

@@ -1,17 +1,24 @@
 //! A client of a Confluent-compatible schema registry.
 //!
-//! Registering and listing go through `schema_registry_converter`. Look-ups whose "not found"
-//! is an answer rather than a failure (the schema of an id, is this schema registered, is it
-//! compatible, what is the latest version) are plain HTTP calls here, because the converter
+//! Listing subjects goes through `schema_registry_converter`. Everything whose answer depends
+//! on the status (registering, the schema of an id, is this schema registered, is it
+//! compatible, what is the latest version) is a plain HTTP call here, because the converter
 //! folds every non-2xx status into one opaque error, and its compatibility helper calls an
 //! endpoint some registries lack.
+//!
+//! Errors are classified for [`Error::is_retryable`]: an unreachable registry, a timeout, 5xx,
+//! 408 and 429 are [`Error::Registry`] (retry); any other 4xx is [`Error::RegistryRejected`]
+//! (final), and a 409 on registering is [`Error::IncompatibleSchema`] with the registry's message.
+//! Requests time out ([`Registry::with_timeouts`]), so a registry that accepts connections but
+//! never answers is an error to retry rather than a hang.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use reqwest::StatusCode;
-use schema_registry_converter::async_impl::schema_registry::{
-    get_all_subjects, post_schema, SrSettings,
-};
+use schema_registry_converter::async_impl::schema_registry::{get_all_subjects, SrSettings};
 use schema_registry_converter::error::SRCError;
-use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -35,20 +42,38 @@ pub enum Compatibility {
     Incompatible { reason: String },
 }
 
+/// Subjects and the registered text of their schemas, to the id the registry gave.
+type IdCache = HashMap<(String, String), u32>;
+
+/// A registry client. Clones share the connection pool and the id cache of [`Registry::id_for`].
 #[derive(Debug, Clone)]
 pub struct Registry {
     base_url: String,
     converter: SrSettings,
     http: reqwest::Client,
+    ids: Arc<Mutex<IdCache>>,
 }
 
 impl Registry {
+    /// Connecting times out after 5 s, a whole request after 30 s.
     pub fn new(base_url: &str) -> Self {
+        Self::with_timeouts(base_url, Duration::from_secs(5), Duration::from_secs(30))
+    }
+
+    /// [`Registry::new`] with other time limits for connecting and for a whole request.
+    pub fn with_timeouts(base_url: &str, connect: Duration, request: Duration) -> Self {
         let base_url = base_url.trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect)
+            .timeout(request)
+            .build()
+            // What `reqwest::Client::new()` does too: only a TLS backend that cannot start fails.
+            .expect("the HTTP client's TLS backend initialises");
         Self {
             converter: SrSettings::new(base_url.clone()),
             base_url,
-            http: reqwest::Client::new(),
+            http,
+            ids: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -73,13 +98,59 @@ impl Registry {
     }
 
     /// Registers an Avro schema under `subject` and returns its id; registering a schema the
-    /// subject already has returns the existing id.
+    /// subject already has returns the existing id. A schema the subject's compatibility level
+    /// refuses (409) is [`Error::IncompatibleSchema`] with the registry's message.
     pub async fn register(&self, subject: &str, schema: &str) -> Result<u32> {
-        let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.to_owned());
-        let registered = post_schema(&self.converter, subject.to_owned(), supplied)
-            .await
-            .map_err(|e| self.converter_error(e))?;
-        Ok(registered.id)
+        #[derive(Deserialize)]
+        struct Registered {
+            id: u32,
+        }
+        let url = format!("{}/subjects/{}/versions", self.base_url, encode(subject));
+        let response = self.post(&url, &json!({ "schema": schema })).await?;
+        match response.status() {
+            StatusCode::CONFLICT => Err(Error::IncompatibleSchema {
+                subject: subject.to_owned(),
+                reason: error_message(response).await,
+            }),
+            status if status.is_success() => Ok(self.json::<Registered>(response).await?.id),
+            _ => Err(self.status_error(response).await),
+        }
+    }
+
+    /// [`Registry::register`], remembered per (subject, schema text) for the life of this client
+    /// and its clones: for subjects registered at run time (a table's columns), where only a
+    /// schema not seen yet costs a request.
+    pub async fn id_for(&self, subject: &str, schema: &str) -> Result<u32> {
+        let key = (subject.to_owned(), schema.to_owned());
+        if let Some(id) = self.cached(&key) {
+            return Ok(id);
+        }
+        let id = self.register(subject, schema).await?;
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, id);
+        Ok(id)
+    }
+
+    fn cached(&self, key: &(String, String)) -> Option<u32> {
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    /// `Ok` when the registry answers a listing of its subjects within 5 s.
+    pub async fn check(&self) -> Result<()> {
+        let url = format!("{}/subjects", self.base_url);
+        let request = self.http.get(&url).timeout(Duration::from_secs(5));
+        let response = self.send(request).await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.status_error(response).await)
+        }
     }
 
     pub async fn subjects(&self) -> Result<Vec<String>> {
@@ -193,9 +264,22 @@ impl Registry {
             .map_err(|e| self.error(format!("unexpected answer: {e}")))
     }
 
+    /// 5xx, 408 and 429 are the registry's trouble (retry); any other status is its answer.
     async fn status_error(&self, response: reqwest::Response) -> Error {
         let status = response.status();
-        self.error(format!("HTTP {status}: {}", error_message(response).await))
+        let message = error_message(response).await;
+        if status.is_server_error()
+            || status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::TOO_MANY_REQUESTS
+        {
+            self.error(format!("HTTP {status}: {message}"))
+        } else {
+            Error::RegistryRejected {
+                url: self.base_url.clone(),
+                status: status.as_u16(),
+                message,
+            }
+        }
     }
 
     fn converter_error(&self, e: SRCError) -> Error {
