@@ -30,6 +30,12 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     benchmark: Benchmark,
+    /// Install the services' telemetry first, as their `main` does (`telemetry::init`): logs
+    /// to stderr after `RUST_LOG`, the Prometheus recorder, and spans only when
+    /// `OTEL_EXPORTER_*` names an exporter. Without it the in-process services run with no
+    /// subscriber and no recorder.
+    #[arg(long, global = true)]
+    telemetry: bool,
 }
 
 #[derive(Subcommand)]
@@ -55,7 +61,9 @@ enum Benchmark {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().benchmark {
+    let cli = Cli::parse();
+    let _telemetry = cli.telemetry.then(|| telemetry::init("bench"));
+    match cli.benchmark {
         Benchmark::Mandates(options) => mandates::run(options).await,
         Benchmark::Replay(options) => replay::run(options).await,
         Benchmark::Orders(options) => orders::run(options).await,

@@ -1,6 +1,7 @@
 //! What the benchmarks share: a topic pre-filled with mandate events, a bare consumer of it
 //! (the baseline), and the IoT platform's projector folding it into a chosen store.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use iot_platform::configuration::Settings;
 use iot_platform::generations;
 use projectors::store::any::StoreKind;
 use rdkafka::admin::AdminOptions;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tokio::sync::oneshot;
@@ -26,6 +27,9 @@ pub struct Workload {
     pub topic: String,
     pub events: usize,
     pub fill_time: Duration,
+    /// Per partition, the high watermark after the fill: the next offset to read once every
+    /// event is taken.
+    pub ends: BTreeMap<i32, i64>,
 }
 
 impl Workload {
@@ -73,10 +77,30 @@ impl Workload {
             }
         }
         producer.flush(Duration::from_secs(120))?;
+        let fill_time = started.elapsed();
+        let consumer: BaseConsumer =
+            topics::kafka::consumer_config(kafka, &format!("{topic}-ends")).create()?;
+        let ends = tokio::task::spawn_blocking({
+            let topic = topic.clone();
+            move || {
+                (0..CONNECTION_MANDATES.partitions)
+                    .map(|partition| {
+                        let (_, high) = consumer.fetch_watermarks(
+                            &topic,
+                            partition,
+                            Duration::from_secs(10),
+                        )?;
+                        anyhow::Ok((partition, high))
+                    })
+                    .collect::<anyhow::Result<BTreeMap<_, _>>>()
+            }
+        })
+        .await??;
         Ok(Self {
             topic,
             events,
-            fill_time: started.elapsed(),
+            fill_time,
+            ends,
         })
     }
 
@@ -132,7 +156,10 @@ impl Workload {
             if taken > 0 && first.is_none() {
                 first = Some(started.elapsed());
             }
-            if taken as usize >= self.events {
+            // Or every partition read to its end while idle: a store write that timed out
+            // but had applied is not counted in `applied` (the projector folds again from
+            // what the store has), so the count alone can stay short of `events`.
+            if taken as usize >= self.events || self.read_to_end(&status.idle_positions()) {
                 break (started.elapsed(), first.unwrap_or_default());
             }
             if Instant::now() > deadline || task.is_finished() {
@@ -144,6 +171,13 @@ impl Workload {
         task.await??;
         projectors::Store::clear(&store).await?;
         Ok(took)
+    }
+
+    /// Whether `idle` (a projector's idle positions) stands at the end of every partition.
+    fn read_to_end(&self, idle: &BTreeMap<i32, i64>) -> bool {
+        self.ends
+            .iter()
+            .all(|(partition, end)| idle.get(partition).is_some_and(|next| next >= end))
     }
 
     pub async fn delete(self, kafka: &KafkaSettings) -> anyhow::Result<()> {

@@ -22,6 +22,7 @@ pub struct TraceContext {
 
 impl TraceContext {
     /// The current span's context; `None` when tracing is off or no span is sampled.
+    #[cfg_attr(telemetry_compiled_out, inline(always))]
     pub fn current() -> Option<Self> {
         if !crate::enabled() {
             return None;
@@ -30,6 +31,7 @@ impl TraceContext {
     }
 
     /// `span`'s context; `None` when tracing is off or the span is not sampled.
+    #[cfg_attr(telemetry_compiled_out, inline(always))]
     pub fn of_span(span: &tracing::Span) -> Option<Self> {
         if !crate::enabled() {
             return None;

@@ -34,16 +34,22 @@ pub async fn track(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let span = tracing::info_span!(
-        "http request",
-        otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
-        otel.status_code = Empty,
-        http.request.method = %method,
-        http.route = %route,
-        url.path = %request.uri().path(),
-        http.response.status_code = Empty,
-    );
+    // The build without tracing (measurement only, see `crate::enabled`) keeps no span, as
+    // before this layer (tower-http's DEBUG span, off at the services' default INFO).
+    let span = if cfg!(telemetry_compiled_out) {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+            "http request",
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            http.request.method = %method,
+            http.route = %route,
+            url.path = %request.uri().path(),
+            http.response.status_code = Empty,
+        )
+    };
     if crate::enabled() {
         let parent = TraceContextPropagator::new().extract(&Headers(request.headers()));
         let _ = span.set_parent(parent);
@@ -69,6 +75,7 @@ pub async fn track(request: Request, next: Next) -> Response {
 /// comes. [`Span::none`](tracing::Span::none) when tracing is off, so an untraced process
 /// pays nothing. Take [`outgoing_headers`] inside it (`span.in_scope(outgoing_headers)`) so
 /// the callee's server span becomes its child.
+#[cfg_attr(telemetry_compiled_out, inline(always))]
 pub fn client_span(method: &str, route: &str) -> tracing::Span {
     if !crate::enabled() {
         return tracing::Span::none();
@@ -86,6 +93,7 @@ pub fn client_span(method: &str, route: &str) -> tracing::Span {
 
 /// Outgoing calls (one service calling another): `traceparent` / `tracestate` of the current
 /// span, to add to the request's headers. Empty when tracing is off.
+#[cfg_attr(telemetry_compiled_out, inline(always))]
 pub fn outgoing_headers() -> Vec<(&'static str, String)> {
     let Some(trace) = crate::TraceContext::current() else {
         return Vec::new();

@@ -20,8 +20,19 @@ static PROVIDER: Mutex<Option<SdkTracerProvider>> = Mutex::new(None);
 
 /// Whether spans go to an exporter in this process. False: no OTel layer was installed, and
 /// the trace helpers do nothing.
+#[cfg(not(telemetry_compiled_out))]
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// For measurement only (`RUSTFLAGS="--cfg telemetry_compiled_out"`, see bench/PROFILE.md,
+/// "tracing off"): a build without the tracing instrumentation, to compare the normal build
+/// with tracing off against. `enabled()` is constant false and inlined, so every span and
+/// trace-header site folds away; no exporter is ever installed. Never ship this build.
+#[cfg(telemetry_compiled_out)]
+#[inline(always)]
+pub const fn enabled() -> bool {
+    false
 }
 
 /// Where spans go, as chosen by the environment.
@@ -98,6 +109,8 @@ pub fn init(service_name: &str) -> Guard {
 /// [`init`] with the exporter given instead of read from the environment (`None`: off).
 pub fn init_with(service_name: &str, exporter: Option<Exporter>) -> Guard {
     prometheus::install(service_name);
+    // The measurement-only build without tracing (see [`enabled`]) never exports.
+    let exporter = exporter.filter(|_| !cfg!(telemetry_compiled_out));
     let fmt = tracing_subscriber::fmt::layer()
         .with_target(true)
         .with_writer(std::io::stderr)
