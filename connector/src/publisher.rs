@@ -8,7 +8,6 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde_json::Value as Json;
@@ -31,21 +30,26 @@ impl Publisher {
     /// Connects and checks that the brokers answer, so that a wrong address
     /// fails at startup with one line instead of buffering forever.
     pub async fn connect(cfg: &Config) -> Result<Self> {
-        let mut client = ClientConfig::new();
+        // The platform's producer (idempotent, acks=all, lz4) with the connector's overrides.
+        let mut client = topics::kafka::producer_config(&topics::settings::KafkaSettings {
+            kafka_bootstrap_servers: cfg.kafka_bootstrap_servers.clone(),
+            schema_registry_url: cfg.schema_registry_url.clone(),
+        });
         client
-            .set("bootstrap.servers", &cfg.kafka_bootstrap_servers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
             // Never give up on a record: during a Kafka outage the connector
             // waits (and stops reading WAL once the queue is full) instead of
             // dropping changes.
             .set("message.timeout.ms", "0")
+            // Configurable (`linger_ms`) to trade commit-to-Kafka latency for batching.
             .set("linger.ms", cfg.linger_ms.to_string())
-            .set("compression.type", "lz4")
+            // A deep local queue: a transaction of many rows is handed over
+            // without waiting on QueueFull at every batch.
             .set("queue.buffering.max.messages", "200000")
             // Java's murmur2 on the key bytes, like the Java producer Debezium
             // runs in: a key lands on the same partition as with Debezium.
             .set("partitioner", "murmur2_random")
+            // librdkafka's own log to errors only: the connector reports
+            // broker trouble itself (status, one-line errors).
             .set("log_level", "3");
         let producer: FutureProducer = client.create()?;
         let admin: AdminClient<DefaultClientContext> = client.create()?;
