@@ -2,8 +2,8 @@
 //! APIs: a review moves the catalogue read model's average (served by `catalogue`, folded by
 //! the projector runtime into Redis), and selling stock down brings a low-stock and then a
 //! critical-stock notification, newest first (`notifications`). After the stock result topics
-//! were compacted (created here compacting eagerly), a notifications service started afresh
-//! still lists every entry into a condition. Every service's and the engine's `/metrics`
+//! were compacted (created here compacting eagerly), a notifications service and a dashboard
+//! started afresh still list every entry into a condition. Every service's and the engine's `/metrics`
 //! parse as Prometheus text, and their counters move with the traffic.
 
 mod common;
@@ -256,6 +256,36 @@ async fn catalogue_follows_reviews_and_notifications_follow_stock() {
         )
         .await;
     }
+    // So does a dashboard started now: its stream has all three entries into low stock.
+    let fresh_dashboard = stack.start_service("dashboard", &[]).await;
+    let low_entries = |text: &str| {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("data:"))
+            .filter_map(|data| serde_json::from_str::<Value>(data.trim()).ok())
+            .filter(|c| c["query"] == "low-stock" && c["key"] == key.as_str() && c["op"] == "added")
+            .count()
+    };
+    let mut stream = http
+        .get(format!("{fresh_dashboard}/events"))
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let streamed = tokio::time::timeout(Duration::from_secs(60), async {
+        while low_entries(&text) < 3 {
+            match stream.chunk().await.unwrap() {
+                Some(bytes) => text.push_str(&String::from_utf8_lossy(&bytes)),
+                None => break,
+            }
+        }
+    })
+    .await;
+    assert!(
+        streamed.is_ok() && low_entries(&text) == 3,
+        "a fresh dashboard streamed {} low-stock entries of product {id}, not 3",
+        low_entries(&text)
+    );
+    drop(stream);
 
     // Metrics: every service parses and its counters moved.
     let page = http.get(format!("{dashboard}/")).send().await.unwrap();

@@ -2,9 +2,13 @@
 //! result live, and `GET /events`, the queries' result changes as Server-Sent Events;
 //! `GET /metrics` (Prometheus text).
 //!
-//! The service follows every result topic from the beginning into one in-memory log; an
+//! The service follows every query's changes from the beginning into one in-memory log; an
 //! event's id is its position in that log, so a browser that reconnects with
 //! `Last-Event-ID: n` gets exactly the changes after n (a fresh one gets all, and folds them).
+//! A query with a history topic (the stock queries, whose entries are the page's
+//! notifications) is followed there: the same changes as on its compacted result topic, but
+//! all of them, so a restarted dashboard still lists every entry into a condition after
+//! compaction kept only the newest change per product.
 
 use std::convert::Infallible;
 use std::sync::{Arc, RwLock};
@@ -26,7 +30,7 @@ use topics::settings::KafkaSettings;
 use crate::avro::Schemas;
 use crate::declared::ALL;
 use crate::results;
-use crate::settings::result_topic;
+use crate::settings::{history_topic, result_topic};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
@@ -62,7 +66,11 @@ pub async fn serve(
         &settings.kafka,
         schemas,
         ALL.iter()
-            .map(|q| (q, result_topic(&settings.queries_topic_prefix, q)))
+            .map(|q| {
+                let prefix = &settings.queries_topic_prefix;
+                let topic = history_topic(prefix, q).unwrap_or_else(|| result_topic(prefix, q));
+                (q, topic)
+            })
             .collect(),
     )?;
     let log: Arc<Log> = Arc::default();
