@@ -8,8 +8,8 @@ pub enum Error {
     #[error("configuration: {0}")]
     Config(String),
 
-    #[error("cannot connect to PostgreSQL: {0}")]
-    PostgresConnect(String),
+    #[error("cannot connect to PostgreSQL: {}", pg_message(.0))]
+    PostgresConnect(#[source] tokio_postgres::Error),
 
     #[error(
         "PostgreSQL has wal_level={0}; logical replication needs wal_level=logical \
@@ -49,17 +49,34 @@ pub enum Error {
     )]
     ServerChanged(String),
 
-    #[error("Kafka at {servers} is unreachable: {reason}")]
-    KafkaUnreachable { servers: String, reason: String },
+    #[error("Kafka at {servers} is unreachable: {}", one_line(.source))]
+    KafkaUnreachable {
+        servers: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
 
+    /// A PostgreSQL failure the connector describes itself (no underlying error).
     #[error("PostgreSQL: {0}")]
     Postgres(String),
 
+    /// A failure of the PostgreSQL client: the server's message and SQLSTATE, or the client's.
+    #[error("PostgreSQL: {}", pg_message(.0))]
+    PostgresClient(#[source] tokio_postgres::Error),
+
+    /// A replication-protocol failure the connector describes itself.
     #[error("replication stream: {0}")]
     Replication(String),
 
+    #[error("replication stream: {}", one_line(.0))]
+    ReplicationClient(#[source] pg_walstream::ReplicationError),
+
+    /// A Kafka failure the connector describes itself (a delivery lost, a bad offset record).
     #[error("Kafka: {0}")]
     Kafka(String),
+
+    #[error("Kafka: {}", one_line(.0))]
+    KafkaClient(#[source] rdkafka::error::KafkaError),
 
     /// The shared client layer (schema registry): classified by [`topics::Error::is_retryable`].
     #[error(transparent)]
@@ -115,19 +132,23 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::PostgresConnect(_) | Error::Postgres(_) | Error::Replication(_)
+            Error::PostgresConnect(_)
+                | Error::Postgres(_)
+                | Error::PostgresClient(_)
+                | Error::Replication(_)
+                | Error::ReplicationClient(_)
         ) || matches!(self, Error::Topics(e) if e.is_retryable())
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Error::PostgresClient(e)
     }
 }
 
 /// tokio-postgres renders server errors as "db error: ERROR: ..." with the
 /// detail on further lines; keep the server's message and SQLSTATE only.
-impl From<tokio_postgres::Error> for Error {
-    fn from(e: tokio_postgres::Error) -> Self {
-        Error::Postgres(pg_message(&e))
-    }
-}
-
 pub fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
@@ -137,13 +158,13 @@ pub fn pg_message(e: &tokio_postgres::Error) -> String {
 
 impl From<pg_walstream::ReplicationError> for Error {
     fn from(e: pg_walstream::ReplicationError) -> Self {
-        Error::Replication(one_line(&e))
+        Error::ReplicationClient(e)
     }
 }
 
 impl From<rdkafka::error::KafkaError> for Error {
     fn from(e: rdkafka::error::KafkaError) -> Self {
-        Error::Kafka(one_line(&e))
+        Error::KafkaClient(e)
     }
 }
 
@@ -155,4 +176,32 @@ pub fn one_line(e: &dyn fmt::Display) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn shared_client_errors_keep_their_classification_and_source() {
+        let down = Error::from(topics::Error::Registry {
+            url: "http://127.0.0.1:1".into(),
+            message: "unreachable".into(),
+        });
+        assert!(down.is_retryable(), "{down}");
+        let refused = Error::from(topics::Error::RegistryRejected {
+            url: "http://127.0.0.1:1".into(),
+            status: 422,
+            message: "invalid schema".into(),
+        });
+        assert!(!refused.is_retryable(), "{refused}");
+
+        let kafka = Error::from(rdkafka::error::KafkaError::ClientCreation(
+            "no brokers\nconfigured".into(),
+        ));
+        assert!(kafka.source().is_some(), "the librdkafka error is kept");
+        assert_eq!(kafka.to_string().lines().count(), 1, "{kafka}");
+    }
 }

@@ -5,7 +5,7 @@
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::Config;
-use crate::error::{pg_message, Error, Result};
+use crate::error::{Error, Result};
 use crate::schema::{Column, PgType, TableSchema};
 
 /// A SQL connection with the pinned session settings
@@ -15,7 +15,7 @@ pub async fn connect(cfg: &Config) -> Result<Client> {
         .postgres_config()?
         .connect(NoTls)
         .await
-        .map_err(|e| Error::PostgresConnect(pg_message(&e)))?;
+        .map_err(Error::PostgresConnect)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "PostgreSQL connection closed");

@@ -60,10 +60,7 @@ impl Publisher {
         tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, timeout))
             .await
             .map_err(|e| Error::Kafka(e.to_string()))?
-            .map_err(|e| Error::KafkaUnreachable {
-                servers,
-                reason: one_line(&e),
-            })?;
+            .map_err(|source| Error::KafkaUnreachable { servers, source })?;
 
         Ok(Publisher {
             name: cfg.name.clone(),

@@ -302,7 +302,9 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
         // A dropped catalog connection is as recoverable as a dropped stream.
         let reason = match &result {
             Err(Error::Replication(r)) => r.clone(),
+            Err(Error::ReplicationClient(e)) => crate::error::one_line(e),
             Err(Error::Postgres(r)) if pg_client.is_closed() => r.clone(),
+            Err(Error::PostgresClient(e)) if pg_client.is_closed() => crate::error::pg_message(e),
             _ => break result,
         };
         if *shutdown.borrow() {
