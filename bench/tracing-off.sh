@@ -11,6 +11,8 @@
 #   NOTRACE_TARGET_DIR=<repo>/../target-notrace       the compiled-out build (deleted afterwards
 #                                                     unless KEEP_NOTRACE=1)
 #   OUT=target/bench-tracing-off                      every run's table (stdout), log (stderr), load
+#   BUILD=0                                           run the binaries as built (both builds take
+#                                                     ~30-50 min on a loaded 2-core machine)
 #
 # Both builds run with `--telemetry`, as the services' mains do: logs at the services' default
 # filter (to the log files), the Prometheus recorder, no span exporter. Prints the summary:
@@ -27,9 +29,11 @@ OUT="${OUT:-target/bench-tracing-off}"
 
 scripts/infra up >/dev/null
 eval "$(scripts/infra env)"
-cargo build --release --quiet -p bench -p topics
-CARGO_TARGET_DIR="$NOTRACE_TARGET_DIR" RUSTFLAGS="--cfg telemetry_compiled_out" \
+if [ "${BUILD:-1}" = 1 ]; then
     cargo build --release --quiet -p bench -p topics
+    CARGO_TARGET_DIR="$NOTRACE_TARGET_DIR" RUSTFLAGS="--cfg telemetry_compiled_out" \
+        cargo build --release --quiet -p bench -p topics
+fi
 target/release/topics apply >/dev/null
 mkdir -p "$OUT"
 rm -f "$OUT"/*.txt "$OUT"/*.log
@@ -43,8 +47,13 @@ for round in $(seq 1 "$ROUNDS"); do
         for build in A B; do
             run="$OUT/$bench-$round-$build"
             echo "$(date -u +%T) round $round $bench build $build: $(uptime | sed 's/.*load average: //')" | tee -a "$OUT/load.txt"
-            # shellcheck disable=SC2086
-            "${BIN[$build]}" --telemetry "$bench" $args >"$run.txt" 2>"$run.log"
+            # A failed run (its error is the last line of its log) is tried once more.
+            for attempt in 1 2; do
+                # shellcheck disable=SC2086
+                "${BIN[$build]}" --telemetry "$bench" $args >"$run.txt" 2>"$run.log" && break
+                echo "  attempt $attempt failed: $(grep -m1 '^Error' "$run.log")" | tee -a "$OUT/load.txt"
+                [ "$attempt" = 2 ] && exit 1
+            done
         done
     done
 done
@@ -84,6 +93,7 @@ extract() {
         return c
     }
     function median(c) { return c % 2 ? s[(c+1)/2] : (s[c/2] + s[c/2+1]) / 2 }
+    function f(v) { return v >= 100 ? sprintf("%.0f", v) : sprintf("%.3g", v) }
     END {
         print "| metric | A normal: median [min–max] | B compiled out: median [min–max] | A/B medians | A/B per round [min–max] | spread A / B |"
         print "|---|---|---|---|---|---|"
@@ -95,7 +105,7 @@ extract() {
             for (r = 1; r <= ca && r <= cb; r++) if (value["B", m, r] != 0) {
                 p = value["A", m, r] / value["B", m, r]
                 if (lo == "" || p < lo) lo = p; if (hi == "" || p > hi) hi = p }
-            printf "| %s | %.4g [%.4g–%.4g] | %.4g [%.4g–%.4g] | %s | %s | %s / %s |\n", m, ma, la, ha, mb, lb, hb,
+            printf "| %s | %s [%s–%s] | %s [%s–%s] | %s | %s | %s / %s |\n", m, f(ma), f(la), f(ha), f(mb), f(lb), f(hb),
                 mb ? sprintf("%.3f", ma / mb) : "-", lo == "" ? "-" : sprintf("%.3f–%.3f", lo, hi),
                 ma ? sprintf("%.0f %%", 100 * (ha - la) / ma) : "-", mb ? sprintf("%.0f %%", 100 * (hb - lb) / mb) : "-"
         }
