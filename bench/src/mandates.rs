@@ -476,11 +476,28 @@ impl Arrivals {
     }
 
     /// Stops reading; the latencies from each change's scheduled time to its key's arrival.
-    /// Every change had arrived: the read model showed it, and it reads the same topic.
+    /// Every change had arrived (the read model showed it, and it reads the same topic), but
+    /// this consumer may not have fetched the last ones yet: they are waited for, at most 30 s.
     async fn latencies(
         self,
         scheduled: &[(String, tokio::time::Instant)],
     ) -> anyhow::Result<Histogram<u64>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline && !self.task.is_finished() {
+            let all_seen = {
+                let seen = self
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                scheduled
+                    .iter()
+                    .all(|(connection, _)| seen.contains_key(connection))
+            };
+            if all_seen {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let _ = self.stop.send(());
         self.task.await??;
         let seen = self
