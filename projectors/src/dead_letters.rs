@@ -1,10 +1,15 @@
-//! Reading a dead-letter topic back: which records a consumer group could never apply.
+//! Dead-letter records: the headers a dead-lettered record carries ([`headers`]), when a
+//! dead-letter topic can never take one ([`refused`]), and reading a dead-letter topic back
+//! (which records a consumer group could never apply). The projector runtime and the query
+//! engine write them alike.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use topics::settings::KafkaSettings;
 
@@ -15,6 +20,44 @@ use crate::runtime::{
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The headers of `message`'s dead-letter copy: its own, then why (`reason`), where it was
+/// (topic, partition, offset) and who gave up on it (`group`).
+pub fn headers<M: Message>(message: &M, reason: &str, group: &str) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new();
+    for header in message.headers().into_iter().flat_map(|h| h.iter()) {
+        headers = headers.insert(header);
+    }
+    let (partition, offset) = (
+        message.partition().to_string(),
+        message.offset().to_string(),
+    );
+    [
+        (DEAD_LETTER_REASON, reason),
+        (DEAD_LETTER_TOPIC, message.topic()),
+        (DEAD_LETTER_PARTITION, partition.as_str()),
+        (DEAD_LETTER_OFFSET, offset.as_str()),
+        (DEAD_LETTER_GROUP, group),
+    ]
+    .into_iter()
+    .fold(headers, |headers, (key, value)| {
+        headers.insert(Header {
+            key,
+            value: Some(value),
+        })
+    })
+}
+
+/// Whether the dead-letter topic can never take the record (too large with the added
+/// headers, or invalid): retrying cannot help, and the writer must stop rather than lose it.
+pub fn refused(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidRecord
+        )
+    )
+}
 /// A dead-letter topic is read to its end; this bounds the read if it keeps growing.
 const MAX_READ: Duration = Duration::from_secs(120);
 

@@ -43,8 +43,8 @@ use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -786,27 +786,8 @@ impl<P: Projection, S: Store> Projector<P, S> {
             reason,
             "dead-lettering a record"
         );
-        let partition = message.partition().to_string();
-        let offset = message.offset().to_string();
         let send = || async {
-            let mut headers = OwnedHeaders::new();
-            for header in message.headers().into_iter().flat_map(|h| h.iter()) {
-                headers = headers.insert(header);
-            }
-            let headers = [
-                (DEAD_LETTER_REASON, reason),
-                (DEAD_LETTER_TOPIC, message.topic()),
-                (DEAD_LETTER_PARTITION, partition.as_str()),
-                (DEAD_LETTER_OFFSET, offset.as_str()),
-                (DEAD_LETTER_GROUP, self.settings.group_id.as_str()),
-            ]
-            .into_iter()
-            .fold(headers, |headers, (key, value)| {
-                headers.insert(Header {
-                    key,
-                    value: Some(value),
-                })
-            });
+            let headers = crate::dead_letters::headers(message, reason, &self.settings.group_id);
             let mut record = FutureRecord::<[u8], [u8]>::to(&self.settings.dead_letter_topic)
                 .headers(headers)
                 .payload(message.payload().unwrap_or_default());
@@ -818,16 +799,9 @@ impl<P: Projection, S: Store> Projector<P, S> {
                 .await
                 .map_err(|(e, _)| Error::Kafka(e))
         };
-        // A record the dead-letter topic can never take (too large with the added headers)
-        // stops the projector rather than being lost or retried forever.
-        let refused = |e: &Error| {
-            matches!(
-                e,
-                Error::Kafka(KafkaError::MessageProduction(
-                    RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidRecord
-                ))
-            )
-        };
+        // A record the dead-letter topic can never take stops the projector rather than being
+        // lost or retried forever.
+        let refused = |e: &Error| matches!(e, Error::Kafka(e) if crate::dead_letters::refused(e));
         send.retry(forever())
             .when(|e| e.is_retryable() && !refused(e))
             .notify(|e, delay| warn!(error = %e, ?delay, "dead-letter topic unavailable; retrying"))

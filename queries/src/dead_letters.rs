@@ -3,7 +3,7 @@
 //! A source change that does not decode (not Confluent-framed Avro, or Avro its writer schema
 //! does not read) or that the queries cannot interpret (a row without a column they need, a
 //! status or tier they do not know) is sent here as it came, with headers naming the reason
-//! and where it was (the projectors' `dead-letter.*` headers), and the engine goes on with the
+//! and where it was (the projectors' `dead-letter.*` headers, [`projectors::dead_letters::headers`]), and the engine goes on with the
 //! next change. Transient failures never come here: the registry unreachable or a schema id
 //! it does not know yet are waited for ([`decode`]).
 //!
@@ -14,14 +14,8 @@
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use projectors::runtime::{
-    DEAD_LETTER_GROUP, DEAD_LETTER_OFFSET, DEAD_LETTER_PARTITION, DEAD_LETTER_REASON,
-    DEAD_LETTER_TOPIC,
-};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 use telemetry::metrics;
 use telemetry::names::{QUERIES_SOURCE_DEAD_LETTERED, QUERIES_SOURCE_RETRIES};
@@ -35,7 +29,7 @@ use crate::model::Table;
 pub struct DeadLetters {
     producer: FutureProducer,
     topic: String,
-    /// Who dead-lettered (the engine's transactional id), in [`DEAD_LETTER_GROUP`].
+    /// Who dead-lettered (the engine's transactional id), in the `dead-letter.group` header.
     engine: String,
 }
 
@@ -69,44 +63,22 @@ impl DeadLetters {
             message.partition(),
             message.offset()
         );
-        let partition = message.partition().to_string();
-        let offset = message.offset().to_string();
         let send = || async {
-            let mut headers = OwnedHeaders::new();
-            for header in message.headers().into_iter().flat_map(|h| h.iter()) {
-                headers = headers.insert(header);
-            }
-            let headers = [
-                (DEAD_LETTER_REASON, reason),
-                (DEAD_LETTER_TOPIC, message.topic()),
-                (DEAD_LETTER_PARTITION, partition.as_str()),
-                (DEAD_LETTER_OFFSET, offset.as_str()),
-                (DEAD_LETTER_GROUP, self.engine.as_str()),
-            ]
-            .into_iter()
-            .fold(headers, |headers, (key, value)| {
-                headers.insert(Header {
-                    key,
-                    value: Some(value),
-                })
-            });
             let record = FutureRecord::<str, [u8]>::to(&self.topic)
                 .key(&key)
-                .headers(headers)
+                .headers(projectors::dead_letters::headers(
+                    message,
+                    reason,
+                    &self.engine,
+                ))
                 .payload(message.payload().unwrap_or_default());
             self.producer
                 .send(record, Duration::from_secs(30))
                 .await
                 .map_err(|(e, _)| Error::Kafka(e))
         };
-        let refused = |e: &Error| {
-            matches!(
-                e,
-                Error::Kafka(KafkaError::MessageProduction(
-                    RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidRecord
-                ))
-            )
-        };
+        let refused =
+            |e: &Error| matches!(e, Error::Kafka(e) if projectors::dead_letters::refused(e));
         send.retry(forever())
             .when(|e| e.is_retryable() && !refused(e))
             .notify(|e, delay| {
