@@ -245,35 +245,31 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
 
     loop {
         let mut updates: Vec<Update> = Vec::new();
-        let mut consumed = 0usize;
         let window = if recovered {
             Duration::from_millis(5)
         } else {
             Duration::from_millis(100)
         };
         let wait = tick.saturating_sub(last_step.elapsed());
-        let first = tokio::select! {
-            biased;
-            () = &mut shutdown => return Ok(()),
-            msg = consumer.recv() => Some(msg),
-            () = tokio::time::sleep(wait) => None,
-        };
-        if let Some(msg) = first {
-            // Shutdown also ends a wait for the registry or the dead-letter topic.
-            tokio::select! {
-                biased;
-                () = &mut shutdown => return Ok(()),
-                ingested = ingest(
-                    msg?,
-                    &schemas,
-                    &dead_letters,
-                    &tables_by_topic,
-                    &mut tables,
-                    &mut positions,
-                    &mut updates,
-                ) => ingested?,
-            }
-            consumed += 1;
+        // The batch: the first change (or the tick), then more until the window closes. A
+        // shutdown ends it anywhere, also while a change waits for the registry or the
+        // dead-letter topic.
+        let batch = async {
+            let first = tokio::select! {
+                msg = consumer.recv() => msg?,
+                () = tokio::time::sleep(wait) => return Ok::<_, Error>(()),
+            };
+            ingest(
+                first,
+                &schemas,
+                &dead_letters,
+                &tables_by_topic,
+                &mut tables,
+                &mut positions,
+                &mut updates,
+            )
+            .await?;
+            let mut consumed = 1usize;
             let batch_deadline = Instant::now() + window;
             while consumed < settings.queries_max_batch {
                 if !recovered && positions.caught_up() {
@@ -283,26 +279,27 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                 if left.is_zero() {
                     break;
                 }
-                match tokio::time::timeout(left, consumer.recv()).await {
-                    Ok(msg) => {
-                        tokio::select! {
-                            biased;
-                            () = &mut shutdown => return Ok(()),
-                            ingested = ingest(
-                                msg?,
-                                &schemas,
-                                &dead_letters,
-                                &tables_by_topic,
-                                &mut tables,
-                                &mut positions,
-                                &mut updates,
-                            ) => ingested?,
-                        }
-                        consumed += 1;
-                    }
-                    Err(_) => break,
-                }
+                let Ok(msg) = tokio::time::timeout(left, consumer.recv()).await else {
+                    break;
+                };
+                ingest(
+                    msg?,
+                    &schemas,
+                    &dead_letters,
+                    &tables_by_topic,
+                    &mut tables,
+                    &mut positions,
+                    &mut updates,
+                )
+                .await?;
+                consumed += 1;
             }
+            Ok(())
+        };
+        tokio::select! {
+            biased;
+            () = &mut shutdown => return Ok(()),
+            gathered = batch => gathered?,
         }
         let released = {
             let time = now_ms();

@@ -133,7 +133,11 @@ pub fn lag(
     topic: Option<&str>,
 ) -> Result<Vec<PartitionLag>> {
     let client = GroupClient::connect(settings, group)?;
-    let (partitions, committed) = client.positions(topic)?;
+    let Standing {
+        partitions,
+        committed,
+        ..
+    } = client.positions(topic)?;
     if committed.is_empty() && (topic.is_none() || client.state()?.is_idle()) {
         return Err(Error::NoCommittedOffsets {
             group: group.to_owned(),
@@ -180,8 +184,12 @@ pub fn reset(
             members: state.members.len(),
         });
     }
-    let (partitions, old) = client.positions(topic)?;
-    if client.store_owned(&partitions)? {
+    let Standing {
+        partitions,
+        committed: old,
+        store_owned,
+    } = client.positions(topic)?;
+    if store_owned {
         return Err(Error::StoreOwnedOffsets {
             group: group.to_owned(),
         });
@@ -234,7 +242,7 @@ pub fn reset(
     client.ask(|| client.consumer.commit(&commit, CommitMode::Sync))?;
 
     // Report what the coordinator now holds, not what was asked, so a partial commit shows.
-    let (_, now) = client.positions(topic)?;
+    let now = client.positions(topic)?.committed;
     let mut changes = Vec::with_capacity(partitions.len());
     for key in partitions {
         let new = now.get(&key).copied();
@@ -259,6 +267,15 @@ pub fn reset(
 
 /// (topic, partition) pairs, sorted.
 type Partitions = Vec<(String, i32)>;
+
+/// Where the group stands, from one committed-offsets request.
+struct Standing {
+    partitions: Partitions,
+    committed: Committed,
+    /// A projector committed these offsets ([`STORE_OWNED_METADATA`]): its read model's store,
+    /// not Kafka, decides where it starts.
+    store_owned: bool,
+}
 /// The next offset to read, by (topic, partition).
 type Committed = BTreeMap<(String, i32), i64>;
 
@@ -301,7 +318,7 @@ impl GroupClient {
 
     /// The partitions to look at and the group's committed offsets on them: every partition of
     /// `topic`, or of every topic the group has committed on.
-    fn positions(&self, topic: Option<&str>) -> Result<(Partitions, Committed)> {
+    fn positions(&self, topic: Option<&str>) -> Result<Standing> {
         let mut all = self.partitions(topic)?;
         all.sort();
         if let Some(name) = topic {
@@ -315,6 +332,7 @@ impl GroupClient {
             query.add_partition(topic, *partition);
         }
         let mut committed = Committed::new();
+        let mut store_owned = false;
         if query.count() > 0 {
             let answer = self.ask(|| {
                 let answer = self.consumer.committed_offsets(query.clone(), TIMEOUT)?;
@@ -325,7 +343,7 @@ impl GroupClient {
                 Ok(answer)
             })?;
             for element in answer.elements() {
-                element.error()?;
+                store_owned |= element.metadata() == STORE_OWNED_METADATA;
                 if let Offset::Offset(offset) = element.offset() {
                     committed.insert((element.topic().to_owned(), element.partition()), offset);
                 }
@@ -334,24 +352,11 @@ impl GroupClient {
         if topic.is_none() {
             all.retain(|(topic, _)| committed.keys().any(|(t, _)| t == topic));
         }
-        Ok((all, committed))
-    }
-
-    /// Whether a projector committed offsets of `partitions` for this group: its store, not
-    /// Kafka, decides where it starts.
-    fn store_owned(&self, partitions: &Partitions) -> Result<bool> {
-        if partitions.is_empty() {
-            return Ok(false);
-        }
-        let mut query = TopicPartitionList::with_capacity(partitions.len());
-        for (topic, partition) in partitions {
-            query.add_partition(topic, *partition);
-        }
-        let committed = self.ask(|| self.consumer.committed_offsets(query.clone(), TIMEOUT))?;
-        Ok(committed
-            .elements()
-            .iter()
-            .any(|e| e.metadata() == STORE_OWNED_METADATA))
+        Ok(Standing {
+            partitions: all,
+            committed,
+            store_owned,
+        })
     }
 
     /// Every partition of `topic`, or of every topic.
