@@ -1,7 +1,9 @@
-//! One layered configuration: built-in defaults, then the TOML file, then the
+//! The connector's settings, through the platform's one layered loader
+//! ([`topics::settings::Loader`]): built-in defaults, then the TOML file, then the
 //! environment. `KAFKA_BOOTSTRAP_SERVERS`, `SCHEMA_REGISTRY_URL` and
 //! `POSTGRES_URL` are the platform-wide names; everything else specific to
-//! the connector is `CONNECTOR_<FIELD>` (for example `CONNECTOR_SLOT_NAME`).
+//! the connector is `CONNECTOR_<FIELD>` (for example `CONNECTOR_SLOT_NAME`,
+//! `CONNECTOR_TABLES=public.a,public.b`).
 
 use std::path::Path;
 
@@ -154,36 +156,16 @@ metrics_listen_addr = ""
 
 impl Config {
     /// Loads defaults, then `file` (required when given explicitly, else
-    /// `connector.toml` in the working directory if present), then the env.
+    /// `connector.toml` in the working directory if present), then the env, through the
+    /// platform's one loader ([`topics::settings::Loader`]).
     pub fn load(file: Option<&Path>) -> Result<Self> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
-        builder = match file {
-            Some(path) => builder.add_source(config::File::from(path).required(true)),
-            None => builder.add_source(config::File::with_name("connector.toml").required(false)),
-        };
-        builder = builder.add_source(
-            config::Environment::with_prefix("CONNECTOR")
-                .prefix_separator("_")
-                .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("tables"),
-        );
-        for (var, key) in [
-            ("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
-            ("SCHEMA_REGISTRY_URL", "schema_registry_url"),
-            ("POSTGRES_URL", "postgres_url"),
-        ] {
-            if let Ok(value) = std::env::var(var) {
-                builder = builder
-                    .set_override(key, value)
-                    .map_err(|e| Error::Config(e.to_string()))?;
-            }
-        }
-        let cfg: Config = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let cfg: Config = topics::settings::Loader::new("connector")
+            .defaults_toml(DEFAULTS)?
+            .file(file)
+            .default_file("connector.toml")
+            .env_prefix("CONNECTOR")
+            .lists(&["tables"])
+            .load()?;
         cfg.validate()?;
         Ok(cfg)
     }
