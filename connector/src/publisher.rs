@@ -130,7 +130,7 @@ impl Publisher {
         value: Option<&[u8]>,
         headers: &[(&str, &[u8])],
     ) -> Result<DeliveryFuture> {
-        loop {
+        let send = || async {
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
             if let Some(k) = key {
                 record = record.key(k);
@@ -148,17 +148,27 @@ impl Publisher {
                 }
                 record = record.headers(h);
             }
-            match self.producer.send_result(record) {
-                Ok(f) => return Ok(f),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err((e, _)) => {
-                    crate::offsets::publish_failure(&self.name, "send");
-                    return Err(e.into());
-                }
-            }
-        }
+            self.producer.send_result(record).map_err(|(e, _)| e)
+        };
+        // A full local queue (Kafka slower than the WAL, or away) is waited out: the record
+        // is offered again until librdkafka has room, for as long as it takes.
+        let queue_full = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(5))
+            .with_max_delay(Duration::from_millis(200))
+            .with_jitter()
+            .without_max_times();
+        send.retry(queue_full)
+            .when(|e| {
+                matches!(
+                    e,
+                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                )
+            })
+            .await
+            .map_err(|e| {
+                crate::offsets::publish_failure(&self.name, "send");
+                e.into()
+            })
     }
 
     pub fn flush(&self, timeout: Duration) -> Result<()> {
