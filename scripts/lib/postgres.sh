@@ -91,6 +91,11 @@ max_connections = 200
 # only an OS crash could lose data; this makes test suites much faster.
 fsync = off
 synchronous_commit = off
+# With commits not flushed, WAL reaches the disk (and logical decoding, which only
+# sends flushed WAL) at the WAL writer's pace: its default 200 ms would be the
+# floor of every change-data-capture latency here. A production server with
+# synchronous_commit = on flushes (and wakes its walsenders) at each commit.
+wal_writer_delay = 10ms
 timezone = 'UTC'
 EOF
   if is_root; then chown "$PG_OS_USER:$PG_OS_USER" "$PG_DATA/infra.conf"; fi
