@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use commerce::Service;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -79,12 +79,26 @@ impl UserEvents {
         while !until(&found) {
             let message = tokio::time::timeout_at(deadline, self.consumer.recv())
                 .await
-                .unwrap_or_else(|_| panic!("user events so far: {found:?}"))
-                .expect("consumer");
-            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-            if !keys.contains(&key) {
-                continue;
-            }
+                .unwrap_or_else(|_| panic!("user events so far: {found:?}"));
+            self.keep(message.expect("consumer"), keys, &mut found)
+                .await;
+        }
+        while let Ok(message) = tokio::time::timeout(QUIET, self.consumer.recv()).await {
+            self.keep(message.expect("consumer"), keys, &mut found)
+                .await;
+        }
+        found
+    }
+
+    /// Decodes `message` into `found` when its key is one of `keys`.
+    async fn keep(
+        &self,
+        message: BorrowedMessage<'_>,
+        keys: &[String],
+        found: &mut Vec<UserEvent>,
+    ) {
+        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+        if keys.contains(&key) {
             found.push(
                 self.decoder
                     .decode(message.payload().unwrap())
@@ -92,19 +106,6 @@ impl UserEvents {
                     .expect("decodes"),
             );
         }
-        while let Ok(message) = tokio::time::timeout(QUIET, self.consumer.recv()).await {
-            let message = message.expect("consumer");
-            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-            if keys.contains(&key) {
-                found.push(
-                    self.decoder
-                        .decode(message.payload().unwrap())
-                        .await
-                        .expect("decodes"),
-                );
-            }
-        }
-        found
     }
 }
 
