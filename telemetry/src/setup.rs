@@ -8,8 +8,11 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing::level_filters::LevelFilter;
+use tracing::subscriber::Interest;
+use tracing::{Metadata, Subscriber};
 use tracing_subscriber::filter::Targets;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -114,9 +117,9 @@ pub fn init_with(service_name: &str, exporter: Option<Exporter>) -> Guard {
     let fmt = tracing_subscriber::fmt::layer()
         .with_target(true)
         .with_writer(std::io::stderr)
-        .with_filter(
+        .with_filter(Fresh(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER)),
-        );
+        ));
     // On a thread of its own: the exporters' blocking HTTP clients start a runtime of their
     // own, which cannot be done (nor dropped) inside the async `main` that usually calls this.
     let built = exporter.map(|exporter| {
@@ -153,7 +156,7 @@ pub fn init_with(service_name: &str, exporter: Option<Exporter>) -> Guard {
         .with(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
-                .with_filter(spans),
+                .with_filter(Fresh(spans)),
         )
         .try_init()
         .is_ok();
@@ -165,6 +168,74 @@ pub fn init_with(service_name: &str, exporter: Option<Exporter>) -> Guard {
     *PROVIDER.lock().unwrap_or_else(|e| e.into_inner()) = Some(provider.clone());
     Guard {
         provider: Some(provider),
+    }
+}
+
+/// A per-layer filter whose decision is taken again at every span and event
+/// (tokio-rs/tracing#2519).
+///
+/// A per-layer filter hands its decision from `enabled` to `on_event` through a thread-local;
+/// a callsite cached as "always" skips `enabled` and reads whatever the previous call left
+/// there. The `log` bridge asks `enabled` with metadata of its own (sqlx's query logger does
+/// after every query), so with a `RUST_LOG` that enables debug for some target but not for
+/// `sqlx`, the event after a query was dropped: the relay's logs, warnings included,
+/// disappeared. Reporting "sometimes" for every callsite the filter does not rule out makes
+/// `enabled` run every time; the global level hint still stops what no layer wants.
+struct Fresh<F>(F);
+
+impl<S, F> Filter<S> for Fresh<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    F: Filter<S>,
+{
+    fn enabled(&self, meta: &Metadata<'_>, cx: &Context<'_, S>) -> bool {
+        self.0.enabled(meta, cx)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        if self.0.callsite_enabled(meta).is_never() {
+            Interest::never()
+        } else {
+            Interest::sometimes()
+        }
+    }
+
+    fn event_enabled(&self, event: &tracing::Event<'_>, cx: &Context<'_, S>) -> bool {
+        self.0.event_enabled(event, cx)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        self.0.max_level_hint()
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        cx: Context<'_, S>,
+    ) {
+        self.0.on_new_span(attrs, id, cx);
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        cx: Context<'_, S>,
+    ) {
+        self.0.on_record(id, values, cx);
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, cx: Context<'_, S>) {
+        self.0.on_enter(id, cx);
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, cx: Context<'_, S>) {
+        self.0.on_exit(id, cx);
+    }
+
+    fn on_close(&self, id: tracing::span::Id, cx: Context<'_, S>) {
+        self.0.on_close(id, cx);
     }
 }
 
@@ -197,3 +268,57 @@ fn provider(exporter: &Exporter, service_name: &str) -> Result<SdkTracerProvider
 
 use crate::prometheus;
 use crate::zipkin::ZipkinExporter;
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+
+    use super::Fresh;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The only test in this crate's unit tests that installs a subscriber, and it installs
+    /// it globally: the bug needs callsites cached as "always", which a scoped subscriber
+    /// (`with_default`) never lets them be. (Without `Fresh`, "after the query" is lost.)
+    #[test]
+    fn an_event_after_a_log_enabled_query_is_still_logged() {
+        tracing_log::LogTracer::init().unwrap();
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            // Debug for one target only, sqlx not among them.
+            .with_filter(Fresh(EnvFilter::new("info,nothing=debug")));
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(fmt)).unwrap();
+        for n in 0..3 {
+            tracing::info!(n, "before the query");
+            // What sqlx's query logger asks after every statement, through the log bridge.
+            let query = log::Metadata::builder()
+                .level(log::Level::Debug)
+                .target("sqlx::query")
+                .build();
+            // (It answers true: per-layer filters decide at the event, not here.)
+            let _ = log::logger().enabled(&query);
+            tracing::info!(n, "after the query");
+        }
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("before the query").count(), 3, "{text}");
+        assert_eq!(text.matches("after the query").count(), 3, "{text}");
+    }
+}
