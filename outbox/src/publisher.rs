@@ -153,6 +153,7 @@ impl Publisher {
             }
         }
 
+        let produced = std::time::Instant::now();
         let mut sent = Vec::with_capacity(deliveries.len());
         for (record, delivery) in deliveries {
             match delivery.await {
@@ -175,7 +176,14 @@ impl Publisher {
         self.check_fatal()?;
 
         if !must_abort {
-            match self.commit().await {
+            let delivered = std::time::Instant::now();
+            let committed = self.commit().await;
+            tracing::debug!(
+                deliveries_us = (delivered - produced).as_micros() as u64,
+                commit_us = delivered.elapsed().as_micros() as u64,
+                "outbox transaction"
+            );
+            match committed {
                 Ok(()) => {
                     published.committed = sent;
                     return Ok(published);
@@ -196,7 +204,7 @@ impl Publisher {
         let mut attempt = 1;
         loop {
             match self
-                .blocking(|p| p.commit_transaction(TRANSACTION_CALL_TIMEOUT))
+                .blocking(|p| topics::kafka::commit_transaction(p, TRANSACTION_CALL_TIMEOUT))
                 .await
             {
                 Err(Error::Kafka(KafkaError::Transaction(e)))

@@ -230,6 +230,7 @@ impl<E: Encode> Relay<E> {
                 return Stop::Shutdown.into();
             }
             let now = Instant::now();
+            let cycle_started = std::time::Instant::now();
             let due = held.due(now);
             let fetched = if due.is_empty() {
                 fetch_except(lock, &held.keys(), self.config.batch_size).await
@@ -309,7 +310,9 @@ impl<E: Encode> Relay<E> {
             };
             crate::metrics::published(&self.config.role, &published, failed.len(), publish_started);
             drop(spans);
+            let publish_took = publish_started.elapsed();
             if !published.committed.is_empty() {
+                let mark_started = std::time::Instant::now();
                 if let Err(e) = mark_published(lock, &published.committed).await {
                     // Kafka has them: the next holder of the lock sends them again.
                     return Stop::Restart(e).into();
@@ -321,7 +324,13 @@ impl<E: Encode> Relay<E> {
                         tracing::info!(key = %row.key, "held-back outbox key flows again");
                     }
                 }
-                tracing::debug!(count = committed.len(), "outbox batch committed");
+                tracing::debug!(
+                    count = committed.len(),
+                    fetch_us = (publish_started - cycle_started).as_micros() as u64,
+                    publish_us = publish_took.as_micros() as u64,
+                    mark_us = mark_started.elapsed().as_micros() as u64,
+                    "outbox batch committed"
+                );
             }
             // Nothing got through and every key sent failed: Kafka as a whole is failing
             // (e.g. every record timed out), not these keys.

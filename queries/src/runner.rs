@@ -510,7 +510,7 @@ async fn send_transaction(producer: &FutureProducer, records: &[Outgoing<'_>]) -
             }
         }
     }
-    tokio::task::block_in_place(|| producer.commit_transaction(KAFKA_TIMEOUT))?;
+    tokio::task::block_in_place(|| topics::kafka::commit_transaction(producer, KAFKA_TIMEOUT))?;
     for delivery in deliveries {
         match delivery.await {
             Ok(Ok(_)) => {}
