@@ -54,7 +54,7 @@ fn rows(events: &[ConnectionMandateChanged]) -> Result<Vec<NewEvent>, sqlx::Erro
         .map_err(into_sqlx)
 }
 
-fn into_sqlx(e: outbox::Error) -> sqlx::Error {
+pub(crate) fn into_sqlx(e: outbox::Error) -> sqlx::Error {
     match e {
         outbox::Error::Database(e) => e,
         other => sqlx::Error::Encode(Box::new(other)),

@@ -1,11 +1,15 @@
 //! Customer queries. Every change is written together with the events it causes (the rule is
 //! [`events_for_change`]) in one transaction, so the outbox never misses or invents one.
 
+use std::sync::LazyLock;
+
+use ::outbox as outbox_crate;
+use outbox_crate::NewEvent;
 use sqlx::{PgPool, Postgres, Transaction};
 use topics::events::{ConnectionId, MandateLevel};
 
 use crate::domain::{events_for_change, Customer, CustomerDetails};
-use crate::outbox;
+use crate::outbox::{self, into_sqlx, OUTBOX};
 
 const COLUMNS: &str = "id, first_name, last_name, city, connection_id, connection_mandate";
 
@@ -108,42 +112,80 @@ pub async fn create(pool: &PgPool, details: CustomerDetails) -> Result<Customer,
 }
 
 /// Replaces every field of customer `id`; `None` when there is no such customer.
+///
+/// One statement (one round trip, no lock held across a round trip to the client): it locks
+/// the row, updates it, and writes the events [`events_for_change`] implies, decided in SQL
+/// from the row as it was: leaving the old connection when the connection changed, then the
+/// new mandate when the connection or the mandate changed. The row lock orders concurrent
+/// PUTs of one customer, so each decides against the state the previous one committed.
 pub async fn replace(
     pool: &PgPool,
     id: i64,
     details: CustomerDetails,
 ) -> Result<Option<Customer>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    // The row lock orders concurrent PUTs of one customer, so each computes its events
-    // against the state the previous one committed.
-    let Some(before) = sqlx::query_as::<_, CustomerRow>(&format!(
-        "SELECT {COLUMNS} FROM customers WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
-    else {
-        return Ok(None);
+    static REPLACE: LazyLock<String> = LazyLock::new(|| {
+        OUTBOX.statement(
+            "prior AS MATERIALIZED (
+                 SELECT id, connection_id, connection_mandate FROM customers
+                 WHERE id = $1 FOR UPDATE
+             ),
+             changed AS (
+                 UPDATE customers c SET first_name = $2, last_name = $3, city = $4,
+                        connection_id = $5, connection_mandate = $6, updated_at = now()
+                 FROM prior b WHERE c.id = b.id
+                 RETURNING c.id, c.first_name, c.last_name, c.city, c.connection_id,
+                           c.connection_mandate, b.connection_id AS before_connection_id,
+                           b.connection_mandate AS before_mandate
+             )",
+            "SELECT topic, key, event_id, payload,
+                    $12::text AS traceparent, $13::text AS tracestate
+             FROM (
+                 SELECT 1 AS n, $7::text AS topic, before_connection_id AS key,
+                        $8::uuid AS event_id,
+                        jsonb_set($9::jsonb, '{connection_id}', to_jsonb(before_connection_id))
+                            AS payload
+                 FROM changed WHERE before_connection_id <> connection_id
+                 UNION ALL
+                 SELECT 2, $7::text, connection_id, $10::uuid, $11::jsonb
+                 FROM changed
+                 WHERE before_connection_id <> connection_id
+                    OR before_mandate <> connection_mandate
+             ) e ORDER BY n",
+            &format!("SELECT {COLUMNS} FROM changed"),
+        )
+    });
+    // What leaving a connection and the new mandate would publish; the statement keeps those
+    // the change implies (the left connection's id is the row's, filled in by the statement).
+    let moved_from = CustomerDetails {
+        connection_mandate: MandateLevel::None,
+        ..details.clone()
     };
-    let before = Customer::try_from(before)?;
-    let row = sqlx::query_as::<_, CustomerRow>(&format!(
-        "UPDATE customers SET first_name = $2, last_name = $3, city = $4, connection_id = $5,
-                connection_mandate = $6, updated_at = now()
-         WHERE id = $1 RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(&details.first_name)
-    .bind(&details.last_name)
-    .bind(&details.city)
-    .bind(details.connection_id.as_str())
-    .bind(i16::from(details.connection_mandate.level()))
-    .fetch_one(&mut *tx)
-    .await?;
-    let after = Customer::try_from(row)?;
-    let events = events_for_change(id, Some(&before.details), &after.details);
-    outbox::enqueue(&mut tx, &events).await?;
-    tx.commit().await?;
-    Ok(Some(after))
+    let [leave, join] = [&moved_from, &details].map(|d| {
+        events_for_change(id, None, d)
+            .into_iter()
+            .next()
+            .expect("a new customer publishes its mandate")
+    });
+    let [leave, join] = [leave, join].map(|e| NewEvent::from_event(&e));
+    let (leave, join) = (leave.map_err(into_sqlx)?, join.map_err(into_sqlx)?);
+    let (traceparent, tracestate) = outbox_crate::write::trace_context();
+    let row = sqlx::query_as::<_, CustomerRow>(&REPLACE)
+        .bind(id)
+        .bind(&details.first_name)
+        .bind(&details.last_name)
+        .bind(&details.city)
+        .bind(details.connection_id.as_str())
+        .bind(i16::from(details.connection_mandate.level()))
+        .bind(&join.topic)
+        .bind(leave.event_id)
+        .bind(&leave.payload)
+        .bind(join.event_id)
+        .bind(&join.payload)
+        .bind(traceparent)
+        .bind(tracestate)
+        .fetch_optional(pool)
+        .await?;
+    row.map(Customer::try_from).transpose()
 }
 
 /// Inserts a customer under the id it has in the seed file.

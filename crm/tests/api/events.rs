@@ -96,6 +96,13 @@ async fn moving_to_another_connection_revokes_the_old_one_then_announces_the_new
     assert_eq!(response.status(), 200);
 
     let events = probe.expect(&[&old, &new], 3, WAIT).await;
+    for r in &events {
+        assert_eq!(
+            r.event.connection_id.as_str(),
+            r.key,
+            "the event names its key's connection"
+        );
+    }
     let summary: Vec<_> = events
         .iter()
         .map(|r| (r.key.as_str(), r.event.customer_id, r.event.mandate))
