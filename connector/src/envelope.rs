@@ -91,13 +91,9 @@ pub struct Event<'a> {
     pub ts_us: i64,
 }
 
-/// Confluent wire format: magic byte 0, schema id (big-endian), Avro datum.
-pub fn framed(schema_id: u32, capacity: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(capacity + 5);
-    out.push(0);
-    out.extend_from_slice(&schema_id.to_be_bytes());
-    out
-}
+/// Confluent wire format (magic byte 0, schema id big-endian, then the Avro datum): the
+/// header comes from the shared layer.
+pub use topics::codec::framed;
 
 fn write_row(out: &mut Vec<u8>, table: &TableSchema, row: Option<&[Datum]>) {
     match row {

@@ -30,6 +30,16 @@ pub fn split_header(payload: &[u8]) -> Result<(u32, &[u8])> {
     }
 }
 
+/// A buffer holding the wire-format header for `schema_id`, with room for a `capacity`-byte
+/// datum to be appended: the one place the header is written (this crate's [`Encoder`], the
+/// connector's hand-written Avro).
+pub fn framed(schema_id: u32, capacity: usize) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(HEADER_LEN + capacity);
+    payload.push(MAGIC_BYTE);
+    payload.extend_from_slice(&schema_id.to_be_bytes());
+    payload
+}
+
 /// Encodes events of type `E` under the schema id their subject has in the registry.
 pub struct Encoder<E: Event> {
     schema_id: u32,
@@ -70,9 +80,7 @@ impl<E: Event> Encoder<E> {
     }
 
     pub fn encode(&self, event: &E) -> Result<Vec<u8>> {
-        let mut payload = Vec::with_capacity(64);
-        payload.push(MAGIC_BYTE);
-        payload.extend_from_slice(&self.schema_id.to_be_bytes());
+        let mut payload = framed(self.schema_id, 64);
         self.writer.write_ser(&mut payload, event)?;
         Ok(payload)
     }
@@ -161,6 +169,17 @@ mod tests {
         let (id, datum) = split_header(&[0, 0, 0, 1, 2, 9, 9]).unwrap();
         assert_eq!(id, 258);
         assert_eq!(datum, &[9, 9]);
+    }
+
+    #[test]
+    fn a_framed_buffer_splits_back_into_its_id_and_datum() {
+        let mut payload = framed(0x0102_0304, 2);
+        assert_eq!(payload, [0, 1, 2, 3, 4]);
+        payload.extend_from_slice(&[7, 8]);
+        assert_eq!(
+            split_header(&payload).unwrap(),
+            (0x0102_0304, &[7u8, 8][..])
+        );
     }
 
     #[test]
