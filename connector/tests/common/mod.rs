@@ -432,7 +432,14 @@ impl TopicReader {
 
     /// Reads whatever is available now.
     pub async fn poll(&mut self) {
-        loop {
+        self.poll_for(None).await;
+    }
+
+    /// Reads what is available now, for at most `budget`: under a steady stream "available
+    /// now" never ends, and a caller waiting for a condition must look at it meanwhile.
+    async fn poll_for(&mut self, budget: Option<Duration>) {
+        let started = Instant::now();
+        while budget.is_none_or(|b| started.elapsed() < b) {
             let raw = match self.consumer.poll(Duration::from_millis(100)) {
                 None => return,
                 Some(Err(_)) => continue,
@@ -456,7 +463,7 @@ impl TopicReader {
     pub async fn until(&mut self, secs: u64, what: &str, done: impl Fn(&[Record]) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
-            self.poll().await;
+            self.poll_for(Some(Duration::from_millis(200))).await;
             if done(&self.records) {
                 return;
             }
