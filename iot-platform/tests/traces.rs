@@ -117,7 +117,7 @@ async fn a_crm_put_is_one_trace_through_the_relay_to_the_projector_write() {
     };
     eventually(
         "Zipkin holds the request, publish and projector spans of the trace",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || {
             telemetry::flush();
             let (zipkin_base, trace_id) = (&zipkin_base, &trace_id);

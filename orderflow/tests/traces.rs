@@ -92,7 +92,7 @@ async fn a_placed_order_is_one_trace_until_the_tracking_read_model_wrote_it() {
 
     eventually(
         "Zipkin holds the order's request, publish and read-model write in one trace",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || {
             telemetry::flush();
             let (zipkin_base, trace_id) = (&zipkin_base, &trace_id);

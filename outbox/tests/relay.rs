@@ -385,16 +385,17 @@ async fn a_key_that_cannot_be_written_holds_back_only_itself() {
         last_write.elapsed()
     );
 
-    let waiting = db.unpublished_keys().await;
-    assert_eq!(
-        waiting,
-        BTreeMap::from([
-            ("big".to_owned(), 20),
-            ("lost".to_owned(), 20),
-            ("poison".to_owned(), 20)
-        ]),
-        "only the failing keys wait"
-    );
+    // The relay marks a batch published after its Kafka commit: the reader can see the last
+    // good batch before its rows are marked.
+    let failing = BTreeMap::from([
+        ("big".to_owned(), 20),
+        ("lost".to_owned(), 20),
+        ("poison".to_owned(), 20),
+    ]);
+    testkit::eventually("only the failing keys wait", WAIT, || async {
+        db.unpublished_keys().await == failing
+    })
+    .await;
     reader.drain();
     assert_once(&reader, &good_ids);
     assert!(

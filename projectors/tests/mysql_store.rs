@@ -265,7 +265,7 @@ async fn a_stopped_server_fails_writes_retryably_and_they_resume_when_it_is_back
     let error = store.write(&second).await.unwrap_err();
     assert!(error.is_retryable(), "{error}");
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
     );

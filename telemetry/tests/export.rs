@@ -25,7 +25,7 @@ async fn a_span_with_a_remote_parent_reaches_zipkin() {
     assert!(child.traceparent.contains(&trace_id), "{child:?}");
     drop(span);
 
-    eventually("Zipkin holds the span", Duration::from_secs(20), || {
+    eventually("Zipkin holds the span", Duration::from_secs(90), || {
         telemetry::flush();
         let url = format!("{base}/api/v2/trace/{trace_id}");
         async move {

@@ -23,7 +23,7 @@ const PARTITIONS: i32 = 3;
 const PER_PARTITION: i64 = 10;
 /// Record `i` of every partition is stamped `base + i * STEP_MS`.
 const STEP_MS: i64 = 1_000;
-const DEADLINE: Duration = Duration::from_secs(20);
+const DEADLINE: Duration = Duration::from_secs(60);
 
 fn settings() -> KafkaSettings {
     settings::load("topics-test").expect("settings load")

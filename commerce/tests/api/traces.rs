@@ -78,7 +78,7 @@ async fn a_placed_order_is_one_trace_through_products_and_both_relays() {
 
     eventually(
         "Zipkin holds the order's request, reservation and publish spans in one trace",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || {
             let (zipkin_base, trace_id) = (&zipkin_base, &trace_id);
             async move {

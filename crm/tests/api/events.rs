@@ -9,7 +9,7 @@ use crate::helpers::{
     apply_topics, connection_id, customer_body, spawn_app, spawn_with, test_settings, EventProbe,
 };
 
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_and_mandate_change_publish_one_event_each_with_the_event_id_header() {
