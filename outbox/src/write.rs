@@ -103,7 +103,6 @@ impl Outbox {
         tx: &mut Transaction<'_, Postgres>,
         events: &[NewEvent],
     ) -> Result<()> {
-        crate::trace::remember(tx).await?;
         self.insert(tx, events, true).await
     }
 
@@ -116,7 +115,6 @@ impl Outbox {
         tx: &mut Transaction<'_, Postgres>,
         events: &[NewEvent],
     ) -> Result<()> {
-        crate::trace::remember(tx).await?;
         self.insert(tx, events, false).await
     }
 
