@@ -8,47 +8,28 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use commerce::Service;
 use futures::future::join_all;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::time::Instant;
 use topics::codec::Decoder;
-use topics::commerce::{DeliveryEvent, DeliveryEventKind, OrderEvent, UserEvent};
+use topics::commerce::{DeliveryEvent, DeliveryEventKind};
 use topics::events::Event;
 use topics::kafka::consumer_config;
 use topics::registry::Registry;
 use topics::settings::KafkaSettings;
-use topics::spec::TopicSpec;
 use uuid::Uuid;
 
 use crate::helpers::{assert_error, Client, Running, Shop};
-use crate::people::{drop_people, people_settings, user_body, Cleanup};
+use crate::people::{
+    drop_people, people_settings, start_group_at_end, start_groups_at_end, user_body, Cleanup,
+};
 use crate::users::apply_catalogue;
 
 const WAIT: Duration = Duration::from_secs(120);
 const PACKAGES: usize = 10;
 const AGENTS: usize = 3;
-
-/// Commits `group`'s offsets at the topic's end, so the group follows only what comes next
-/// (the shared topics hold every other test's events).
-async fn start_group_at_end(kafka: &KafkaSettings, group: &str, topic: &TopicSpec) {
-    let consumer: StreamConsumer = consumer_config(kafka, group).create().expect("consumer");
-    let mut offsets = TopicPartitionList::new();
-    for partition in 0..topic.partitions {
-        let (_, high) = consumer
-            .fetch_watermarks(topic.name, partition, Duration::from_secs(10))
-            .expect("watermarks");
-        offsets
-            .add_partition_offset(topic.name, partition, Offset::Offset(high))
-            .unwrap();
-    }
-    consumer.assign(&offsets).expect("assigned");
-    consumer
-        .commit(&offsets, CommitMode::Sync)
-        .expect("offsets committed");
-}
 
 /// The delivery events of `packages` on the topic from now on.
 struct DeliveryEvents {
@@ -116,14 +97,10 @@ struct PackageRow {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_packages_three_agents_never_two_packages_on_one_agent() {
+    let _shared = crate::helpers::shared_delivery_topics().await;
     let mut settings = people_settings();
     apply_catalogue(&settings.kafka).await;
-    for (suffix, topic) in [("orders", OrderEvent::TOPIC), ("users", UserEvent::TOPIC)] {
-        let group = format!("{}.{suffix}", settings.delivery_group);
-        start_group_at_end(&settings.kafka, &group, topic).await;
-    }
-    let group = format!("{}.deliveries", settings.users_group);
-    start_group_at_end(&settings.kafka, &group, DeliveryEvent::TOPIC).await;
+    start_groups_at_end(&settings).await;
     let mut events = DeliveryEvents::from_end(&settings.kafka).await;
 
     let shop = Shop::start_with(settings.clone()).await;

@@ -13,6 +13,17 @@ use tokio::task::JoinHandle;
 
 /// Settings from the environment with databases of the test's own, ephemeral ports and no
 /// seed.
+/// Held by the tests that put Shipped orders or delivery agents on the shared
+/// `commerce.order-events` / `commerce.user-events` topics, or run a delivery service that
+/// follows them: a delivery service turns every Shipped order it reads into a package and
+/// every agent into a courier, so another test's, read meanwhile, breaks the delivery test's
+/// exact counts (seen: an agent created by the users test made four FREE agents of three).
+pub async fn shared_delivery_topics() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::LazyLock<tokio::sync::Mutex<()>> =
+        std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
+    LOCK.lock().await
+}
+
 pub fn test_settings() -> Settings {
     if std::env::var_os("TEST_LOG").is_some() {
         let _log = commerce::telemetry::init();

@@ -14,7 +14,7 @@ use testkit::eventually;
 
 use crate::events::apply_topics;
 use crate::helpers::{drop_databases, order_body, product_body, Client, Process};
-use crate::people::{drop_people, people_settings, user_body, Cleanup};
+use crate::people::{drop_people, people_settings, start_groups_at_end, user_body, Cleanup};
 
 async fn scrape(base_url: &str) -> Scrape {
     let response = reqwest::get(format!("{base_url}/metrics"))
@@ -58,9 +58,11 @@ fn outbox(scrape: &Scrape, name: &str, database: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_counts_its_requests_and_the_outbox_gauges_follow_the_relays() {
+    let _shared = crate::helpers::shared_delivery_topics().await;
     let mut settings = people_settings();
     let cleanup = Cleanup::new(&settings);
     apply_topics(&settings.kafka).await;
+    start_groups_at_end(&settings).await;
     // A port nothing listens on: the products relay cannot publish.
     let no_kafka = [(
         "KAFKA_BOOTSTRAP_SERVERS",

@@ -8,6 +8,7 @@ use crate::helpers::{assert_error, order_body, Shop};
 
 #[tokio::test]
 async fn an_order_reserves_its_stock_and_walks_the_life_cycle() {
+    let _shared = crate::helpers::shared_delivery_topics().await;
     let shop = Shop::start().await;
     let product = shop.product(10).await;
     let (status, order) = shop.order(1, product, 3).await;

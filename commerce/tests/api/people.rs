@@ -10,6 +10,14 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+use topics::commerce::{DeliveryEvent, OrderEvent, UserEvent};
+use topics::events::Event;
+use topics::kafka::consumer_config;
+use topics::settings::KafkaSettings;
+use topics::spec::TopicSpec;
+
 use crate::helpers::test_settings;
 
 /// [`test_settings`] plus the users and delivery services' names of their own.
@@ -28,6 +36,37 @@ pub fn people_settings() -> Settings {
     settings.mysql_url = testkit::env::mysql_url();
     settings.delivery_dispatch_interval_ms = 200;
     settings
+}
+
+/// Commits `group`'s offsets at the topic's end, so the group follows only what comes next
+/// (the shared topics hold every other test's events).
+pub async fn start_group_at_end(kafka: &KafkaSettings, group: &str, topic: &TopicSpec) {
+    let consumer: StreamConsumer = consumer_config(kafka, group).create().expect("consumer");
+    let mut offsets = TopicPartitionList::new();
+    for partition in 0..topic.partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic.name, partition, Duration::from_secs(10))
+            .expect("watermarks");
+        offsets
+            .add_partition_offset(topic.name, partition, Offset::Offset(high))
+            .unwrap();
+    }
+    consumer.assign(&offsets).expect("assigned");
+    consumer
+        .commit(&offsets, CommitMode::Sync)
+        .expect("offsets committed");
+}
+
+/// Starts the delivery service's and the users service's groups of `settings` at the end of
+/// the shared topics they follow: every other test's Shipped orders and delivery agents are
+/// on them, and a service reading them from the beginning would act on those.
+pub async fn start_groups_at_end(settings: &Settings) {
+    for (suffix, topic) in [("orders", OrderEvent::TOPIC), ("users", UserEvent::TOPIC)] {
+        let group = format!("{}.{suffix}", settings.delivery_group);
+        start_group_at_end(&settings.kafka, &group, topic).await;
+    }
+    let group = format!("{}.deliveries", settings.users_group);
+    start_group_at_end(&settings.kafka, &group, DeliveryEvent::TOPIC).await;
 }
 
 /// The connector streaming the users database to `settings.users_changes_topic`, in this

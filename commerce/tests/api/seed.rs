@@ -9,6 +9,7 @@ use crate::helpers::{drop_databases, test_settings, Client, Running};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_is_loaded_once_with_every_status_and_matching_reservations() {
+    let _shared = crate::helpers::shared_delivery_topics().await;
     let mut settings = test_settings();
     settings.commerce_seed = true;
     let products = Running::start(&settings, Service::Products).await;

@@ -227,6 +227,7 @@ async fn bad_user_input_is_refused_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_delivery_agents_publish_their_creation_and_a_deleted_user_is_inactive() {
+    let _shared = crate::helpers::shared_delivery_topics().await;
     let settings = people_settings();
     apply_catalogue(&settings.kafka).await;
     let events = UserEvents::from_end(&settings.kafka);

@@ -162,6 +162,7 @@ async fn page_through(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn queries_filter_sort_and_page_like_the_oracle() {
+    let _shared = crate::helpers::shared_delivery_topics().await;
     let settings = people_settings();
     apply_catalogue(&settings.kafka).await;
     let users = Running::start(&settings, Service::Users).await;
