@@ -46,7 +46,8 @@ pub async fn enqueue_unlocked(
         .map_err(into_sqlx)
 }
 
-fn rows(events: &[ConnectionMandateChanged]) -> Result<Vec<NewEvent>, sqlx::Error> {
+/// The outbox rows of `events`, in their order.
+pub(crate) fn rows(events: &[ConnectionMandateChanged]) -> Result<Vec<NewEvent>, sqlx::Error> {
     events
         .iter()
         .map(NewEvent::from_event)
@@ -54,7 +55,7 @@ fn rows(events: &[ConnectionMandateChanged]) -> Result<Vec<NewEvent>, sqlx::Erro
         .map_err(into_sqlx)
 }
 
-pub(crate) fn into_sqlx(e: outbox::Error) -> sqlx::Error {
+fn into_sqlx(e: outbox::Error) -> sqlx::Error {
     match e {
         outbox::Error::Database(e) => e,
         other => sqlx::Error::Encode(Box::new(other)),

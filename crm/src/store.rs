@@ -3,13 +3,11 @@
 
 use std::sync::LazyLock;
 
-use ::outbox as outbox_crate;
-use outbox_crate::NewEvent;
 use sqlx::{PgPool, Postgres, Transaction};
 use topics::events::{ConnectionId, MandateLevel};
 
 use crate::domain::{events_for_change, Customer, CustomerDetails};
-use crate::outbox::{self, into_sqlx, OUTBOX};
+use crate::outbox::{self, OUTBOX};
 
 const COLUMNS: &str = "id, first_name, last_name, city, connection_id, connection_mandate";
 
@@ -156,19 +154,21 @@ pub async fn replace(
     });
     // What leaving a connection and the new mandate would publish; the statement keeps those
     // the change implies (the left connection's id is the row's, filled in by the statement).
-    let moved_from = CustomerDetails {
-        connection_mandate: MandateLevel::None,
-        ..details.clone()
-    };
-    let [leave, join] = [&moved_from, &details].map(|d| {
-        events_for_change(id, None, d)
-            .into_iter()
-            .next()
+    let announce = |mandate| {
+        let on_connection = CustomerDetails {
+            connection_mandate: mandate,
+            ..details.clone()
+        };
+        events_for_change(id, None, &on_connection)
+            .pop()
             .expect("a new customer publishes its mandate")
-    });
-    let [leave, join] = [leave, join].map(|e| NewEvent::from_event(&e));
-    let (leave, join) = (leave.map_err(into_sqlx)?, join.map_err(into_sqlx)?);
-    let (traceparent, tracestate) = outbox_crate::write::trace_context();
+    };
+    let rows = outbox::rows(&[
+        announce(MandateLevel::None),
+        announce(details.connection_mandate),
+    ])?;
+    let (leave, join) = (&rows[0], &rows[1]);
+    let (traceparent, tracestate) = ::outbox::write::trace_context();
     let row = sqlx::query_as::<_, CustomerRow>(&REPLACE)
         .bind(id)
         .bind(&details.first_name)

@@ -230,7 +230,6 @@ impl<E: Encode> Relay<E> {
                 return Stop::Shutdown.into();
             }
             let now = Instant::now();
-            let cycle_started = std::time::Instant::now();
             let due = held.due(now);
             let fetched = if due.is_empty() {
                 fetch_except(lock, &held.keys(), self.config.batch_size).await
@@ -326,7 +325,7 @@ impl<E: Encode> Relay<E> {
                 }
                 tracing::debug!(
                     count = committed.len(),
-                    fetch_us = (publish_started - cycle_started).as_micros() as u64,
+                    fetch_us = (publish_started - now.into_std()).as_micros() as u64,
                     publish_us = publish_took.as_micros() as u64,
                     mark_us = mark_started.elapsed().as_micros() as u64,
                     "outbox batch committed"

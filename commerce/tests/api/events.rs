@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use reqwest::StatusCode;
 use telemetry::TraceContext;
 use tokio::time::Instant;
@@ -19,7 +18,7 @@ use topics::registry::Registry;
 use topics::settings::KafkaSettings;
 use topics::spec::CATALOGUE;
 
-use crate::helpers::Shop;
+use crate::helpers::{end_offsets, Shop};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -52,16 +51,9 @@ impl<E: Event> Probe<E> {
         let consumer: StreamConsumer = consumer_config(kafka, &testkit::unique("commerce_probe"))
             .create()
             .expect("consumer");
-        let mut assignment = TopicPartitionList::new();
-        for partition in 0..E::TOPIC.partitions {
-            let (_, high) = consumer
-                .fetch_watermarks(E::TOPIC.name, partition, Duration::from_secs(10))
-                .expect("watermarks");
-            assignment
-                .add_partition_offset(E::TOPIC.name, partition, Offset::Offset(high))
-                .unwrap();
-        }
-        consumer.assign(&assignment).expect("assigned");
+        consumer
+            .assign(&end_offsets(&consumer, E::TOPIC))
+            .expect("assigned");
         Self {
             consumer,
             decoder: Decoder::new(Registry::new(&kafka.schema_registry_url)),

@@ -5,14 +5,32 @@ use std::time::Duration;
 use commerce::configuration::Settings;
 use commerce::startup::Application;
 use commerce::Service;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use topics::spec::TopicSpec;
 
 /// Settings from the environment with databases of the test's own, ephemeral ports and no
 /// seed.
+/// `topic`'s high watermarks now, as offsets: a consumer assigned them (or a group that
+/// committed them) follows only what comes next, not the other tests' earlier records.
+pub fn end_offsets(consumer: &StreamConsumer, topic: &TopicSpec) -> TopicPartitionList {
+    let mut offsets = TopicPartitionList::new();
+    for partition in 0..topic.partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic.name, partition, Duration::from_secs(10))
+            .expect("watermarks");
+        offsets
+            .add_partition_offset(topic.name, partition, Offset::Offset(high))
+            .unwrap();
+    }
+    offsets
+}
+
 /// Held by the tests that put Shipped orders or delivery agents on the shared
 /// `commerce.order-events` / `commerce.user-events` topics, or run a delivery service that
 /// follows them: a delivery service turns every Shipped order it reads into a package and

@@ -11,14 +11,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::{Offset, TopicPartitionList};
 use topics::commerce::{DeliveryEvent, OrderEvent, UserEvent};
 use topics::events::Event;
 use topics::kafka::consumer_config;
 use topics::settings::KafkaSettings;
 use topics::spec::TopicSpec;
 
-use crate::helpers::test_settings;
+use crate::helpers::{end_offsets, test_settings};
 
 /// [`test_settings`] plus the users and delivery services' names of their own.
 pub fn people_settings() -> Settings {
@@ -42,15 +41,7 @@ pub fn people_settings() -> Settings {
 /// (the shared topics hold every other test's events).
 pub async fn start_group_at_end(kafka: &KafkaSettings, group: &str, topic: &TopicSpec) {
     let consumer: StreamConsumer = consumer_config(kafka, group).create().expect("consumer");
-    let mut offsets = TopicPartitionList::new();
-    for partition in 0..topic.partitions {
-        let (_, high) = consumer
-            .fetch_watermarks(topic.name, partition, Duration::from_secs(10))
-            .expect("watermarks");
-        offsets
-            .add_partition_offset(topic.name, partition, Offset::Offset(high))
-            .unwrap();
-    }
+    let offsets = end_offsets(&consumer, topic);
     consumer.assign(&offsets).expect("assigned");
     consumer
         .commit(&offsets, CommitMode::Sync)

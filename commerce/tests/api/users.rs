@@ -6,7 +6,6 @@ use std::time::Duration;
 use commerce::Service;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -20,7 +19,7 @@ use topics::registry::Registry;
 use topics::settings::KafkaSettings;
 use topics::spec::CATALOGUE;
 
-use crate::helpers::{assert_error, Client, Running};
+use crate::helpers::{assert_error, end_offsets, Client, Running};
 use crate::people::{drop_people, people_settings, user_body, Connector};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -49,17 +48,9 @@ impl UserEvents {
         let consumer: StreamConsumer = consumer_config(kafka, &testkit::unique("users_probe"))
             .create()
             .expect("consumer");
-        let topic = UserEvent::TOPIC;
-        let mut assignment = TopicPartitionList::new();
-        for partition in 0..topic.partitions {
-            let (_, high) = consumer
-                .fetch_watermarks(topic.name, partition, Duration::from_secs(10))
-                .expect("watermarks");
-            assignment
-                .add_partition_offset(topic.name, partition, Offset::Offset(high))
-                .unwrap();
-        }
-        consumer.assign(&assignment).expect("assigned");
+        consumer
+            .assign(&end_offsets(&consumer, UserEvent::TOPIC))
+            .expect("assigned");
         Self {
             consumer,
             decoder: Decoder::new(Registry::new(&kafka.schema_registry_url)),
