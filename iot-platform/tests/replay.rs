@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
@@ -411,9 +413,30 @@ async fn a_replay_waits_out_a_redis_outage_and_skips_nothing() {
     let redis = testkit::Isolated::start("redis");
     let mut settings = test_settings();
     settings.redis_url = format!("redis://127.0.0.1:{}", redis.port());
-    let published = prefilled_topic(&mut settings, "redis-outage", 500, 30_000).await;
+    let mut published = prefilled_topic(&mut settings, "redis-outage", 500, 30_000).await;
 
     let app = ChildApp::start(&settings);
+    // Events keep arriving until after the outage: a replay of the prefilled topic alone can
+    // finish before Redis is taken down (it takes ~0.1 s on a quiet machine).
+    let live_done = Arc::new(AtomicBool::new(false));
+    let live = tokio::spawn({
+        let (settings, done) = (settings.clone(), live_done.clone());
+        async move {
+            let mut sent = Vec::new();
+            // Bounded: at most 300 chunks of 100 events, each on new keys.
+            for chunk in 0..300 {
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                let prefix = format!("redis-outage-live-{chunk}-{}", Uuid::new_v4());
+                let events = events(&prefix, 10, 100);
+                publish_to(&settings, &settings.iot_topic, &events).await;
+                sent.extend(events);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sent
+        }
+    });
     let applied = || async {
         app.health()
             .await
@@ -441,10 +464,14 @@ async fn a_replay_waits_out_a_redis_outage_and_skips_nothing() {
         previous = now;
     }
     assert!(
-        (previous as usize) < published.len(),
-        "the replay finished before the outage; nothing was tested"
+        !live.is_finished(),
+        "events stopped arriving before the outage; nothing was tested"
     );
     redis.up();
+    // Events go on arriving after the store came back, then stop.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    live_done.store(true, Ordering::Relaxed);
+    published.extend(live.await.unwrap());
     await_fold(&app.base_url, &fold(&published), MINUTE).await;
 }
 
