@@ -43,6 +43,9 @@ pub struct Settings {
     /// Test hook: the saga process aborts (as `kill -9` would) right after the effect of this
     /// step, before the step's advance commits. Empty: never.
     pub saga_crash_at: String,
+    /// With `saga_crash_at`: abort only at this order's step (tests share the order events
+    /// topic, so another test's order could reach the step first). Empty: any order.
+    pub saga_crash_order: String,
 
     pub payments_listen_addr: String,
     /// Simulated provider latency per charge.
@@ -131,6 +134,7 @@ impl Default for Settings {
             saga_poll_ms: 200,
             mail_log: PathBuf::from("orderflow-data/mail.log"),
             saga_crash_at: String::new(),
+            saga_crash_order: String::new(),
             payments_listen_addr: "127.0.0.1:3020".to_owned(),
             payments_latency_ms: 20,
             payments_decline_rate: 0.05,

@@ -165,6 +165,10 @@ async fn run_saga(settings: Settings, stopped: watch::Receiver<bool>) -> anyhow:
         "" => None,
         step => Some(step.parse::<Step>().map_err(|e| anyhow::anyhow!(e))?),
     };
+    let crash_order = match settings.saga_crash_order.trim() {
+        "" => None,
+        order => Some(order.parse::<uuid::Uuid>()?),
+    };
     let wake = Arc::new(Notify::new());
     let saga = Saga {
         pool: pool.clone(),
@@ -172,6 +176,7 @@ async fn run_saga(settings: Settings, stopped: watch::Receiver<bool>) -> anyhow:
         mail: MailLog::new(&settings.mail_log),
         restock_delay: settings.restock_delay(),
         crash_at,
+        crash_order,
         wake: wake.clone(),
     };
     let intake = {

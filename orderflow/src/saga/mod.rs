@@ -15,7 +15,7 @@
 //! - [`mail`]: the mail log, deduplicated by order id under a file lock.
 //!
 //! Test hook: `saga_crash_at = <step>` aborts the process right after that step's effect and
-//! before its advance commits.
+//! before its advance commits (of one order only, with `saga_crash_order = <id>`).
 
 pub mod intake;
 pub mod mail;
@@ -124,6 +124,8 @@ pub struct Saga {
     pub mail: MailLog,
     pub restock_delay: Duration,
     pub crash_at: Option<Step>,
+    /// Only this order's step crashes; `None`: any order's.
+    pub crash_order: Option<Uuid>,
     pub wake: Arc<Notify>,
 }
 
@@ -149,7 +151,9 @@ impl Saga {
         match self.perform(&mut tx, &saga, step).await {
             Ok(outcome) => {
                 self.advance(&mut tx, &saga, step, &outcome).await?;
-                if self.crash_at == Some(step) {
+                if self.crash_at == Some(step)
+                    && self.crash_order.is_none_or(|order| order == saga.order_id)
+                {
                     tracing::error!(order = %saga.order_id, step = step.as_str(), "crash hook: aborting before the advance commits");
                     std::process::abort();
                 }

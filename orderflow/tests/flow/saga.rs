@@ -93,8 +93,15 @@ async fn a_crash_after_any_step_resumes_there_and_every_effect_happens_once() {
     saga.kill().await;
 
     for step in FORWARD {
-        let crashing = Component::start("saga", &settings, &[("SAGA_CRASH_AT", step)]);
         let order = shop.order(customer, product, 1).await;
+        let crashing = Component::start(
+            "saga",
+            &settings,
+            &[
+                ("SAGA_CRASH_AT", step),
+                ("SAGA_CRASH_ORDER", &order.to_string()),
+            ],
+        );
         let status = crashing.exited().await;
         assert_eq!(
             status.signal(),
@@ -146,8 +153,15 @@ async fn a_declined_payment_releases_the_stock_and_cancels_the_order() {
     let customer = shop.customer().await;
     let product = shop.product(5).await;
 
-    let saga = Component::start("saga", &settings, &[("SAGA_CRASH_AT", "release")]);
     let order = shop.order(customer, product, 2).await;
+    let saga = Component::start(
+        "saga",
+        &settings,
+        &[
+            ("SAGA_CRASH_AT", "release"),
+            ("SAGA_CRASH_ORDER", &order.to_string()),
+        ],
+    );
     assert_eq!(shop.stock(product).await, 3, "placing reserved 2");
     // A crash in the middle of the compensation, too.
     saga.exited().await;
