@@ -43,9 +43,16 @@ pub async fn start_group_at_end(kafka: &KafkaSettings, group: &str, topic: &Topi
     let consumer: StreamConsumer = consumer_config(kafka, group).create().expect("consumer");
     let offsets = end_offsets(&consumer, topic);
     consumer.assign(&offsets).expect("assigned");
-    consumer
-        .commit(&offsets, CommitMode::Sync)
-        .expect("offsets committed");
+    // A new group's coordinator may still be moving or loading (NotCoordinator,
+    // CoordinatorLoadInProgress): transient, so retried for a bounded time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offsets committed: {e}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Starts the delivery service's and the users service's groups of `settings` at the end of
