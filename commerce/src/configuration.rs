@@ -52,10 +52,11 @@ pub struct Settings {
     pub orders_products_url: String,
     /// How long one call to the products service may take before it counts as failed.
     pub orders_products_timeout_ms: u64,
-    /// An order still pending (its reservation unconfirmed) this long after it was created is
-    /// failed by the sweeper, and whatever was reserved for it is released.
+    /// A reservation held this long with no order recorded for it (the placement stopped
+    /// between the two steps) has its order recorded as failed by the sweeper, and the stock
+    /// is released.
     pub orders_pending_timeout_ms: u64,
-    /// How often the orders sweeper looks for such orders and for releases still owed.
+    /// How often the orders sweeper looks for such reservations and for releases still owed.
     pub orders_sweep_interval_ms: u64,
     /// Load the shipped seed data into a service's empty database on its first start.
     pub commerce_seed: bool,

@@ -174,8 +174,11 @@ pub async fn load_once(service: Service, pool: &PgPool) -> anyhow::Result<bool> 
             for order in &ORDERS {
                 let held = order.status.holds_stock();
                 sqlx::query(
-                    "INSERT INTO reservations (order_id, product_id, quantity, status, created_at, released_at)
-                     VALUES ($1, $2, $3, $4, now() - make_interval(mins => $5), CASE WHEN $6 THEN NULL ELSE now() END)",
+                    // Settled: the orders seed records these orders.
+                    "INSERT INTO reservations (order_id, product_id, quantity, status, created_at, released_at,
+                                               customer_id, settled)
+                     VALUES ($1, $2, $3, $4, now() - make_interval(mins => $5), CASE WHEN $6 THEN NULL ELSE now() END,
+                             $7, true)",
                 )
                 .bind(order.id)
                 .bind(order.product_id)
@@ -183,6 +186,7 @@ pub async fn load_once(service: Service, pool: &PgPool) -> anyhow::Result<bool> 
                 .bind(if held { "held" } else { "released" })
                 .bind(order.minutes_ago as i32)
                 .bind(held)
+                .bind(order.customer_id)
                 .execute(&mut *tx)
                 .await?;
             }

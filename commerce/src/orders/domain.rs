@@ -12,13 +12,15 @@ use crate::products::domain::MAX_QUANTITY;
 /// An order's status as the API and the database write it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OrderStatus {
-    /// Stock is being reserved; not yet an order anyone ships.
+    /// Written only by the earlier placement design (insert first, then reserve); a migration
+    /// failed what it left. Kept because the event contract names it.
     Pending,
     Processing,
     Shipped,
     Delivered,
     Cancelled,
-    /// The reservation was refused or not confirmed in time.
+    /// Given up during placement: the products service gave no answer, or the order was not
+    /// recorded in time after its stock was reserved. Whatever it may hold is released.
     Failed,
 }
 
@@ -162,6 +164,19 @@ pub struct StatusBody {
 /// The longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
 
+/// The namespace of order ids derived from idempotency keys.
+const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a4e_93d7_4b0e_8c55_1e7a_d2f0_b914);
+
+/// The id of an order placed with an idempotency key, derived from the key (UUID v5): retries
+/// with one key, even concurrent ones, reserve under one order id, which the products service
+/// reserves for at most once. Without a key an order gets a random id.
+pub fn order_id_for(idempotency_key: Option<&str>) -> Uuid {
+    match idempotency_key {
+        Some(key) => Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes()),
+        None => Uuid::new_v4(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +196,13 @@ mod tests {
                 (OrderStatus::Shipped, OrderStatus::Delivered),
             ]
         );
+    }
+
+    #[test]
+    fn keyed_orders_get_one_id_per_key() {
+        assert_eq!(order_id_for(Some("a")), order_id_for(Some("a")));
+        assert_ne!(order_id_for(Some("a")), order_id_for(Some("b")));
+        assert_ne!(order_id_for(None), order_id_for(None));
     }
 
     #[test]

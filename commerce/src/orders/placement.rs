@@ -1,15 +1,15 @@
 //! Placing an order across the orders and products databases, and the sweeper that cleans
 //! up after a crash in between. See `README.md` ("Placing an order") for the whole design.
 //!
-//! 1. The order is inserted as `Pending` (with the client's idempotency key, if any).
-//! 2. The products service reserves the stock, keyed by the order id (at most once).
-//! 3. The order becomes `Processing` with its `PLACED` event, only if it is still `Pending`.
+//! 1. The products service reserves the stock under a new order id (derived from the
+//!    idempotency key, if any), at most once per id.
+//! 2. The order is inserted as `Processing` with its `PLACED` event, in one statement.
 //!
-//! A refused reservation fails the order (nothing is held). An unknown outcome (timeout,
-//! crash of either side) leaves the order `Pending` or `Failed` with a release owed; the
-//! [`Sweeper`] fails orders pending past the timeout and releases what they may hold. The
-//! release leaves a released row at the products service even when nothing was reserved,
-//! so a reservation arriving late for a failed order is refused.
+//! A refused reservation records nothing. An unknown outcome (no answer) records the order as
+//! `Failed` with its release owed. A crash between the two steps leaves a reservation no
+//! order exists for: the [`Sweeper`] asks the products service for reservations held past
+//! the timeout and not yet settled, records their orders as `Failed` (an insert that loses to
+//! a placement finishing late), releases those, and settles the rest.
 
 use std::time::Duration;
 
@@ -18,9 +18,9 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::domain::{NewOrder, Order, OrderStatus};
+use super::domain::{order_id_for, NewOrder, Order, OrderStatus};
 use super::products_client::{ProductsClient, ReserveOutcome};
-use super::store::{self, Inserted};
+use super::store;
 use crate::http::ApiError;
 
 #[derive(Clone)]
@@ -39,65 +39,55 @@ impl Orders {
         idempotency_key: Option<&str>,
         new: NewOrder,
     ) -> Result<(StatusCode, Order), ApiError> {
-        let order = match store::insert_pending(&self.pool, idempotency_key, new).await? {
-            Inserted::New(order) => order,
-            Inserted::Existing(order) => {
-                if (order.customer_id, order.product_id, order.quantity)
-                    != (new.customer_id, new.product_id, new.quantity)
-                {
-                    return Err(ApiError::Conflict(
-                        "this Idempotency-Key was used for another order".to_owned(),
-                    ));
-                }
-                match order.status {
-                    // A retry of a request that did not finish: carry it on.
-                    OrderStatus::Pending => order,
-                    OrderStatus::Failed => {
-                        return Err(ApiError::Conflict(format!(
-                            "order {} failed: {}",
-                            order.id,
-                            order.failure_reason.as_deref().unwrap_or("unknown reason")
-                        )))
-                    }
-                    _ => return Ok((StatusCode::OK, order)),
-                }
+        if let Some(key) = idempotency_key {
+            if let Some(existing) = store::by_key(&self.pool, key).await? {
+                return same_request(existing, new).map(|order| (StatusCode::OK, order));
             }
-        };
-        match self
-            .products
-            .reserve(order.id, order.product_id, order.quantity)
-            .await
-        {
-            Ok(ReserveOutcome::Reserved) => match store::confirm(&self.pool, &order).await? {
-                Some(confirmed) => {
-                    tracing::info!(id = %order.id, "order placed");
-                    Ok((StatusCode::CREATED, confirmed))
-                }
-                // No longer pending: a concurrent retry with the same idempotency key confirmed
-                // it, or the sweeper failed it meanwhile (and releases the stock).
-                None => match store::get(&self.pool, order.id).await? {
-                    Some(current) if current.status.holds_stock() => Ok((StatusCode::OK, current)),
-                    _ => Err(ApiError::Unavailable(format!(
-                        "order {} was not confirmed in time; its stock is released",
-                        order.id
-                    ))),
-                },
-            },
-            Ok(ReserveOutcome::Refused(message)) => {
-                store::fail(&self.pool, order.id, &message, false).await?;
-                Err(ApiError::Conflict(message))
-            }
-            Ok(ReserveOutcome::UnknownProduct(message)) => {
-                store::fail(&self.pool, order.id, &message, false).await?;
-                Err(ApiError::NotFound(message))
-            }
+        }
+        let id = order_id_for(idempotency_key);
+        match self.products.reserve(id, &new).await {
+            Ok(ReserveOutcome::Reserved) => {}
+            Ok(ReserveOutcome::Refused(message)) => return Err(ApiError::Conflict(message)),
+            Ok(ReserveOutcome::UnknownProduct(message)) => return Err(ApiError::NotFound(message)),
             Err(unavailable) => {
-                // The reservation may have happened: fail the order and owe the release.
-                store::fail(&self.pool, order.id, "products service unavailable", true).await?;
-                Err(ApiError::Unavailable(format!(
-                    "{unavailable}; order {} failed, anything it held is released",
-                    order.id
-                )))
+                // The reservation may have happened: record the order as given up, with the
+                // release owed (a later reservation for this id is then refused too).
+                store::insert_failed(
+                    &self.pool,
+                    id,
+                    idempotency_key,
+                    new,
+                    "products service unavailable",
+                )
+                .await?;
+                return Err(ApiError::Unavailable(format!(
+                    "{unavailable}; order {id} failed, anything it held is released"
+                )));
+            }
+        }
+        if let Some(placed) = store::insert_placed(&self.pool, id, idempotency_key, new).await? {
+            tracing::info!(%id, "order placed");
+            return Ok((StatusCode::CREATED, placed));
+        }
+        // The id or the key is taken: a concurrent retry with the same key recorded this
+        // order (the products service reserved once for both), or the sweeper gave it up.
+        match store::get(&self.pool, id).await? {
+            Some(order) if order.status.holds_stock() => {
+                same_request(order, new).map(|order| (StatusCode::OK, order))
+            }
+            Some(order) => Err(ApiError::Unavailable(format!(
+                "order {} was not recorded in time and is {}; its stock is released",
+                order.id, order.status
+            ))),
+            // The key belongs to an order with another id (recorded by the earlier placement
+            // design): that one is the key's order, and this reservation is not needed.
+            None => {
+                self.release(id).await?;
+                let key = idempotency_key.unwrap_or_default();
+                let existing = store::by_key(&self.pool, key)
+                    .await?
+                    .ok_or_else(|| ApiError::Conflict("order vanished; retry".to_owned()))?;
+                same_request(existing, new).map(|order| (StatusCode::OK, order))
             }
         }
     }
@@ -124,8 +114,32 @@ impl Orders {
     }
 }
 
-/// Fails orders pending past the timeout and releases the stock of failed and cancelled
-/// orders until the products service confirmed it; one round per interval.
+/// The answer to a request whose idempotency key (or derived id) names an existing order:
+/// that order, unless the request asked for a different one.
+fn same_request(existing: Order, new: NewOrder) -> Result<Order, ApiError> {
+    if (existing.customer_id, existing.product_id, existing.quantity)
+        != (new.customer_id, new.product_id, new.quantity)
+    {
+        return Err(ApiError::Conflict(
+            "this Idempotency-Key was used for another order".to_owned(),
+        ));
+    }
+    match existing.status {
+        OrderStatus::Failed => Err(ApiError::Conflict(format!(
+            "order {} failed: {}",
+            existing.id,
+            existing
+                .failure_reason
+                .as_deref()
+                .unwrap_or("unknown reason")
+        ))),
+        _ => Ok(existing),
+    }
+}
+
+/// Settles reservations held past the placement timeout (see the module doc) and releases
+/// the stock of failed and cancelled orders until the products service confirmed it; one
+/// round per interval.
 pub struct Sweeper {
     pub orders: Orders,
     pub pending_timeout: Duration,
@@ -135,6 +149,11 @@ pub struct Sweeper {
 
 /// Releases attempted per round; the rest wait for the next.
 const RELEASES_PER_ROUND: i64 = 500;
+
+/// Unsettled reservations asked for per batch, and batches per round: settling keeps up with
+/// up to 20 000 placed orders per round.
+const SETTLE_BATCH: usize = 1_000;
+const SETTLE_BATCHES_PER_ROUND: usize = 20;
 
 impl Sweeper {
     pub async fn run(mut self) {
@@ -151,13 +170,7 @@ impl Sweeper {
     }
 
     async fn round(&self) -> Result<(), sqlx::Error> {
-        let failed = store::fail_expired(&self.orders.pool, self.pending_timeout).await?;
-        if !failed.is_empty() {
-            tracing::warn!(
-                count = failed.len(),
-                "failed orders pending past the timeout"
-            );
-        }
+        self.settle().await?;
         for id in store::owed_releases(&self.orders.pool, RELEASES_PER_ROUND).await? {
             match self.orders.products.release(id).await {
                 Ok(released) => {
@@ -168,6 +181,40 @@ impl Sweeper {
                     tracing::warn!(%id, error = %e, "products service did not release; next round");
                     break;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the products service for reservations held past the timeout whose orders it was
+    /// not told exist, records the missing orders as given up (released below, with the
+    /// other owed releases), and settles the reservations of live orders.
+    async fn settle(&self) -> Result<(), sqlx::Error> {
+        let products = &self.orders.products;
+        for _ in 0..SETTLE_BATCHES_PER_ROUND {
+            let held = match products.unsettled(self.pending_timeout, SETTLE_BATCH).await {
+                Ok(held) => held,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unsettled reservations not listed; next round");
+                    return Ok(());
+                }
+            };
+            let live = store::settle(&self.orders.pool, &held).await?;
+            let abandoned = held.len() - live.len();
+            if abandoned > 0 {
+                tracing::warn!(
+                    count = abandoned,
+                    "reservations held past the timeout without a live order; releasing them"
+                );
+            }
+            if !live.is_empty() {
+                if let Err(e) = products.settled(&live).await {
+                    tracing::warn!(error = %e, "reservations not settled; next round");
+                    return Ok(());
+                }
+            }
+            if held.len() < SETTLE_BATCH || live.is_empty() {
+                return Ok(());
             }
         }
         Ok(())

@@ -9,6 +9,9 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::domain::NewOrder;
+use crate::products::domain::{SettledBody, Unsettled};
+
 /// What the products service answered to a reservation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReserveOutcome {
@@ -44,13 +47,17 @@ impl ProductsClient {
     pub async fn reserve(
         &self,
         order_id: Uuid,
-        product_id: i64,
-        quantity: i32,
+        order: &NewOrder,
     ) -> Result<ReserveOutcome, Unavailable> {
         let request = self
             .http
             .post(format!("{}/reservations", self.base_url))
-            .json(&json!({ "orderId": order_id, "productId": product_id, "quantity": quantity }));
+            .json(&json!({
+                "orderId": order_id,
+                "customerId": order.customer_id,
+                "productId": order.product_id,
+                "quantity": order.quantity,
+            }));
         let response = traced(request, "POST", "/reservations").await?;
         let status = response.status();
         let message = || async {
@@ -86,6 +93,50 @@ impl ProductsClient {
             .await
             .map_err(|e| Unavailable(e.to_string()))?;
         Ok(body["released"].as_bool().unwrap_or(false))
+    }
+}
+
+impl ProductsClient {
+    /// Held reservations older than `older_than` that no order was confirmed for yet.
+    pub async fn unsettled(
+        &self,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<Vec<Unsettled>, Unavailable> {
+        let request = self.http.get(format!(
+            "{}/reservations/unsettled?olderThanMs={}&limit={limit}",
+            self.base_url,
+            older_than.as_millis()
+        ));
+        let response = traced(request, "GET", "/reservations/unsettled").await?;
+        if !response.status().is_success() {
+            return Err(Unavailable(format!(
+                "unsettled reservations answered {}",
+                response.status()
+            )));
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| Unavailable(e.to_string()))
+    }
+
+    /// Tells the products service these orders exist, so their reservations are settled.
+    pub async fn settled(&self, order_ids: &[Uuid]) -> Result<(), Unavailable> {
+        let request = self
+            .http
+            .post(format!("{}/reservations/settled", self.base_url))
+            .json(&SettledBody {
+                order_ids: order_ids.to_vec(),
+            });
+        let response = traced(request, "POST", "/reservations/settled").await?;
+        if !response.status().is_success() {
+            return Err(Unavailable(format!(
+                "settling reservations answered {}",
+                response.status()
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -1,8 +1,7 @@
-//! The orders database: orders and their saga state, each status change written with its
-//! order event in one transaction (the confirmation: in one statement).
+//! The orders database: orders and their placement state, each change written with its order
+//! event in one transaction (a placed order: in one statement).
 
 use std::sync::LazyLock;
-use std::time::Duration;
 
 use outbox::NewEvent;
 
@@ -14,6 +13,7 @@ use uuid::Uuid;
 use super::domain::{NewOrder, Order, OrderStatus};
 use crate::events::{record, ORDERS_OUTBOX};
 use crate::http::ApiError;
+use crate::products::domain::Unsettled;
 
 const COLUMNS: &str =
     "id, customer_id, product_id, quantity, status, failure_reason, created_at, updated_at";
@@ -55,40 +55,17 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::Error> 
         .transpose()
 }
 
-pub enum Inserted {
-    New(Order),
-    /// An order with this idempotency key exists already.
-    Existing(Order),
-}
-
-/// Records a new order as Pending, before any stock is reserved for it.
-pub async fn insert_pending(
-    pool: &PgPool,
-    idempotency_key: Option<&str>,
-    new: NewOrder,
-) -> Result<Inserted, sqlx::Error> {
-    let row = sqlx::query(&format!(
-        "INSERT INTO orders (id, idempotency_key, customer_id, product_id, quantity, status)
-         VALUES ($1, $2, $3, $4, $5, 'Pending')
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLUMNS}"
-    ))
-    .bind(Uuid::new_v4())
-    .bind(idempotency_key)
-    .bind(new.customer_id)
-    .bind(new.product_id)
-    .bind(new.quantity)
-    .fetch_optional(pool)
-    .await?;
-    if let Some(row) = row {
-        return Ok(Inserted::New(order(&row)?));
-    }
-    let row = sqlx::query(&format!(
+/// The order placed with this idempotency key, if any.
+pub async fn by_key(pool: &PgPool, idempotency_key: &str) -> Result<Option<Order>, sqlx::Error> {
+    sqlx::query(&format!(
         "SELECT {COLUMNS} FROM orders WHERE idempotency_key = $1"
     ))
     .bind(idempotency_key)
-    .fetch_one(pool)
-    .await?;
-    Ok(Inserted::Existing(order(&row)?))
+    .fetch_optional(pool)
+    .await?
+    .as_ref()
+    .map(order)
+    .transpose()
 }
 
 fn order_event(order: &Order, kind: OrderEventKind, previous: Option<OrderStatus>) -> OrderEvent {
@@ -107,36 +84,55 @@ fn order_event(order: &Order, kind: OrderEventKind, previous: Option<OrderStatus
     .with_key()
 }
 
-/// Pending → Processing once its stock is reserved, with the `PLACED` event, in one
-/// statement. `None` when the order is no longer pending (the sweeper failed it meanwhile).
-/// `pending` is the order as inserted: the event carries its fields.
-pub async fn confirm(pool: &PgPool, pending: &Order) -> Result<Option<Order>, ApiError> {
-    static CONFIRM: LazyLock<String> = LazyLock::new(|| {
+/// Records an order whose stock is reserved, as `Processing` with its `PLACED` event, in one
+/// statement. `None` when an order with this id or idempotency key exists already: a
+/// concurrent retry with the same key recorded it, or the sweeper gave the order up because
+/// it was not recorded in time (its stock is then released).
+pub async fn insert_placed(
+    pool: &PgPool,
+    id: Uuid,
+    idempotency_key: Option<&str>,
+    new: NewOrder,
+) -> Result<Option<Order>, ApiError> {
+    static INSERT: LazyLock<String> = LazyLock::new(|| {
         ORDERS_OUTBOX.statement(
             &format!(
-                "confirmed AS (
-                     UPDATE orders SET status = 'Processing', updated_at = now()
-                     WHERE id = $1 AND status = 'Pending' RETURNING {COLUMNS}
+                "placed AS (
+                     INSERT INTO orders (id, idempotency_key, customer_id, product_id, quantity,
+                                         status)
+                     VALUES ($1, $2, $3, $4, $5, 'Processing')
+                     ON CONFLICT DO NOTHING RETURNING {COLUMNS}
                  )"
             ),
-            "SELECT $2::text AS topic, $3::text AS key, $4::uuid AS event_id,
-                    jsonb_set($5::jsonb, '{occurred_at}',
+            "SELECT $6::text AS topic, $7::text AS key, $8::uuid AS event_id,
+                    jsonb_set($9::jsonb, '{occurred_at}',
                               to_jsonb(floor(extract(epoch FROM updated_at) * 1000)::bigint))
                         AS payload,
-                    $6::text AS traceparent, $7::text AS tracestate
-             FROM confirmed",
-            &format!("SELECT {COLUMNS} FROM confirmed"),
+                    $10::text AS traceparent, $11::text AS tracestate
+             FROM placed",
+            &format!("SELECT {COLUMNS} FROM placed"),
         )
     });
+    let now = chrono::Utc::now();
     let placed = Order {
+        id,
+        customer_id: new.customer_id,
+        product_id: new.product_id,
+        quantity: new.quantity,
         status: OrderStatus::Processing,
-        ..pending.clone()
+        failure_reason: None,
+        created_at: now,
+        updated_at: now,
     };
-    // `occurred_at` is filled in by the statement, from the confirmed row's `updated_at`.
+    // `occurred_at` is filled in by the statement, from the inserted row's `updated_at`.
     let event = NewEvent::from_event(&order_event(&placed, OrderEventKind::Placed, None))?;
     let (traceparent, tracestate) = outbox::write::trace_context();
-    sqlx::query(&CONFIRM)
-        .bind(pending.id)
+    sqlx::query(&INSERT)
+        .bind(id)
+        .bind(idempotency_key)
+        .bind(new.customer_id)
+        .bind(new.product_id)
+        .bind(new.quantity)
         .bind(&event.topic)
         .bind(&event.key)
         .bind(event.event_id)
@@ -151,27 +147,62 @@ pub async fn confirm(pool: &PgPool, pending: &Order) -> Result<Option<Order>, Ap
         .map_err(Into::into)
 }
 
-/// Pending → Failed. `release_owed` says whether stock may be held for it at the products
-/// service (the reservation's outcome is unknown), so the sweeper must release it.
-pub async fn fail(
+/// Records an order that was given up during placement as `Failed`, with its release owed
+/// (its stock may be held at the products service), unless an order with this id or key
+/// exists already.
+pub async fn insert_failed(
     pool: &PgPool,
     id: Uuid,
+    idempotency_key: Option<&str>,
+    new: NewOrder,
     reason: &str,
-    release_owed: bool,
-) -> Result<Option<Order>, sqlx::Error> {
-    sqlx::query(&format!(
-        "UPDATE orders SET status = 'Failed', failure_reason = $2, release_pending = $3,
-                updated_at = now()
-         WHERE id = $1 AND status = 'Pending' RETURNING {COLUMNS}"
-    ))
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO orders (id, idempotency_key, customer_id, product_id, quantity, status,
+                             failure_reason, release_pending)
+         VALUES ($1, $2, $3, $4, $5, 'Failed', $6, true)
+         ON CONFLICT DO NOTHING",
+    )
     .bind(id)
+    .bind(idempotency_key)
+    .bind(new.customer_id)
+    .bind(new.product_id)
+    .bind(new.quantity)
     .bind(reason)
-    .bind(release_owed)
-    .fetch_optional(pool)
-    .await?
-    .as_ref()
-    .map(order)
-    .transpose()
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Settles reservations held past the placement timeout, in one statement: an order that was
+/// never recorded is recorded now as `Failed` with its release owed (the primary key decides
+/// between this and a placement finishing late: whichever inserts first wins). Returns the
+/// ids among `held` whose orders exist and are live, whose reservations are theirs.
+pub async fn settle(pool: &PgPool, held: &[Unsettled]) -> Result<Vec<Uuid>, sqlx::Error> {
+    let column = |f: fn(&Unsettled) -> i64| held.iter().map(f).collect::<Vec<_>>();
+    let ids: Vec<Uuid> = held.iter().map(|r| r.order_id).collect();
+    sqlx::query_scalar(
+        "WITH held AS (
+             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[])
+                 AS h (id, customer_id, product_id, quantity)
+         ),
+         abandoned AS (
+             INSERT INTO orders (id, customer_id, product_id, quantity, status, failure_reason,
+                                 release_pending)
+             SELECT id, customer_id, product_id, quantity, 'Failed',
+                    'not recorded in time after its stock was reserved', true
+             FROM held WHERE customer_id > 0
+             ON CONFLICT DO NOTHING
+         )
+         SELECT id FROM orders
+         WHERE id = ANY($1) AND status IN ('Processing', 'Shipped', 'Delivered')",
+    )
+    .bind(&ids)
+    .bind(column(|r| r.customer_id.unwrap_or(0)))
+    .bind(column(|r| r.product_id))
+    .bind(column(|r| i64::from(r.quantity)))
+    .fetch_all(pool)
+    .await
 }
 
 /// A client's status change, checked against the allowed transitions under the row lock,
@@ -214,20 +245,6 @@ pub async fn change_status(pool: &PgPool, id: Uuid, next: OrderStatus) -> Result
     .await?;
     tx.commit().await?;
     Ok(changed)
-}
-
-/// Fails every order pending for longer than `timeout` (by the database's clock) and marks
-/// its release owed. Returns their ids.
-pub async fn fail_expired(pool: &PgPool, timeout: Duration) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE orders SET status = 'Failed', failure_reason = 'not confirmed in time',
-                release_pending = true, updated_at = now()
-         WHERE status = 'Pending' AND created_at < now() - make_interval(secs => $1)
-         RETURNING id",
-    )
-    .bind(timeout.as_secs_f64())
-    .fetch_all(pool)
-    .await
 }
 
 /// Orders whose stock the products service may still hold, oldest first.

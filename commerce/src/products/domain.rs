@@ -120,11 +120,15 @@ impl ProductBody {
     }
 }
 
-/// `POST /reservations`: reserve `quantity` of `product_id` for the order `order_id`.
+/// `POST /reservations`: reserve `quantity` of `product_id` for the order `order_id` of the
+/// customer `customer_id` (optional: named so the orders service can record an order it never
+/// got to write as given up).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReservationBody {
     pub order_id: Uuid,
+    #[serde(default)]
+    pub customer_id: Option<i64>,
     pub product_id: i64,
     pub quantity: i64,
 }
@@ -133,12 +137,16 @@ pub struct ReservationBody {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReservationRequest {
     pub order_id: Uuid,
+    pub customer_id: Option<i64>,
     pub product_id: i64,
     pub quantity: i32,
 }
 
 impl ReservationBody {
     pub fn validate(self) -> Result<ReservationRequest, String> {
+        if let Some(customer) = self.customer_id.filter(|id| *id <= 0) {
+            return Err(format!("customerId must be positive, not {customer}"));
+        }
         if self.product_id <= 0 {
             return Err(format!(
                 "productId must be positive, not {}",
@@ -153,6 +161,7 @@ impl ReservationBody {
         }
         Ok(ReservationRequest {
             order_id: self.order_id,
+            customer_id: self.customer_id,
             product_id: self.product_id,
             quantity: self.quantity as i32,
         })
@@ -174,6 +183,24 @@ pub struct Reservation {
     pub product_id: Option<i64>,
     pub quantity: i32,
     pub status: ReservationStatus,
+}
+
+/// A held reservation the orders service has not yet confirmed an order for
+/// (`GET /reservations/unsettled`): what the orders sweeper needs to settle it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unsettled {
+    pub order_id: Uuid,
+    pub customer_id: Option<i64>,
+    pub product_id: i64,
+    pub quantity: i32,
+}
+
+/// `POST /reservations/settled`: the orders whose reservations are confirmed to be theirs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SettledBody {
+    pub order_ids: Vec<Uuid>,
 }
 
 #[cfg(test)]

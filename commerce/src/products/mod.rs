@@ -25,6 +25,8 @@ pub fn router(pool: PgPool) -> Router {
         .route("/products/{id}", get(routes::get).put(routes::replace))
         .route("/products/{id}/restock", post(restock::restock))
         .route("/reservations", post(routes::reserve))
+        .route("/reservations/unsettled", get(routes::unsettled))
+        .route("/reservations/settled", post(routes::settled))
         .route("/reservations/{order_id}", get(routes::reservation))
         .route("/reservations/{order_id}/release", post(routes::release))
         .with_state(pool)

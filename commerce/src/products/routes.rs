@@ -1,7 +1,8 @@
 //! `/products` (list, read, create, replace) and `/reservations` (reserve for an order,
-//! release, read), the API the orders service calls.
+//! release, read, list the unsettled and settle them), the API the orders service calls.
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -9,7 +10,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::domain::{Product, ProductBody, ReservationBody};
+use super::domain::{Product, ProductBody, ReservationBody, SettledBody, Unsettled};
 use super::store::{self, no_product, Reserved};
 use crate::http::{numeric_id, ApiError, ApiJson};
 
@@ -103,4 +104,54 @@ pub fn order_id_param(text: &str) -> Result<Uuid, ApiError> {
     text.trim()
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("order id must be a UUID, not {text:?}")))
+}
+
+/// Most reservations `GET /reservations/unsettled` lists at once.
+pub const MAX_UNSETTLED: i64 = 5_000;
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UnsettledQuery {
+    older_than_ms: u64,
+    #[serde(default = "default_unsettled_limit")]
+    limit: i64,
+}
+
+fn default_unsettled_limit() -> i64 {
+    1_000
+}
+
+/// `GET /reservations/unsettled?olderThanMs=30000&limit=1000`: held reservations held for
+/// longer than `olderThanMs` whose order the orders service has not confirmed, oldest first.
+pub async fn unsettled(
+    State(pool): State<PgPool>,
+    query: Result<Query<UnsettledQuery>, QueryRejection>,
+) -> Result<Json<Vec<Unsettled>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if !(1..=MAX_UNSETTLED).contains(&query.limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be from 1 to {MAX_UNSETTLED}, not {}",
+            query.limit
+        )));
+    }
+    let older_than = std::time::Duration::from_millis(query.older_than_ms);
+    Ok(Json(
+        store::unsettled(&pool, older_than, query.limit).await?,
+    ))
+}
+
+/// `POST /reservations/settled` with `{"orderIds": [...]}`: these orders exist, so their
+/// reservations are theirs; answers how many reservations it marked.
+pub async fn settled(
+    State(pool): State<PgPool>,
+    ApiJson(body): ApiJson<SettledBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if body.order_ids.len() > MAX_UNSETTLED as usize {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_UNSETTLED} orderIds at once, not {}",
+            body.order_ids.len()
+        )));
+    }
+    let settled = store::settle(&pool, &body.order_ids).await?;
+    Ok(Json(json!({ "settled": settled })))
 }

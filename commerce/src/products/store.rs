@@ -3,6 +3,7 @@
 //! reservation: in one statement).
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use outbox::NewEvent;
 use sqlx::{PgPool, Row};
@@ -10,7 +11,7 @@ use topics::commerce::{StockEvent, StockEventKind};
 use uuid::Uuid;
 
 use super::domain::{
-    Price, Product, ProductDetails, Reservation, ReservationRequest, ReservationStatus,
+    Price, Product, ProductDetails, Reservation, ReservationRequest, ReservationStatus, Unsettled,
 };
 use crate::events::{record, PRODUCTS_OUTBOX};
 use crate::http::ApiError;
@@ -172,18 +173,21 @@ pub async fn reserve(pool: &PgPool, request: ReservationRequest) -> Result<Reser
                  RETURNING stock
              ),
              held AS (
-                 INSERT INTO reservations (order_id, product_id, quantity, status)
-                 SELECT $2::uuid, $1::bigint, $3::int, 'held' FROM taken
+                 INSERT INTO reservations (order_id, product_id, quantity, status, customer_id)
+                 SELECT $2::uuid, $1::bigint, $3::int, 'held', $10::bigint FROM taken
              )",
             "SELECT $4::text AS topic, $5::text AS key, $6::uuid AS event_id,
                     jsonb_set($7::jsonb, '{stock_after}', to_jsonb(stock)) AS payload,
                     $8::text AS traceparent, $9::text AS tracestate
              FROM taken",
-            "SELECT (SELECT stock FROM taken) AS stock_after,
-                    (SELECT status FROM existing) AS existing_status,
-                    (SELECT product_id FROM existing) AS existing_product,
-                    (SELECT quantity FROM existing) AS existing_quantity,
-                    EXISTS (SELECT 1 FROM products WHERE id = $1::bigint) AS product_exists",
+            // One row whichever CTE has one; the product is looked up only when neither has.
+            "SELECT taken.stock AS stock_after, existing.status AS existing_status,
+                    existing.product_id AS existing_product,
+                    existing.quantity AS existing_quantity,
+                    taken.stock IS NOT NULL OR existing.status IS NOT NULL
+                        OR EXISTS (SELECT 1 FROM products WHERE id = $1::bigint)
+                        AS product_exists
+             FROM (SELECT) AS one LEFT JOIN taken ON true LEFT JOIN existing ON true",
         )
     });
     // `stock_after` is filled in by the statement.
@@ -205,6 +209,7 @@ pub async fn reserve(pool: &PgPool, request: ReservationRequest) -> Result<Reser
         .bind(&event.payload)
         .bind(traceparent)
         .bind(tracestate)
+        .bind(request.customer_id)
         .fetch_one(pool)
         .await;
     let row = match row {
@@ -339,6 +344,48 @@ pub async fn release(pool: &PgPool, order_id: Uuid) -> Result<bool, ApiError> {
     Err(ApiError::Conflict(format!(
         "the reservation of order {order_id} changed while being released; retry"
     )))
+}
+
+/// Held reservations no order has been confirmed for, held for longer than `older_than` (by
+/// the database's clock), oldest first: the orders whose placement may have stopped between
+/// the reservation and the order's insert.
+pub async fn unsettled(
+    pool: &PgPool,
+    older_than: Duration,
+    limit: i64,
+) -> Result<Vec<Unsettled>, sqlx::Error> {
+    let rows: Vec<(Uuid, Option<i64>, i64, i32)> = sqlx::query_as(
+        "SELECT order_id, customer_id, product_id, quantity FROM reservations
+         WHERE status = 'held' AND NOT settled
+           AND created_at < now() - make_interval(secs => $1)
+         ORDER BY created_at LIMIT $2",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(order_id, customer_id, product_id, quantity)| Unsettled {
+            order_id,
+            customer_id,
+            product_id,
+            quantity,
+        })
+        .collect())
+}
+
+/// Marks the reservations of these orders as confirmed by the orders service (their orders
+/// exist), so the sweeper does not ask about them again. Returns how many it marked.
+pub async fn settle(pool: &PgPool, order_ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE reservations SET settled = true
+         WHERE order_id = ANY($1) AND status = 'held' AND NOT settled",
+    )
+    .bind(order_ids)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 pub async fn reservation(

@@ -268,3 +268,86 @@ async fn concurrent_retries_with_one_idempotency_key_reserve_once() {
     assert_eq!(shop.stock(product).await, 8, "reserved once");
     shop.stop().await;
 }
+
+/// The crash window of placement, made deterministic: stock reserved for an order id the
+/// orders service never recorded (its placement died between the two steps) is given up by
+/// the sweeper once the timeout passed, while a recorded order's reservation is settled and
+/// kept.
+#[tokio::test]
+async fn a_reservation_whose_order_was_never_recorded_is_given_up_and_released() {
+    let mut settings = crate::helpers::test_settings();
+    settings.orders_products_timeout_ms = 200;
+    settings.orders_pending_timeout_ms = 300;
+    settings.orders_sweep_interval_ms = 50;
+    let shop = Shop::start_with(settings).await;
+    let product = shop.product(10).await;
+    let (status, placed) = shop.order(1, product, 3).await;
+    assert_eq!(status, StatusCode::CREATED, "{placed}");
+    let orphan = Uuid::new_v4();
+    let (status, reserved) = shop
+        .client
+        .post(
+            &shop.products_url("/reservations"),
+            &json!({ "orderId": orphan, "customerId": 4, "productId": product, "quantity": 5 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{reserved}");
+    assert_eq!(shop.stock(product).await, 2);
+
+    testkit::eventually(
+        "the orphaned reservation is released",
+        std::time::Duration::from_secs(30),
+        || async { shop.stock(product).await == 7 },
+    )
+    .await;
+    let (status, given_up) = shop
+        .client
+        .get(&shop.orders_url(&format!("/orders/{orphan}")))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{given_up}");
+    assert_eq!(given_up["status"], "Failed");
+    assert_eq!(given_up["customerId"], 4);
+    assert_eq!(given_up["quantity"], 5);
+    assert!(
+        given_up["failureReason"]
+            .as_str()
+            .unwrap()
+            .contains("not recorded in time"),
+        "{given_up}"
+    );
+    testkit::eventually(
+        "the placed order's reservation is settled",
+        std::time::Duration::from_secs(30),
+        || async {
+            let (_, unsettled) = shop
+                .client
+                .get(&shop.products_url("/reservations/unsettled?olderThanMs=0"))
+                .await;
+            unsettled == json!([])
+        },
+    )
+    .await;
+    let id = placed["id"].as_str().unwrap();
+    let (_, read) = shop
+        .client
+        .get(&shop.orders_url(&format!("/orders/{id}")))
+        .await;
+    assert_eq!(
+        read["status"], "Processing",
+        "a recorded order keeps its stock"
+    );
+    assert_eq!(shop.stock(product).await, 7);
+    let (_, late) = shop
+        .client
+        .post(
+            &shop.products_url("/reservations"),
+            &json!({ "orderId": orphan, "customerId": 4, "productId": product, "quantity": 5 }),
+        )
+        .await;
+    assert_eq!(
+        late["error"].as_str().map(|e| e.contains("released")),
+        Some(true),
+        "{late}"
+    );
+    shop.stop().await;
+}

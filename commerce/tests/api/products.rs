@@ -216,3 +216,88 @@ async fn a_release_before_the_reservation_refuses_it_and_bad_reservations_are_4x
     assert_eq!(shop.stock(product).await, 3);
     shop.stop().await;
 }
+
+#[tokio::test]
+async fn held_reservations_are_listed_until_settled_and_bad_queries_are_400() {
+    let shop = Shop::start().await;
+    let c = &shop.client;
+    let product = shop.product(10).await;
+    let (held, released) = (Uuid::new_v4(), Uuid::new_v4());
+    for order in [held, released] {
+        let body =
+            json!({ "orderId": order, "customerId": 7, "productId": product, "quantity": 2 });
+        let (status, answer) = c.post(&shop.products_url("/reservations"), &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    let (status, _) = c
+        .post(
+            &shop.products_url(&format!("/reservations/{released}/release")),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let unsettled = shop.products_url("/reservations/unsettled?olderThanMs=0");
+    let (status, listed) = c.get(&unsettled).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(
+        listed,
+        json!([{ "orderId": held, "customerId": 7, "productId": product, "quantity": 2 }]),
+        "only the held reservation"
+    );
+    let (status, listed) = c
+        .get(&shop.products_url("/reservations/unsettled?olderThanMs=600000"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed, json!([]), "nothing is held that long");
+
+    let settle = shop.products_url("/reservations/settled");
+    let (status, answer) = c
+        .post(&settle, &json!({ "orderIds": [held, released] }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        answer["settled"], 1,
+        "a released reservation is not settled"
+    );
+    let (_, listed) = c.get(&unsettled).await;
+    assert_eq!(
+        listed,
+        json!([]),
+        "a settled reservation is not listed again"
+    );
+    let (_, again) = c.post(&settle, &json!({ "orderIds": [held] })).await;
+    assert_eq!(again["settled"], 0);
+    assert_eq!(
+        shop.stock(product).await,
+        8,
+        "settling takes and gives nothing"
+    );
+
+    for (url, needle) in [
+        ("/reservations/unsettled", "olderThanMs"),
+        ("/reservations/unsettled?olderThanMs=-1", "olderThanMs"),
+        ("/reservations/unsettled?olderThanMs=0&limit=0", "limit"),
+    ] {
+        assert_error(
+            &c.get(&shop.products_url(url)).await,
+            StatusCode::BAD_REQUEST,
+            needle,
+        );
+    }
+    assert_error(
+        &c.post(&settle, &json!({ "orderIds": ["x"] })).await,
+        StatusCode::BAD_REQUEST,
+        "invalid body",
+    );
+    assert_error(
+        &c.post(
+            &shop.products_url("/reservations"),
+            &json!({ "orderId": Uuid::new_v4(), "customerId": 0, "productId": product, "quantity": 1 }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "customerId",
+    );
+    shop.stop().await;
+}
