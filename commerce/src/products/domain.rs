@@ -185,6 +185,43 @@ pub struct Reservation {
     pub status: ReservationStatus,
 }
 
+/// `POST /reservations/batch`: many reservations in one call, each with the W3C trace context
+/// of the order it is for (its stock event continues that trace).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchBody {
+    pub reservations: Vec<BatchEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchEntry {
+    pub order_id: Uuid,
+    #[serde(default)]
+    pub customer_id: Option<i64>,
+    pub product_id: i64,
+    pub quantity: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+}
+
+/// One entry's answer in a batch: the status a single `POST /reservations` would have
+/// answered (201 reserved now, 200 held already, 409, 404), with its error message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchResult {
+    pub order_id: Uuid,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The most reservations one batch may carry: a full batch with trace contexts stays well
+/// inside the request body limit (64 KiB).
+pub const MAX_BATCH: usize = 256;
+
 /// A held reservation the orders service has not yet confirmed an order for
 /// (`GET /reservations/unsettled`): what the orders sweeper needs to settle it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

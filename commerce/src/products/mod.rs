@@ -25,6 +25,7 @@ pub fn router(pool: PgPool) -> Router {
         .route("/products/{id}", get(routes::get).put(routes::replace))
         .route("/products/{id}/restock", post(restock::restock))
         .route("/reservations", post(routes::reserve))
+        .route("/reservations/batch", post(routes::reserve_batch))
         .route("/reservations/unsettled", get(routes::unsettled))
         .route("/reservations/settled", post(routes::settled))
         .route("/reservations/{order_id}", get(routes::reservation))

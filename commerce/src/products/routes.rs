@@ -10,7 +10,10 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::domain::{Product, ProductBody, ReservationBody, SettledBody, Unsettled};
+use super::domain::{
+    BatchBody, BatchResult, Product, ProductBody, ReservationBody, SettledBody, Unsettled,
+    MAX_BATCH,
+};
 use super::store::{self, no_product, Reserved};
 use crate::http::{numeric_id, ApiError, ApiJson};
 
@@ -154,4 +157,52 @@ pub async fn settled(
     }
     let settled = store::settle(&pool, &body.order_ids).await?;
     Ok(Json(json!({ "settled": settled })))
+}
+
+/// `POST /reservations/batch`: many orders' reservations in one call (the orders service
+/// sends what its concurrent placements have queued), answered per entry as
+/// `POST /reservations` would. Most take their stock in one statement; the rest are asked
+/// one by one ([`store::reserve_batch`]). A bad entry is a 400 for the whole batch.
+pub async fn reserve_batch(
+    State(pool): State<PgPool>,
+    ApiJson(body): ApiJson<BatchBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if body.reservations.len() > MAX_BATCH {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_BATCH} reservations at once, not {}",
+            body.reservations.len()
+        )));
+    }
+    let mut requests = Vec::with_capacity(body.reservations.len());
+    for (i, entry) in body.reservations.into_iter().enumerate() {
+        let request = ReservationBody {
+            order_id: entry.order_id,
+            customer_id: entry.customer_id,
+            product_id: entry.product_id,
+            quantity: entry.quantity,
+        }
+        .validate()
+        .map_err(|e| ApiError::BadRequest(format!("reservations[{i}]: {e}")))?;
+        requests.push((request, entry.traceparent, entry.tracestate));
+    }
+    let taken = store::reserve_batch(&pool, &requests).await?;
+    let mut results = Vec::with_capacity(requests.len());
+    for ((request, _, _), stock_after) in requests.iter().zip(taken) {
+        let (status, error) = match stock_after {
+            Some(_) => (StatusCode::CREATED, None),
+            None => match store::reserve(&pool, *request).await {
+                Ok(Reserved::New(..)) => (StatusCode::CREATED, None),
+                Ok(Reserved::Existing(_)) => (StatusCode::OK, None),
+                Err(ApiError::Conflict(message)) => (StatusCode::CONFLICT, Some(message)),
+                Err(ApiError::NotFound(message)) => (StatusCode::NOT_FOUND, Some(message)),
+                Err(e) => return Err(e),
+            },
+        };
+        results.push(BatchResult {
+            order_id: request.order_id,
+            status: status.as_u16(),
+            error,
+        });
+    }
+    Ok(Json(json!({ "results": results })))
 }

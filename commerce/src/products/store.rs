@@ -8,6 +8,7 @@ use std::time::Duration;
 use outbox::NewEvent;
 use sqlx::{PgPool, Row};
 use topics::commerce::{StockEvent, StockEventKind};
+use topics::events::Event;
 use uuid::Uuid;
 
 use super::domain::{
@@ -251,6 +252,124 @@ pub async fn reserve(pool: &PgPool, request: ReservationRequest) -> Result<Reser
         "insufficient stock of product {} for {} more",
         request.product_id, request.quantity
     )))
+}
+
+/// Reserves stock for many orders in one statement, for the common case only: an order with
+/// no reservation row, whose quantity fits in what is left of its product after the orders
+/// before it in `requests`. Returns, per request, the stock left after it when it reserved
+/// here, or `None` when it did not: ask [`reserve`] about those one by one (it gives the exact
+/// answer: a retry, a released order, an unknown product, short stock, or stock that a
+/// refused order before it did not take after all).
+///
+/// The products' rows are locked in id order before anything is taken, so concurrent
+/// batches cannot deadlock, and each request's stock is checked against the locked, latest
+/// row. A conflict with a concurrent reservation of the same order id fails the whole
+/// statement (then `None` for all); `CHECK (stock >= 0)` guards as in [`reserve`].
+pub async fn reserve_batch(
+    pool: &PgPool,
+    requests: &[(ReservationRequest, Option<String>, Option<String>)],
+) -> Result<Vec<Option<i32>>, ApiError> {
+    static RESERVE_BATCH: LazyLock<String> = LazyLock::new(|| {
+        PRODUCTS_OUTBOX.statement(
+            "request AS (
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::int[],
+                                      $5::uuid[], $6::jsonb[], $7::text[], $8::text[])
+                     WITH ORDINALITY
+                     AS r (order_id, customer_id, product_id, quantity, event_id, payload,
+                           traceparent, tracestate, seq)
+             ),
+             fresh AS (
+                 SELECT DISTINCT ON (order_id) * FROM request r
+                 WHERE NOT EXISTS (SELECT 1 FROM reservations WHERE order_id = r.order_id)
+                 ORDER BY order_id, seq
+             ),
+             locked AS MATERIALIZED (
+                 SELECT id, stock FROM products
+                 WHERE id IN (SELECT product_id FROM fresh) ORDER BY id FOR UPDATE
+             ),
+             granted AS MATERIALIZED (
+                 SELECT * FROM (
+                     SELECT f.*, l.stock - sum(f.quantity) OVER (
+                                PARTITION BY f.product_id ORDER BY f.seq) AS stock_after
+                     FROM fresh f JOIN locked l ON l.id = f.product_id
+                 ) running
+                 WHERE stock_after >= 0
+             ),
+             taken AS (
+                 UPDATE products p SET stock = p.stock - g.total, updated_at = now()
+                 FROM (SELECT product_id, sum(quantity) AS total FROM granted GROUP BY product_id) g
+                 WHERE p.id = g.product_id
+             ),
+             held AS (
+                 INSERT INTO reservations (order_id, product_id, quantity, status, customer_id)
+                 SELECT order_id, product_id, quantity, 'held', customer_id FROM granted
+             )",
+            "SELECT $9::text AS topic, product_id::text AS key, event_id,
+                    jsonb_set(payload, '{stock_after}', to_jsonb(stock_after)) AS payload,
+                    traceparent, tracestate
+             FROM granted ORDER BY seq",
+            "SELECT r.seq, g.stock_after::int AS stock_after
+             FROM request r LEFT JOIN granted g ON g.seq = r.seq ORDER BY r.seq",
+        )
+    });
+    let mut events = Vec::with_capacity(requests.len());
+    for (request, _, _) in requests {
+        // `stock_after` is filled in by the statement.
+        events.push(NewEvent::from_event(&stock_event(
+            StockEventKind::Reserved,
+            request.product_id,
+            Some(request.order_id),
+            -request.quantity,
+            0,
+        ))?);
+    }
+    let column = |f: fn(&ReservationRequest) -> i64| {
+        requests.iter().map(|(r, _, _)| f(r)).collect::<Vec<_>>()
+    };
+    let rows = sqlx::query(&RESERVE_BATCH)
+        .bind(
+            requests
+                .iter()
+                .map(|(r, _, _)| r.order_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            requests
+                .iter()
+                .map(|(r, _, _)| r.customer_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|r| r.product_id))
+        .bind(column(|r| i64::from(r.quantity)))
+        .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
+        .bind(
+            requests
+                .iter()
+                .map(|(_, p, _)| p.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            requests
+                .iter()
+                .map(|(_, _, s)| s.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(StockEvent::TOPIC.name)
+        .fetch_all(pool)
+        .await;
+    match rows {
+        Ok(rows) => rows
+            .iter()
+            .map(|row| row.try_get::<Option<i32>, _>("stock_after"))
+            .collect::<Result<_, _>>()
+            .map_err(Into::into),
+        // A concurrent reservation of one of these orders: each one is asked on its own.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+            Ok(vec![None; requests.len()])
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The answer to a reservation request for an order that already has a reservation row.

@@ -301,3 +301,114 @@ async fn held_reservations_are_listed_until_settled_and_bad_queries_are_400() {
     );
     shop.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_reserves_each_entry_as_a_single_reservation_would() {
+    let shop = Shop::start().await;
+    let c = &shop.client;
+    let (product, other) = (shop.product(10).await, shop.product(1).await);
+    let url = shop.products_url("/reservations");
+    let (retried, released) = (Uuid::new_v4(), Uuid::new_v4());
+    let (status, _) = c
+        .post(
+            &url,
+            &json!({ "orderId": retried, "productId": product, "quantity": 1 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = c
+        .post(
+            &shop.products_url(&format!("/reservations/{released}/release")),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (first, twice, too_big, after_too_big) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    let entry = |order: Uuid, product: i64, quantity: i64| json!({ "orderId": order, "customerId": 3, "productId": product, "quantity": quantity });
+    let entries = [
+        (entry(first, product, 2), 201),
+        (entry(retried, product, 1), 200),
+        (entry(released, product, 1), 409),
+        (entry(Uuid::new_v4(), 999, 1), 404),
+        (entry(twice, product, 3), 201),
+        (entry(twice, product, 3), 200),
+        // 10 - 1 - 2 - 3 = 4 left: 5 is too many, but the 4 after it fits.
+        (entry(too_big, product, 5), 409),
+        (entry(after_too_big, product, 4), 201),
+        (entry(Uuid::new_v4(), other, 1), 201),
+        (entry(Uuid::new_v4(), other, 1), 409),
+    ];
+    let (status, answer) = c
+        .post(
+            &shop.products_url("/reservations/batch"),
+            &json!({ "reservations": entries.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>() }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), entries.len());
+    for ((entry, expected), result) in entries.iter().zip(results) {
+        assert_eq!(result["orderId"], entry["orderId"]);
+        assert_eq!(result["status"], *expected, "{entry} answered {result}");
+        assert_eq!(result.get("error").is_some(), *expected >= 400, "{result}");
+    }
+    assert_eq!(shop.stock(product).await, 0);
+    assert_eq!(shop.stock(other).await, 0);
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM reservations WHERE status = 'held' AND order_id = ANY($1)",
+    )
+    .bind([first, twice, after_too_big, retried])
+    .fetch_one(&shop.products.pool)
+    .await
+    .unwrap();
+    assert_eq!(held, 4, "each reserved order holds one reservation");
+
+    // The one statement takes the prefix that fits and leaves the rest to single reservations.
+    let fresh = shop.product(5).await;
+    let requests: Vec<_> = [2, 2, 5, 1]
+        .into_iter()
+        .map(|quantity| {
+            let request = commerce::products::domain::ReservationRequest {
+                order_id: Uuid::new_v4(),
+                customer_id: Some(1),
+                product_id: fresh,
+                quantity,
+            };
+            (request, None, None)
+        })
+        .collect();
+    let taken = commerce::products::store::reserve_batch(&shop.products.pool, &requests)
+        .await
+        .unwrap();
+    assert_eq!(taken, [Some(3), Some(1), None, None]);
+    assert_eq!(shop.stock(fresh).await, 1);
+
+    for (body, needle) in [
+        (
+            json!({ "reservations": [entry(Uuid::new_v4(), product, 0)] }),
+            "reservations[0]: quantity",
+        ),
+        (
+            json!({ "reservations": [{ "orderId": "x" }] }),
+            "invalid body",
+        ),
+        (
+            json!({ "reservations": vec![entry(Uuid::new_v4(), product, 1); 257] }),
+            "at most 256",
+        ),
+    ] {
+        assert_error(
+            &c.post(&shop.products_url("/reservations/batch"), &body)
+                .await,
+            StatusCode::BAD_REQUEST,
+            needle,
+        );
+    }
+    shop.stop().await;
+}
