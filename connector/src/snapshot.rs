@@ -5,14 +5,17 @@
 //!
 //! Each table is read with `COPY (SELECT ...) TO STDOUT` (the server streams
 //! rows without a round trip per batch) by a task of its own that parses the
-//! text rows into datums, while this task encodes and produces the batches
-//! before: reading, parsing and producing overlap on different threads.
+//! text rows into datums; up to two batches at a time are encoded on the
+//! blocking pool, while this task produces the batches before: reading,
+//! parsing, encoding and producing overlap on different threads.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use crate::config::DecimalHandling;
@@ -26,8 +29,10 @@ use crate::value::{parse, Datum};
 
 /// Deliveries handed to the tracker at a time.
 const DELIVERY_BATCH: usize = 5000;
-/// Row batches buffered between the reader and the encoder.
+/// Row batches buffered between the reader and the encoders.
 const BATCHES_IN_FLIGHT: usize = 8;
+/// Batches being encoded (on the blocking pool) while earlier ones are sent.
+const ENCODERS_IN_FLIGHT: usize = 2;
 
 /// Reads and publishes all rows; returns how many. Rows are handed to the
 /// tracker in batches; the caller drains it before recording the offset.
@@ -54,10 +59,20 @@ pub async fn run(
     let ts_us = chrono::Utc::now().timestamp_micros();
     let mut total = 0u64;
     let mut batch = Vec::with_capacity(DELIVERY_BATCH);
-    // The previous row is held back so the very last one can say snapshot=last.
-    let mut held: Option<(usize, Vec<Datum>)> = None;
+    // The previous batch is held back so the very last row can say snapshot=last.
+    let mut held: Option<(usize, Vec<Vec<Datum>>)> = None;
+    let mut encoding = VecDeque::new();
+    let mut first = true;
     let mut states: Vec<TableState> = Vec::new();
     let batch_rows = (cfg.snapshot_fetch_size.max(1)) as usize;
+    let read = |first: bool, last: bool| ReadEvents {
+        name: cfg.name.clone(),
+        db: emitter.db.clone(),
+        ts_us,
+        lsn,
+        first,
+        last,
+    };
 
     for (schema, table) in tables {
         let ts = emitter
@@ -74,25 +89,13 @@ pub async fn run(
             tx,
         ));
         while let Some(rows) = rx.recv().await {
-            for datums in rows {
-                if let Some((t, prev)) = held.replace((idx, datums)) {
-                    let marker = if total == 0 {
-                        SnapshotMarker::First
-                    } else {
-                        SnapshotMarker::True
-                    };
-                    emit(emitter, &states[t], &prev, ts_us, lsn, marker, &mut batch).await?;
-                    total += 1;
-                }
-                if batch.len() >= DELIVERY_BATCH {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(DELIVERY_BATCH));
-                    tracker
-                        .push(Pending {
-                            deliveries: full,
-                            ack: Ack::None,
-                        })
-                        .await?;
-                }
+            if let Some((t, prev)) = held.replace((idx, rows)) {
+                encoding.push_back(read(first, false).spawn(emitter, &states[t], t, prev));
+                first = false;
+            }
+            while encoding.len() > ENCODERS_IN_FLIGHT {
+                let encoded = encoding.pop_front().expect("one encoding");
+                total += send(emitter, &states, encoded, &mut batch, tracker).await?;
             }
         }
         client = reader
@@ -100,17 +103,10 @@ pub async fn run(
             .map_err(|e| Error::Postgres(format!("snapshot reader of {schema}.{table}: {e}")))??;
     }
     if let Some((t, last)) = held.take() {
-        emit(
-            emitter,
-            &states[t],
-            &last,
-            ts_us,
-            lsn,
-            SnapshotMarker::Last,
-            &mut batch,
-        )
-        .await?;
-        total += 1;
+        encoding.push_back(read(first, true).spawn(emitter, &states[t], t, last));
+    }
+    while let Some(encoded) = encoding.pop_front() {
+        total += send(emitter, &states, encoded, &mut batch, tracker).await?;
     }
     tracker
         .push(Pending {
@@ -233,28 +229,95 @@ fn copy_field(field: &str) -> Option<Cow<'_, str>> {
     }
 }
 
-async fn emit(
-    emitter: &Emitter,
-    ts: &TableState,
-    row: &[Datum],
+/// How one batch of snapshot rows is encoded as `r` events: its source block, and whether
+/// it holds the snapshot's first or last row.
+struct ReadEvents {
+    name: String,
+    db: String,
     ts_us: i64,
     lsn: u64,
-    marker: SnapshotMarker,
-    out: &mut Vec<rdkafka::producer::DeliveryFuture>,
-) -> Result<()> {
-    let source = Source {
-        name: &emitter.cfg.name,
-        db: &emitter.db,
-        ts_us,
-        snapshot: marker,
-        tx_id: None,
-        lsn: Some(lsn),
-        sequence: Some(format!("[null,\"{lsn}\"]")),
-        transaction: None,
-    };
-    emitter
-        .emit(ts, Op::Read, None, Some(row), source, out)
+    first: bool,
+    last: bool,
+}
+
+/// A batch being encoded on the blocking pool: the table's index, its row count and its
+/// events' keys and values, in row order (none for a table whose rows are not events).
+type Encoding = JoinHandle<Result<(usize, u64, Vec<(Option<Vec<u8>>, Vec<u8>)>)>>;
+
+impl ReadEvents {
+    /// Encodes `rows` (of the table `ts`, index `t`) on the blocking pool, so batches are
+    /// encoded on both cores while this task sends the ones before.
+    fn spawn(
+        self,
+        emitter: &Emitter,
+        ts: &TableState,
+        t: usize,
+        rows: Vec<Vec<Datum>>,
+    ) -> Encoding {
+        let encoder = ts.published().then(|| emitter.encoder(ts));
+        tokio::task::spawn_blocking(move || {
+            let n = rows.len();
+            let Some(encoder) = encoder else {
+                // The outbox or the signal table: its rows are not change events.
+                return Ok((t, n as u64, Vec::new()));
+            };
+            let sequence = format!("[null,\"{}\"]", self.lsn);
+            let events = rows
+                .iter()
+                .enumerate()
+                .map(|(i, row)| {
+                    let marker = if self.last && i + 1 == n {
+                        SnapshotMarker::Last
+                    } else if self.first && i == 0 {
+                        SnapshotMarker::First
+                    } else {
+                        SnapshotMarker::True
+                    };
+                    let source = Source {
+                        name: &self.name,
+                        db: &self.db,
+                        ts_us: self.ts_us,
+                        snapshot: marker,
+                        tx_id: None,
+                        lsn: Some(self.lsn),
+                        sequence: Some(sequence.clone()),
+                        transaction: None,
+                    };
+                    encoder.encode(Op::Read, None, Some(row), source)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((t, n as u64, events))
+        })
+    }
+}
+
+/// Sends an encoded batch, handing its deliveries to the tracker every [`DELIVERY_BATCH`];
+/// returns how many rows the batch had.
+async fn send(
+    emitter: &Emitter,
+    states: &[TableState],
+    encoding: Encoding,
+    batch: &mut Vec<rdkafka::producer::DeliveryFuture>,
+    tracker: &Tracker,
+) -> Result<u64> {
+    let (t, rows, events) = encoding
         .await
+        .map_err(|e| Error::Postgres(format!("snapshot encoder: {e}")))??;
+    for (key, value) in events {
+        emitter
+            .send_encoded(&states[t], Op::Read, key.as_deref(), &value, batch)
+            .await?;
+        if batch.len() >= DELIVERY_BATCH {
+            let full = std::mem::replace(batch, Vec::with_capacity(DELIVERY_BATCH));
+            tracker
+                .push(Pending {
+                    deliveries: full,
+                    ack: Ack::None,
+                })
+                .await?;
+        }
+    }
+    Ok(rows)
 }
 
 fn unescape(field: &str) -> String {

@@ -36,6 +36,66 @@ pub struct TableState {
     value_id: u32,
 }
 
+impl TableState {
+    /// Whether the table's row changes are published as change events: not the outbox
+    /// (only its inserts are, routed: `emit_outbox`, as Debezium's outbox router does) and
+    /// not the signal table.
+    pub fn published(&self) -> bool {
+        !self.outbox && !self.signal
+    }
+}
+
+/// Encodes one table's change events (key and value, in the configured format); no I/O.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    format: Format,
+    schema: Arc<TableSchema>,
+    key_id: u32,
+    value_id: u32,
+}
+
+impl Encoder {
+    /// The key (none for a table without one) and value of a change event.
+    pub fn encode(
+        &self,
+        op: Op,
+        before: Option<&[Datum]>,
+        after: Option<&[Datum]>,
+        source: Source<'_>,
+    ) -> Result<(Option<Vec<u8>>, Vec<u8>)> {
+        let key_row = after.or(before).expect("an event has a row");
+        // Key columns are required fields: never encode a row without them.
+        for row in [before, after].into_iter().flatten() {
+            if let Some(column) = envelope::missing_key(&self.schema, row) {
+                return Err(Error::MissingKey {
+                    table: self.schema.qualified(),
+                    column: column.to_string(),
+                    op: match op {
+                        Op::Delete => "delete",
+                        Op::Update => "update",
+                        _ => "change",
+                    },
+                });
+            }
+        }
+        let ev = Event {
+            table: &self.schema,
+            op,
+            before,
+            after,
+            source,
+            ts_us: chrono::Utc::now().timestamp_micros(),
+        };
+        Ok(match self.format {
+            Format::Avro => (
+                envelope::avro_key(&self.schema, key_row, self.key_id),
+                ev.avro_value(self.value_id),
+            ),
+            Format::Json => (envelope::json_key(&self.schema, key_row), ev.json_value()),
+        })
+    }
+}
+
 /// Builds, encodes and sends events; shared by the snapshot and the stream.
 pub struct Emitter {
     pub cfg: Config,
@@ -158,49 +218,36 @@ impl Emitter {
         source: Source<'_>,
         out: &mut Vec<DeliveryFuture>,
     ) -> Result<()> {
-        if ts.outbox || ts.signal {
-            // Only its inserts are published, routed (`emit_outbox`), as
-            // Debezium's outbox router does; snapshot rows, updates and
-            // deletes of the outbox are not events.
+        if !ts.published() {
             return Ok(());
         }
-        let key_row = after.or(before).expect("an event has a row");
-        // Key columns are required fields: never encode a row without them.
-        for row in [before, after].into_iter().flatten() {
-            if let Some(column) = envelope::missing_key(&ts.schema, row) {
-                return Err(Error::MissingKey {
-                    table: ts.schema.qualified(),
-                    column: column.to_string(),
-                    op: match op {
-                        Op::Delete => "delete",
-                        Op::Update => "update",
-                        _ => "change",
-                    },
-                });
-            }
+        let (key, value) = self.encoder(ts).encode(op, before, after, source)?;
+        self.send_encoded(ts, op, key.as_deref(), &value, out).await
+    }
+
+    /// What encodes `ts`'s change events, owned, so it can run off this task
+    /// (the snapshot encodes its batches on the blocking pool).
+    pub fn encoder(&self, ts: &TableState) -> Encoder {
+        Encoder {
+            format: self.cfg.format,
+            schema: ts.schema.clone(),
+            key_id: ts.key_id,
+            value_id: ts.value_id,
         }
-        let ev = Event {
-            table: &ts.schema,
-            op,
-            before,
-            after,
-            source,
-            ts_us: chrono::Utc::now().timestamp_micros(),
-        };
-        let (key, value) = match self.cfg.format {
-            Format::Avro => (
-                envelope::avro_key(&ts.schema, key_row, ts.key_id),
-                ev.avro_value(ts.value_id),
-            ),
-            Format::Json => (envelope::json_key(&ts.schema, key_row), ev.json_value()),
-        };
-        out.push(
-            self.publisher
-                .send(&ts.topic, key.as_deref(), Some(&value))
-                .await?,
-        );
+    }
+
+    /// Sends an event [`Encoder::encode`] made, plus a tombstone after a delete.
+    pub async fn send_encoded(
+        &self,
+        ts: &TableState,
+        op: Op,
+        key: Option<&[u8]>,
+        value: &[u8],
+        out: &mut Vec<DeliveryFuture>,
+    ) -> Result<()> {
+        out.push(self.publisher.send(&ts.topic, key, Some(value)).await?);
         if op == Op::Delete && self.cfg.tombstones_on_delete && key.is_some() {
-            out.push(self.publisher.send(&ts.topic, key.as_deref(), None).await?);
+            out.push(self.publisher.send(&ts.topic, key, None).await?);
         }
         if op == Op::Read {
             self.snapshot_rows.increment(1);

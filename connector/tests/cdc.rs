@@ -115,6 +115,17 @@ async fn snapshot_under_concurrent_writes_then_streaming_reproduces_the_table() 
         snapshot[0].value.as_ref().unwrap()["source"]["snapshot"],
         "first"
     );
+    let markers = |marker: &str| {
+        snapshot
+            .iter()
+            .filter(|r| r.value.as_ref().unwrap()["source"]["snapshot"] == marker)
+            .count()
+    };
+    assert_eq!(
+        (markers("first"), markers("last")),
+        (1, 1),
+        "one first and one last snapshot row, the rest 'true'"
+    );
     let snap_lsn = snapshot[0].lsn().unwrap();
     let mut seen = HashSet::new();
     for r in recs
