@@ -4,8 +4,9 @@
 //!
 //! - [`products`]: the catalogue and its stock; reservations that never oversell.
 //! - [`customers`]: customers and their tier.
-//! - [`orders`]: orders, placed by reserving stock at the products service, and their status
-//!   life cycle; the sweeper that fails stuck orders and releases what they held.
+//! - [`orders`]: orders, placed by reserving stock at the products service (concurrent
+//!   placements in one batch) and then recorded, and their status life cycle; the sweeper
+//!   that gives up orders whose placement stopped in between and releases what they held.
 //! - [`reviews`]: product reviews.
 //! - [`users`]: customers, admins and delivery agents (soft delete), and the state query over
 //!   their read model.
