@@ -52,7 +52,7 @@ impl Orders {
             Err(unavailable) => {
                 // The reservation may have happened: record the order as given up, with the
                 // release owed (a later reservation for this id is then refused too).
-                store::insert_failed(
+                let recorded = store::insert_failed(
                     &self.pool,
                     id,
                     idempotency_key,
@@ -60,6 +60,14 @@ impl Orders {
                     "products service unavailable",
                 )
                 .await?;
+                if !recorded {
+                    // A concurrent retry with the same key recorded the order meanwhile.
+                    if let Some(order) = store::get(&self.pool, id).await? {
+                        if order.status.holds_stock() {
+                            return same_request(order, new).map(|order| (StatusCode::OK, order));
+                        }
+                    }
+                }
                 return Err(ApiError::Unavailable(format!(
                     "{unavailable}; order {id} failed, anything it held is released"
                 )));

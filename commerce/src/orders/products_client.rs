@@ -183,12 +183,20 @@ async fn batcher(
         let Some(first) = queued.recv().await else {
             return;
         };
-        let mut batch = vec![first];
+        // A placement that is gone (its client hung up) reserves nothing: the stock would
+        // only be held until the sweeper gives the order up.
+        let mut batch: Vec<Queued> = std::iter::once(first)
+            .filter(|q| !q.answer.is_closed())
+            .collect();
         while batch.len() < MAX_BATCH {
             match queued.try_recv() {
+                Ok(more) if more.answer.is_closed() => {}
                 Ok(more) => batch.push(more),
                 Err(_) => break,
             }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let (http, base_url) = (http.clone(), base_url.clone());
         tokio::spawn(async move {
@@ -250,7 +258,7 @@ async fn reserve_batch(http: &reqwest::Client, base_url: &str, batch: Vec<Queued
             .iter()
             .map(|q| BatchEntry {
                 order_id: q.order_id,
-                customer_id: Some(q.order.customer_id),
+                customer_id: q.order.customer_id,
                 product_id: q.order.product_id,
                 quantity: i64::from(q.order.quantity),
                 traceparent: q.trace.as_ref().map(|t| t.traceparent.clone()),

@@ -10,7 +10,7 @@ use sqlx::{PgPool, Row};
 use topics::commerce::{OrderEvent, OrderEventKind};
 use uuid::Uuid;
 
-use super::domain::{NewOrder, Order, OrderStatus};
+use super::domain::{order_id_for, NewOrder, Order, OrderStatus};
 use crate::events::{record, ORDERS_OUTBOX};
 use crate::http::ApiError;
 use crate::products::domain::Unsettled;
@@ -55,12 +55,15 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::Error> 
         .transpose()
 }
 
-/// The order placed with this idempotency key, if any.
+/// The order placed with this idempotency key, if any: recorded with the key, or under the
+/// id derived from it (an order the sweeper gave up is recorded without the key).
 pub async fn by_key(pool: &PgPool, idempotency_key: &str) -> Result<Option<Order>, sqlx::Error> {
     sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM orders WHERE idempotency_key = $1"
+        "SELECT {COLUMNS} FROM orders WHERE idempotency_key = $1 OR id = $2
+         ORDER BY idempotency_key IS NULL LIMIT 1"
     ))
     .bind(idempotency_key)
+    .bind(order_id_for(Some(idempotency_key)))
     .fetch_optional(pool)
     .await?
     .as_ref()
@@ -149,15 +152,15 @@ pub async fn insert_placed(
 
 /// Records an order that was given up during placement as `Failed`, with its release owed
 /// (its stock may be held at the products service), unless an order with this id or key
-/// exists already.
+/// exists already. Returns whether it recorded it.
 pub async fn insert_failed(
     pool: &PgPool,
     id: Uuid,
     idempotency_key: Option<&str>,
     new: NewOrder,
     reason: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
         "INSERT INTO orders (id, idempotency_key, customer_id, product_id, quantity, status,
                              failure_reason, release_pending)
          VALUES ($1, $2, $3, $4, $5, 'Failed', $6, true)
@@ -171,13 +174,16 @@ pub async fn insert_failed(
     .bind(reason)
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(inserted.rows_affected() == 1)
 }
 
-/// Settles reservations held past the placement timeout, in one statement: an order that was
-/// never recorded is recorded now as `Failed` with its release owed (the primary key decides
-/// between this and a placement finishing late: whichever inserts first wins). Returns the
-/// ids among `held` whose orders exist and are live, whose reservations are theirs.
+/// Settles reservations held past the placement timeout, in one statement. An order that
+/// was never recorded is recorded now as `Failed` with its release owed (the primary key
+/// decides between this and a placement finishing late: whichever inserts first wins, the
+/// other waits for it and then does nothing). A recorded order that is not live (failed,
+/// cancelled, or left `Pending` by an instance of the earlier design) gets its release owed
+/// (and a `Pending` one fails), so every listed reservation is either settled or released.
+/// Returns the ids among `held` whose orders are live: their reservations are theirs.
 pub async fn settle(pool: &PgPool, held: &[Unsettled]) -> Result<Vec<Uuid>, sqlx::Error> {
     let column = |f: fn(&Unsettled) -> i64| held.iter().map(f).collect::<Vec<_>>();
     let ids: Vec<Uuid> = held.iter().map(|r| r.order_id).collect();
@@ -191,14 +197,22 @@ pub async fn settle(pool: &PgPool, held: &[Unsettled]) -> Result<Vec<Uuid>, sqlx
                                  release_pending)
              SELECT id, customer_id, product_id, quantity, 'Failed',
                     'not recorded in time after its stock was reserved', true
-             FROM held WHERE customer_id > 0
+             FROM held
              ON CONFLICT DO NOTHING
+         ),
+         owed AS (
+             UPDATE orders SET release_pending = true, updated_at = now(),
+                    status = CASE WHEN status = 'Pending' THEN 'Failed' ELSE status END,
+                    failure_reason = CASE WHEN status = 'Pending' THEN 'not confirmed in time'
+                                          ELSE failure_reason END
+             WHERE id = ANY($1) AND NOT release_pending
+               AND status NOT IN ('Processing', 'Shipped', 'Delivered')
          )
          SELECT id FROM orders
          WHERE id = ANY($1) AND status IN ('Processing', 'Shipped', 'Delivered')",
     )
     .bind(&ids)
-    .bind(column(|r| r.customer_id.unwrap_or(0)))
+    .bind(column(|r| r.customer_id))
     .bind(column(|r| r.product_id))
     .bind(column(|r| i64::from(r.quantity)))
     .fetch_all(pool)

@@ -121,14 +121,13 @@ impl ProductBody {
 }
 
 /// `POST /reservations`: reserve `quantity` of `product_id` for the order `order_id` of the
-/// customer `customer_id` (optional: named so the orders service can record an order it never
-/// got to write as given up).
+/// customer `customer_id` (named so the orders service can record an order it never got to
+/// write as given up).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReservationBody {
     pub order_id: Uuid,
-    #[serde(default)]
-    pub customer_id: Option<i64>,
+    pub customer_id: i64,
     pub product_id: i64,
     pub quantity: i64,
 }
@@ -137,15 +136,18 @@ pub struct ReservationBody {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReservationRequest {
     pub order_id: Uuid,
-    pub customer_id: Option<i64>,
+    pub customer_id: i64,
     pub product_id: i64,
     pub quantity: i32,
 }
 
 impl ReservationBody {
     pub fn validate(self) -> Result<ReservationRequest, String> {
-        if let Some(customer) = self.customer_id.filter(|id| *id <= 0) {
-            return Err(format!("customerId must be positive, not {customer}"));
+        if self.customer_id <= 0 {
+            return Err(format!(
+                "customerId must be positive, not {}",
+                self.customer_id
+            ));
         }
         if self.product_id <= 0 {
             return Err(format!(
@@ -197,8 +199,7 @@ pub struct BatchBody {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BatchEntry {
     pub order_id: Uuid,
-    #[serde(default)]
-    pub customer_id: Option<i64>,
+    pub customer_id: i64,
     pub product_id: i64,
     pub quantity: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -228,7 +229,7 @@ pub const MAX_BATCH: usize = 256;
 #[serde(rename_all = "camelCase")]
 pub struct Unsettled {
     pub order_id: Uuid,
-    pub customer_id: Option<i64>,
+    pub customer_id: i64,
     pub product_id: i64,
     pub quantity: i32,
 }

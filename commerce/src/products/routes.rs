@@ -195,7 +195,12 @@ pub async fn reserve_batch(
                 Ok(Reserved::Existing(_)) => (StatusCode::OK, None),
                 Err(ApiError::Conflict(message)) => (StatusCode::CONFLICT, Some(message)),
                 Err(ApiError::NotFound(message)) => (StatusCode::NOT_FOUND, Some(message)),
-                Err(e) => return Err(e),
+                // This entry's outcome is unknown to its placement (as a single call's 503
+                // would be); the entries reserved before it keep their answers.
+                Err(e) => {
+                    tracing::warn!(order_id = %request.order_id, error = %e, "batch entry failed");
+                    (StatusCode::SERVICE_UNAVAILABLE, Some(e.to_string()))
+                }
             },
         };
         results.push(BatchResult {

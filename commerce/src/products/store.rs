@@ -264,7 +264,8 @@ pub async fn reserve(pool: &PgPool, request: ReservationRequest) -> Result<Reser
 /// The products' rows are locked in id order before anything is taken, so concurrent
 /// batches cannot deadlock, and each request's stock is checked against the locked, latest
 /// row. A conflict with a concurrent reservation of the same order id fails the whole
-/// statement (then `None` for all); `CHECK (stock >= 0)` guards as in [`reserve`].
+/// statement (then `None` for all); `CHECK (stock >= 0)` guards as in [`reserve`]. Entries
+/// answered by [`reserve`] write their events with the batch request's trace context.
 pub async fn reserve_batch(
     pool: &PgPool,
     requests: &[(ReservationRequest, Option<String>, Option<String>)],
@@ -364,8 +365,12 @@ pub async fn reserve_batch(
             .map(|row| row.try_get::<Option<i32>, _>("stock_after"))
             .collect::<Result<_, _>>()
             .map_err(Into::into),
-        // A concurrent reservation of one of these orders: each one is asked on its own.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+        // A concurrent reservation of one of these orders (a unique violation, or a deadlock
+        // between two batches inserting the same order ids in opposite orders): the statement
+        // took nothing, and each one is asked on its own.
+        Err(sqlx::Error::Database(e))
+            if matches!(e.code().as_deref(), Some("23505") | Some("40P01")) =>
+        {
             Ok(vec![None; requests.len()])
         }
         Err(e) => Err(e.into()),
@@ -473,9 +478,11 @@ pub async fn unsettled(
     older_than: Duration,
     limit: i64,
 ) -> Result<Vec<Unsettled>, sqlx::Error> {
-    let rows: Vec<(Uuid, Option<i64>, i64, i32)> = sqlx::query_as(
+    // Without a customer: made before reservations named one (the earlier placement design
+    // recorded every order before reserving), never by a placement of this version.
+    let rows: Vec<(Uuid, i64, i64, i32)> = sqlx::query_as(
         "SELECT order_id, customer_id, product_id, quantity FROM reservations
-         WHERE status = 'held' AND NOT settled
+         WHERE status = 'held' AND NOT settled AND customer_id IS NOT NULL
            AND created_at < now() - make_interval(secs => $1)
          ORDER BY created_at LIMIT $2",
     )

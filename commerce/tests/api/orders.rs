@@ -292,14 +292,39 @@ async fn a_reservation_whose_order_was_never_recorded_is_given_up_and_released()
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{reserved}");
-    assert_eq!(shop.stock(product).await, 2);
+    // An order an instance of the earlier design left Pending (recorded, reserved, never
+    // confirmed): not live, so it fails and its stock comes back too.
+    let stale = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO orders (id, customer_id, product_id, quantity, status)
+         VALUES ($1, 2, $2, 1, 'Pending')",
+    )
+    .bind(stale)
+    .bind(product)
+    .execute(&shop.orders.pool)
+    .await
+    .unwrap();
+    let (status, reserved) = shop
+        .client
+        .post(
+            &shop.products_url("/reservations"),
+            &json!({ "orderId": stale, "customerId": 2, "productId": product, "quantity": 1 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{reserved}");
+    assert_eq!(shop.stock(product).await, 1);
 
     testkit::eventually(
-        "the orphaned reservation is released",
+        "the orphaned and the stale reservations are released",
         std::time::Duration::from_secs(30),
         || async { shop.stock(product).await == 7 },
     )
     .await;
+    let (_, stale) = shop
+        .client
+        .get(&shop.orders_url(&format!("/orders/{stale}")))
+        .await;
+    assert_eq!(stale["status"], "Failed", "{stale}");
     let (status, given_up) = shop
         .client
         .get(&shop.orders_url(&format!("/orders/{orphan}")))

@@ -91,7 +91,7 @@ async fn a_reservation_is_taken_once_per_order_and_released_once() {
     let c = &shop.client;
     let product = shop.product(10).await;
     let order = Uuid::new_v4();
-    let body = json!({ "orderId": order, "productId": product, "quantity": 4 });
+    let body = json!({ "orderId": order, "customerId": 1, "productId": product, "quantity": 4 });
     let url = shop.products_url("/reservations");
 
     let (status, first) = c.post(&url, &body).await;
@@ -111,7 +111,7 @@ async fn a_reservation_is_taken_once_per_order_and_released_once() {
     assert_error(
         &c.post(
             &url,
-            &json!({ "orderId": order, "productId": product, "quantity": 5 }),
+            &json!({ "orderId": order, "customerId": 1, "productId": product, "quantity": 5 }),
         )
         .await,
         StatusCode::CONFLICT,
@@ -161,7 +161,7 @@ async fn a_release_before_the_reservation_refuses_it_and_bad_reservations_are_4x
     assert_error(
         &c.post(
             &url,
-            &json!({ "orderId": late, "productId": product, "quantity": 1 }),
+            &json!({ "orderId": late, "customerId": 1, "productId": product, "quantity": 1 }),
         )
         .await,
         StatusCode::CONFLICT,
@@ -170,7 +170,7 @@ async fn a_release_before_the_reservation_refuses_it_and_bad_reservations_are_4x
     assert_error(
         &c.post(
             &url,
-            &json!({ "orderId": Uuid::new_v4(), "productId": product, "quantity": 4 }),
+            &json!({ "orderId": Uuid::new_v4(), "customerId": 1, "productId": product, "quantity": 4 }),
         )
         .await,
         StatusCode::CONFLICT,
@@ -179,7 +179,7 @@ async fn a_release_before_the_reservation_refuses_it_and_bad_reservations_are_4x
     assert_error(
         &c.post(
             &url,
-            &json!({ "orderId": Uuid::new_v4(), "productId": 999, "quantity": 1 }),
+            &json!({ "orderId": Uuid::new_v4(), "customerId": 1, "productId": 999, "quantity": 1 }),
         )
         .await,
         StatusCode::NOT_FOUND,
@@ -187,16 +187,20 @@ async fn a_release_before_the_reservation_refuses_it_and_bad_reservations_are_4x
     );
     for (body, needle) in [
         (
-            json!({ "orderId": "x", "productId": product, "quantity": 1 }),
+            json!({ "orderId": "x", "customerId": 1, "productId": product, "quantity": 1 }),
             "invalid body",
         ),
         (
-            json!({ "orderId": Uuid::new_v4(), "productId": product, "quantity": 0 }),
+            json!({ "orderId": Uuid::new_v4(), "customerId": 1, "productId": product, "quantity": 0 }),
             "quantity",
         ),
         (
-            json!({ "orderId": Uuid::new_v4(), "productId": 0, "quantity": 1 }),
+            json!({ "orderId": Uuid::new_v4(), "customerId": 1, "productId": 0, "quantity": 1 }),
             "productId",
+        ),
+        (
+            json!({ "orderId": Uuid::new_v4(), "productId": product, "quantity": 1 }),
+            "customerId",
         ),
     ] {
         assert_error(&c.post(&url, &body).await, StatusCode::BAD_REQUEST, needle);
@@ -312,7 +316,7 @@ async fn a_batch_reserves_each_entry_as_a_single_reservation_would() {
     let (status, _) = c
         .post(
             &url,
-            &json!({ "orderId": retried, "productId": product, "quantity": 1 }),
+            &json!({ "orderId": retried, "customerId": 1, "productId": product, "quantity": 1 }),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
@@ -376,7 +380,7 @@ async fn a_batch_reserves_each_entry_as_a_single_reservation_would() {
         .map(|quantity| {
             let request = commerce::products::domain::ReservationRequest {
                 order_id: Uuid::new_v4(),
-                customer_id: Some(1),
+                customer_id: 1,
                 product_id: fresh,
                 quantity,
             };
