@@ -1,6 +1,8 @@
 //! HTTP server telemetry for axum: [`instrument`] a router once and every route gets a
 //! server span (continuing an incoming W3C `traceparent`), a request counter and a latency
 //! histogram per method, route pattern and status, and the router answers `GET /metrics`.
+//! Each request's handler runs in a task of its own, to completion even when the client
+//! hangs up ([`track`]).
 
 use std::time::Instant;
 
@@ -54,7 +56,22 @@ pub async fn track(request: Request, next: Next) -> Response {
         let parent = TraceContextPropagator::new().extract(&Headers(request.headers()));
         let _ = span.set_parent(parent);
     }
-    let response = next.run(request).instrument(span.clone()).await;
+    // In a task of its own, so a client that hangs up does not cancel the handler halfway
+    // through its database work. That is not safe with sqlx 0.8: a `pool.begin()` dropped
+    // while its `BEGIN` is in flight returns the connection to the pool inside a transaction
+    // nobody tracks, and the next borrowers' statements run in it, are answered as done, and
+    // are discarded when the connection closes (transact-rs/sqlx#4393). Seen in commerce's
+    // kill -9 test: a reservation answered 201 that never committed.
+    let response = match tokio::spawn(next.run(request).instrument(span.clone())).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(parent: &span, error = %e, "request handler panicked");
+            axum::response::IntoResponse::into_response((
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(serde_json::json!({ "error": "the request handler failed" })),
+            ))
+        }
+    };
     let status = response.status();
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
