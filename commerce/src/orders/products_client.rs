@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::domain::NewOrder;
 use crate::products::domain::{
-    BatchBody, BatchEntry, BatchResult, SettledBody, Unsettled, MAX_BATCH,
+    BatchAnswer, BatchBody, BatchEntry, SettledBody, Unsettled, MAX_BATCH,
 };
 
 /// What the products service answered to a reservation.
@@ -110,22 +110,10 @@ impl ProductsClient {
         let request = self
             .http
             .post(format!("{}/reservations/{order_id}/release", self.base_url));
-        let response = traced(request, "POST", "/reservations/{orderId}/release").await?;
-        if !response.status().is_success() {
-            return Err(Unavailable(format!(
-                "release answered {}",
-                response.status()
-            )));
-        }
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|e| Unavailable(e.to_string()))?;
+        let body: Value = answer(request, "POST", "/reservations/{orderId}/release").await?;
         Ok(body["released"].as_bool().unwrap_or(false))
     }
-}
 
-impl ProductsClient {
     /// Held reservations older than `older_than` that no order was confirmed for yet.
     pub async fn unsettled(
         &self,
@@ -137,17 +125,7 @@ impl ProductsClient {
             self.base_url,
             older_than.as_millis()
         ));
-        let response = traced(request, "GET", "/reservations/unsettled").await?;
-        if !response.status().is_success() {
-            return Err(Unavailable(format!(
-                "unsettled reservations answered {}",
-                response.status()
-            )));
-        }
-        response
-            .json()
-            .await
-            .map_err(|e| Unavailable(e.to_string()))
+        answer(request, "GET", "/reservations/unsettled").await
     }
 
     /// Tells the products service these orders exist, so their reservations are settled.
@@ -158,13 +136,7 @@ impl ProductsClient {
             .json(&SettledBody {
                 order_ids: order_ids.to_vec(),
             });
-        let response = traced(request, "POST", "/reservations/settled").await?;
-        if !response.status().is_success() {
-            return Err(Unavailable(format!(
-                "settling reservations answered {}",
-                response.status()
-            )));
-        }
+        let _: Value = answer(request, "POST", "/reservations/settled").await?;
         Ok(())
     }
 }
@@ -270,19 +242,7 @@ async fn reserve_batch(http: &reqwest::Client, base_url: &str, batch: Vec<Queued
         .post(format!("{base_url}/reservations/batch"))
         .json(&body);
     let answered = async {
-        let response = traced(request, "POST", "/reservations/batch").await?;
-        if !response.status().is_success() {
-            return Err(Unavailable(format!(
-                "batch reservation answered {}",
-                response.status()
-            )));
-        }
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|e| Unavailable(e.to_string()))?;
-        let results: Vec<BatchResult> = serde_json::from_value(body["results"].clone())
-            .map_err(|e| Unavailable(format!("batch reservation answer: {e}")))?;
+        let BatchAnswer { results } = answer(request, "POST", "/reservations/batch").await?;
         if results.len() != batch.len()
             || results
                 .iter()
@@ -311,6 +271,26 @@ async fn reserve_batch(http: &reqwest::Client, base_url: &str, batch: Vec<Queued
             }
         }
     }
+}
+
+/// Sends `request` ([`traced`]) and decodes a successful answer's JSON body; any other
+/// status, or a body that does not decode, leaves the outcome unknown.
+async fn answer<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    method: &str,
+    route: &str,
+) -> Result<T, Unavailable> {
+    let response = traced(request, method, route).await?;
+    if !response.status().is_success() {
+        return Err(Unavailable(format!(
+            "{method} {route} answered {}",
+            response.status()
+        )));
+    }
+    response
+        .json()
+        .await
+        .map_err(|e| Unavailable(format!("{method} {route} answer: {e}")))
 }
 
 /// Sends `request` in a client span named `method route`, with the span's trace context in

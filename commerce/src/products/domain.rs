@@ -219,6 +219,13 @@ pub struct BatchResult {
     pub error: Option<String>,
 }
 
+/// The answer to `POST /reservations/batch`: one result per entry, in the entries' order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchAnswer {
+    pub results: Vec<BatchResult>,
+}
+
 /// The most reservations one batch may carry: a full batch with trace contexts stays well
 /// inside the request body limit (64 KiB).
 pub const MAX_BATCH: usize = 256;

@@ -11,8 +11,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::domain::{
-    BatchBody, BatchResult, Product, ProductBody, ReservationBody, SettledBody, Unsettled,
-    MAX_BATCH,
+    BatchAnswer, BatchBody, BatchResult, Product, ProductBody, ReservationBody, SettledBody,
+    Unsettled, MAX_BATCH,
 };
 use super::store::{self, no_product, Reserved};
 use crate::http::{numeric_id, ApiError, ApiJson};
@@ -166,7 +166,7 @@ pub async fn settled(
 pub async fn reserve_batch(
     State(pool): State<PgPool>,
     ApiJson(body): ApiJson<BatchBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<BatchAnswer>, ApiError> {
     if body.reservations.len() > MAX_BATCH {
         return Err(ApiError::BadRequest(format!(
             "at most {MAX_BATCH} reservations at once, not {}",
@@ -209,5 +209,5 @@ pub async fn reserve_batch(
             error,
         });
     }
-    Ok(Json(json!({ "results": results })))
+    Ok(Json(BatchAnswer { results }))
 }

@@ -45,14 +45,13 @@ pub async fn start_group_at_end(kafka: &KafkaSettings, group: &str, topic: &Topi
     consumer.assign(&offsets).expect("assigned");
     // A new group's coordinator may still be moving or loading (NotCoordinator,
     // CoordinatorLoadInProgress): transient, so retried for a bounded time.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "offsets committed: {e}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let (consumer, offsets) = (&consumer, &offsets);
+    testkit::eventually(
+        "the group's offsets are committed",
+        std::time::Duration::from_secs(30),
+        || async move { consumer.commit(offsets, CommitMode::Sync).is_ok() },
+    )
+    .await;
 }
 
 /// Starts the delivery service's and the users service's groups of `settings` at the end of
