@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use pg_walstream::SharedLsnFeedback;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::DeliveryFuture;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -21,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::Config;
 use crate::error::{one_line, Error, Result};
 use crate::incremental::Progress;
-use crate::publisher::Publisher;
+use crate::publisher::{Deliveries, Publisher};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredOffset {
@@ -183,14 +182,15 @@ fn is_unknown_topic(e: &rdkafka::error::KafkaError) -> bool {
 pub async fn store(pub_: &Publisher, cfg: &Config, offset: Option<StoredOffset>) -> Result<()> {
     pub_.ensure_topic(&cfg.offsets_topic, true).await?;
     let value = offset.map(|o| serde_json::to_vec(&o).expect("serialisable"));
-    let fut = pub_
-        .send(
-            &cfg.offsets_topic,
-            Some(cfg.name.as_bytes()),
-            value.as_deref(),
-        )
-        .await?;
-    wait_delivery(fut).await
+    let mut delivery = Deliveries::default();
+    pub_.send(
+        &cfg.offsets_topic,
+        Some(cfg.name.as_bytes()),
+        value.as_deref(),
+        &mut delivery,
+    )
+    .await?;
+    delivery.wait().await
 }
 
 /// Counts a record Kafka refused or did not acknowledge
@@ -204,17 +204,9 @@ pub fn publish_failure(connector: &str, reason: &'static str) {
     .increment(1);
 }
 
-pub async fn wait_delivery(fut: DeliveryFuture) -> Result<()> {
-    match fut.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(Error::Kafka(one_line(&e))),
-        Err(_) => Err(Error::Kafka("producer dropped a delivery".into())),
-    }
-}
-
 /// A unit of work handed to the tracker, in WAL order.
 pub struct Pending {
-    pub deliveries: Vec<DeliveryFuture>,
+    pub deliveries: Deliveries,
     pub ack: Ack,
 }
 
@@ -259,8 +251,15 @@ async fn write_offset(
         incremental: incremental.clone(),
     };
     let value = serde_json::to_vec(&rec).expect("serialisable");
+    // Not awaited: ordering on the partition keeps the newest record last.
+    let mut unawaited = Deliveries::default();
     match publisher
-        .send(&cfg.offsets_topic, Some(cfg.name.as_bytes()), Some(&value))
+        .send(
+            &cfg.offsets_topic,
+            Some(cfg.name.as_bytes()),
+            Some(&value),
+            &mut unawaited,
+        )
         .await
     {
         Ok(_) => true,
@@ -295,12 +294,10 @@ impl Tracker {
             let mut latest = 0u64;
             let mut dirty = false;
             while let Some(p) = rx.recv().await {
-                for d in p.deliveries {
-                    if let Err(e) = wait_delivery(d).await {
-                        publish_failure(&cfg.name, "delivery");
-                        let _ = fail_tx.send(Some(e.to_string()));
-                        return;
-                    }
+                if let Err(e) = p.deliveries.wait().await {
+                    publish_failure(&cfg.name, "delivery");
+                    let _ = fail_tx.send(Some(e.to_string()));
+                    return;
                 }
                 let write = match p.ack {
                     Ack::None => false,
@@ -370,7 +367,7 @@ impl Tracker {
     pub async fn drain(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.push(Pending {
-            deliveries: Vec::new(),
+            deliveries: Deliveries::default(),
             ack: Ack::Notify(tx),
         })
         .await?;

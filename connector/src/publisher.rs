@@ -1,24 +1,98 @@
 //! Kafka side: an idempotent producer (acks=all), topic creation, and the
 //! schema registry through `topics::registry` with the connector's retry policy.
+//!
+//! Deliveries are accounted per group ([`Deliveries`]: a transaction's events, a batch of
+//! snapshot rows), not per record: each record carries a reference to its group's counter,
+//! librdkafka's delivery report decrements it, and the group is awaited once. A future per
+//! record (rdkafka's `FutureProducer`) cost two allocations and a channel per row.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde_json::Value as Json;
+use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::error::{one_line, Error, Result};
 
+/// Records sent together whose deliveries are awaited together, in one [`Deliveries::wait`].
+#[derive(Default)]
+pub struct Deliveries {
+    group: Option<Arc<Group>>,
+    sent: usize,
+}
+
+/// What a group's records share: how many are not yet acknowledged, the first failure.
+#[derive(Default)]
+struct Group {
+    outstanding: AtomicUsize,
+    failure: Mutex<Option<String>>,
+    settled: Notify,
+}
+
+impl Deliveries {
+    /// Records handed to the producer in this group.
+    pub fn len(&self) -> usize {
+        self.sent
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sent == 0
+    }
+
+    fn group(&mut self) -> &Arc<Group> {
+        self.group.get_or_insert_with(Arc::default)
+    }
+
+    /// Waits until Kafka acknowledged every record of the group; the first record it
+    /// refused is the error.
+    pub async fn wait(self) -> Result<()> {
+        let Some(group) = self.group else {
+            return Ok(());
+        };
+        // `notify_one` leaves a permit when nobody waits, so a report between the load and
+        // the wait is not missed; a permit left from before the last send only loops once.
+        while group.outstanding.load(Ordering::Acquire) > 0 {
+            group.settled.notified().await;
+        }
+        let failure = group.failure.lock().expect("poisoned").take();
+        failure.map_or(Ok(()), |reason| Err(Error::Kafka(reason)))
+    }
+}
+
+/// The producer's context: a delivery report settles one record of its group.
+struct Counting;
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = Arc<Group>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, group: Arc<Group>) {
+        if let Err((e, _)) = result {
+            group
+                .failure
+                .lock()
+                .expect("poisoned")
+                .get_or_insert_with(|| one_line(e));
+        }
+        if group.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            group.settled.notify_one();
+        }
+    }
+}
+
 pub struct Publisher {
     /// The connector's `name`, for the failure counter's label.
     name: String,
-    producer: FutureProducer,
+    producer: Arc<ThreadedProducer<Counting>>,
     admin: AdminClient<DefaultClientContext>,
     registry: Registry,
     partitions: i32,
@@ -51,7 +125,7 @@ impl Publisher {
             // librdkafka's own log to errors only: the connector reports
             // broker trouble itself (status, one-line errors).
             .set("log_level", "3");
-        let producer: FutureProducer = client.create()?;
+        let producer = Arc::new(client.create_with_context::<_, ThreadedProducer<_>>(Counting)?);
         let admin: AdminClient<DefaultClientContext> = client.create()?;
 
         let servers = cfg.kafka_bootstrap_servers.clone();
@@ -71,10 +145,6 @@ impl Publisher {
             replication: cfg.topic_replication_factor,
             known_topics: Mutex::new(HashSet::new()),
         })
-    }
-
-    pub fn producer(&self) -> &FutureProducer {
-        &self.producer
     }
 
     pub fn registry(&self) -> &Registry {
@@ -110,16 +180,17 @@ impl Publisher {
         Ok(())
     }
 
-    /// Hands the record to librdkafka and returns the delivery future. When
-    /// the local queue is full (Kafka slow or down) this waits, which is the
-    /// back-pressure that stops WAL consumption until Kafka catches up.
+    /// Hands the record to librdkafka, in the group `out`. When the local queue is full
+    /// (Kafka slow or down) this waits, which is the back-pressure that stops WAL
+    /// consumption until Kafka catches up.
     pub async fn send(
         &self,
         topic: &str,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-    ) -> Result<DeliveryFuture> {
-        self.send_with_headers(topic, key, value, &[]).await
+        out: &mut Deliveries,
+    ) -> Result<()> {
+        self.send_with_headers(topic, key, value, &[], out).await
     }
 
     /// [`Publisher::send`] with record headers.
@@ -129,9 +200,12 @@ impl Publisher {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: &[(&str, &[u8])],
-    ) -> Result<DeliveryFuture> {
-        let send = || async {
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+        out: &mut Deliveries,
+    ) -> Result<()> {
+        let group = out.group().clone();
+        let send = || {
+            let mut record: BaseRecord<'_, [u8], [u8], Arc<Group>> =
+                BaseRecord::with_opaque_to(topic, group.clone());
             if let Some(k) = key {
                 record = record.key(k);
             }
@@ -148,27 +222,42 @@ impl Publisher {
                 }
                 record = record.headers(h);
             }
-            self.producer.send_result(record).map_err(|(e, _)| e)
+            // Counted before the hand-over: its report may come before `send` returns.
+            group.outstanding.fetch_add(1, Ordering::AcqRel);
+            self.producer.send(record).map_err(|(e, _)| {
+                group.outstanding.fetch_sub(1, Ordering::AcqRel);
+                e
+            })
         };
-        // A full local queue (Kafka slower than the WAL, or away) is waited out: the record
-        // is offered again until librdkafka has room, for as long as it takes.
-        let queue_full = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(5))
-            .with_max_delay(Duration::from_millis(200))
-            .with_jitter()
-            .without_max_times();
-        send.retry(queue_full)
-            .when(|e| {
-                matches!(
-                    e,
-                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-                )
-            })
-            .await
-            .map_err(|e| {
+        let queue_full = |e: &KafkaError| {
+            matches!(
+                e,
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+            )
+        };
+        let sent = match send() {
+            Err(e) if queue_full(&e) => {
+                // A full local queue (Kafka slower than the WAL, or away) is waited out: the
+                // record is offered again until librdkafka has room, for as long as it takes.
+                let backoff = ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(5))
+                    .with_max_delay(Duration::from_millis(200))
+                    .with_jitter()
+                    .without_max_times();
+                (|| async { send() }).retry(backoff).when(queue_full).await
+            }
+            sent => sent,
+        };
+        match sent {
+            Ok(()) => {
+                out.sent += 1;
+                Ok(())
+            }
+            Err(e) => {
                 crate::offsets::publish_failure(&self.name, "send");
-                e.into()
-            })
+                Err(e.into())
+            }
+        }
     }
 
     pub fn flush(&self, timeout: Duration) -> Result<()> {

@@ -23,6 +23,7 @@ use crate::envelope::{Op, SnapshotMarker, Source};
 use crate::error::{Error, Result};
 use crate::offsets::{Ack, Pending, Tracker};
 use crate::pg::{self, quote_ident};
+use crate::publisher::Deliveries;
 use crate::schema::TableSchema;
 use crate::stream::{Emitter, TableState};
 use crate::value::{parse, Datum};
@@ -58,7 +59,7 @@ pub async fn run(
         .await?;
     let ts_us = chrono::Utc::now().timestamp_micros();
     let mut total = 0u64;
-    let mut batch = Vec::with_capacity(DELIVERY_BATCH);
+    let mut batch = Deliveries::default();
     // The previous batch is held back so the very last row can say snapshot=last.
     let mut held: Option<(usize, Vec<Vec<Datum>>)> = None;
     let mut encoding = VecDeque::new();
@@ -297,7 +298,7 @@ async fn send(
     emitter: &Emitter,
     states: &[TableState],
     encoding: Encoding,
-    batch: &mut Vec<rdkafka::producer::DeliveryFuture>,
+    batch: &mut Deliveries,
     tracker: &Tracker,
 ) -> Result<u64> {
     let (t, rows, events) = encoding
@@ -308,7 +309,7 @@ async fn send(
             .send_encoded(&states[t], Op::Read, key.as_deref(), &value, batch)
             .await?;
         if batch.len() >= DELIVERY_BATCH {
-            let full = std::mem::replace(batch, Vec::with_capacity(DELIVERY_BATCH));
+            let full = std::mem::take(batch);
             tracker
                 .push(Pending {
                     deliveries: full,

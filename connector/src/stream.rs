@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use pg_walstream::{CancellationToken, ColumnValue, EventType, LogicalReplicationStream, RowData};
-use rdkafka::producer::DeliveryFuture;
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
@@ -16,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::incremental::{Incremental, Released};
 use crate::offsets::{Ack, Pending, Tracker};
 use crate::pg;
-use crate::publisher::Publisher;
+use crate::publisher::{Deliveries, Publisher};
 use crate::schema::{Column, PgType, TableSchema};
 use crate::value::{parse, unavailable, Datum};
 
@@ -216,7 +215,7 @@ impl Emitter {
         before: Option<&[Datum]>,
         after: Option<&[Datum]>,
         source: Source<'_>,
-        out: &mut Vec<DeliveryFuture>,
+        out: &mut Deliveries,
     ) -> Result<()> {
         if !ts.published() {
             return Ok(());
@@ -243,11 +242,13 @@ impl Emitter {
         op: Op,
         key: Option<&[u8]>,
         value: &[u8],
-        out: &mut Vec<DeliveryFuture>,
+        out: &mut Deliveries,
     ) -> Result<()> {
-        out.push(self.publisher.send(&ts.topic, key, Some(value)).await?);
+        self.publisher
+            .send(&ts.topic, key, Some(value), out)
+            .await?;
         if op == Op::Delete && self.cfg.tombstones_on_delete && key.is_some() {
-            out.push(self.publisher.send(&ts.topic, key, None).await?);
+            self.publisher.send(&ts.topic, key, None, out).await?;
         }
         if op == Op::Read {
             self.snapshot_rows.increment(1);
@@ -267,7 +268,7 @@ impl Emitter {
         &self,
         ts: &TableState,
         row: &[Datum],
-        out: &mut Vec<DeliveryFuture>,
+        out: &mut Deliveries,
     ) -> Result<()> {
         let get = |name: &str| -> Option<Vec<u8>> {
             let i = ts.schema.columns.iter().position(|c| c.name == name)?;
@@ -331,11 +332,9 @@ impl Emitter {
             }
         }
         let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, &v[..])).collect();
-        out.push(
-            self.publisher
-                .send_with_headers(&topic, Some(&key), value.as_deref(), &headers)
-                .await?,
-        );
+        self.publisher
+            .send_with_headers(&topic, Some(&key), value.as_deref(), &headers, out)
+            .await?;
         self.changes.increment(1);
         Ok(())
     }
@@ -345,7 +344,7 @@ impl Emitter {
         &self,
         ts: &TableState,
         source: Source<'_>,
-        out: &mut Vec<DeliveryFuture>,
+        out: &mut Deliveries,
     ) -> Result<()> {
         let ev = Event {
             table: &ts.schema,
@@ -359,7 +358,9 @@ impl Emitter {
             Format::Avro => ev.avro_value(ts.value_id),
             Format::Json => ev.json_value(),
         };
-        out.push(self.publisher.send(&ts.topic, None, Some(&value)).await?);
+        self.publisher
+            .send(&ts.topic, None, Some(&value), out)
+            .await?;
         Ok(())
     }
 
@@ -382,7 +383,7 @@ impl Emitter {
 
     /// Sends a record to Debezium's heartbeat topic, `__debezium-heartbeat.<name>`:
     /// key `{serverName}`, value `{ts_ms}`.
-    async fn emit_heartbeat(&self, out: &mut Vec<DeliveryFuture>) -> Result<()> {
+    async fn emit_heartbeat(&self, out: &mut Deliveries) -> Result<()> {
         let topic = self.cfg.heartbeat_topic_name();
         self.publisher.ensure_topic(&topic, false).await?;
         let now_ms = chrono::Utc::now().timestamp_millis();
@@ -408,20 +409,14 @@ impl Emitter {
                 (key, format!("{{\"ts_ms\":{now_ms}}}").into_bytes())
             }
         };
-        out.push(
-            self.publisher
-                .send(&topic, Some(&key), Some(&value))
-                .await?,
-        );
+        self.publisher
+            .send(&topic, Some(&key), Some(&value), out)
+            .await?;
         Ok(())
     }
 
     /// Sends a logical decoding message to the message topic.
-    async fn emit_message(
-        &self,
-        m: &MessageRecord<'_>,
-        out: &mut Vec<DeliveryFuture>,
-    ) -> Result<()> {
+    async fn emit_message(&self, m: &MessageRecord<'_>, out: &mut Deliveries) -> Result<()> {
         let topic = self.cfg.message_topic();
         self.publisher.ensure_topic(&topic, false).await?;
         let (key, value) = match self.cfg.format {
@@ -437,20 +432,14 @@ impl Emitter {
             }
             Format::Json => (m.json_key(), m.json_value()),
         };
-        out.push(
-            self.publisher
-                .send(&topic, Some(&key), Some(&value))
-                .await?,
-        );
+        self.publisher
+            .send(&topic, Some(&key), Some(&value), out)
+            .await?;
         Ok(())
     }
 
     /// Sends a BEGIN or END record to the transaction topic.
-    async fn emit_transaction(
-        &self,
-        rec: &TxRecord<'_>,
-        out: &mut Vec<DeliveryFuture>,
-    ) -> Result<()> {
+    async fn emit_transaction(&self, rec: &TxRecord<'_>, out: &mut Deliveries) -> Result<()> {
         let topic = self.cfg.transaction_topic();
         self.publisher.ensure_topic(&topic, false).await?;
         let (key, value) = match self.cfg.format {
@@ -466,11 +455,9 @@ impl Emitter {
             }
             Format::Json => (rec.json_key(), rec.json_value()),
         };
-        out.push(
-            self.publisher
-                .send(&topic, Some(&key), Some(&value))
-                .await?,
-        );
+        self.publisher
+            .send(&topic, Some(&key), Some(&value), out)
+            .await?;
         Ok(())
     }
 }
@@ -478,7 +465,7 @@ impl Emitter {
 struct Txn {
     xid: u32,
     ts_us: i64,
-    deliveries: Vec<DeliveryFuture>,
+    deliveries: Deliveries,
     /// Transaction metadata: `<xid>:<commit lsn>`, whether BEGIN went out,
     /// the events so far, per table.
     id: String,
@@ -691,7 +678,7 @@ async fn stream_changes(
                 txn = Some(Txn {
                     xid: transaction_id,
                     ts_us: commit_timestamp.timestamp_micros(),
-                    deliveries: Vec::new(),
+                    deliveries: Deliveries::default(),
                     id: format!("{transaction_id}:{}", final_lsn.value()),
                     begun: false,
                     total: 0,
@@ -727,7 +714,7 @@ async fn stream_changes(
                         .await?;
                     tracker
                         .push(Pending {
-                            deliveries: Vec::new(),
+                            deliveries: Deliveries::default(),
                             ack: Ack::Lsn(end_lsn.value()),
                         })
                         .await?;
@@ -747,7 +734,7 @@ async fn stream_changes(
                 message_lsn,
                 ..
             } if prefix.as_ref() == HEARTBEAT_PREFIX => {
-                let mut deliveries = Vec::new();
+                let mut deliveries = Deliveries::default();
                 if cfg.heartbeat_topic {
                     emitter.emit_heartbeat(&mut deliveries).await?;
                 }
@@ -940,7 +927,7 @@ async fn stream_changes(
                     // Published and acknowledged with its transaction.
                     Some(t) => emitter.emit_message(&m, &mut t.deliveries).await?,
                     None => {
-                        let mut deliveries = Vec::new();
+                        let mut deliveries = Deliveries::default();
                         emitter.emit_message(&m, &mut deliveries).await?;
                         tracker
                             .push(Pending {

@@ -1,7 +1,7 @@
 //! What must never lose a change or crash the connector: a slot dropped while
 //! it is disconnected, session settings chosen by `ALTER DATABASE`, values
 //! without a mapping, REPLICA IDENTITY USING INDEX, a schema the registry
-//! refuses, a registry restarted mid-stream.
+//! refuses, a registry restarted mid-stream, a record the broker refuses.
 
 mod common;
 
@@ -489,4 +489,72 @@ async fn sigterm_inside_a_transaction_ends_on_its_boundary_without_duplicates() 
     );
     conn.stop();
     env.cleanup().await;
+}
+
+/// Deliveries are accounted per group (a transaction, a snapshot batch): a group of records
+/// the broker takes waits to `Ok`, however early their reports came; a record it refuses
+/// (larger than the topic's `max.message.bytes`) fails its group's wait with the broker's
+/// reason, so the tracker stops instead of moving the offset past it.
+#[tokio::test]
+async fn a_record_the_broker_refuses_fails_its_delivery_group() {
+    use connector::publisher::{Deliveries, Publisher};
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+
+    let mut cfg = connector::config::Config::load(None).unwrap();
+    cfg.kafka_bootstrap_servers = kafka();
+    cfg.schema_registry_url = registry();
+    let publisher = Publisher::connect(&cfg).await.unwrap();
+    let topic = format!("deliveries_{}", uuid::Uuid::new_v4().simple());
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .unwrap();
+    let new =
+        NewTopic::new(&topic, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "262144");
+    for created in admin
+        .create_topics([&new], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        created.unwrap();
+    }
+
+    let mut accepted = Deliveries::default();
+    for i in 0..1000u32 {
+        let value = i.to_be_bytes();
+        publisher
+            .send(&topic, Some(b"k"), Some(&value), &mut accepted)
+            .await
+            .unwrap();
+    }
+    assert_eq!(accepted.len(), 1000);
+    accepted.wait().await.expect("every record acknowledged");
+
+    let mut refused = Deliveries::default();
+    // 512 KiB that lz4 cannot shrink: over the topic's limit, under librdkafka's own.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let too_large: Vec<u8> = (0..512 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    for value in [&b"before"[..], &too_large, b"after"] {
+        publisher
+            .send(&topic, Some(b"k"), Some(value), &mut refused)
+            .await
+            .unwrap();
+    }
+    let error = tokio::time::timeout(Duration::from_secs(60), refused.wait())
+        .await
+        .expect("the refused group settles")
+        .expect_err("a refused record fails its group");
+    assert!(
+        error.to_string().to_lowercase().contains("too large"),
+        "the broker's reason: {error}"
+    );
+    let _ = admin.delete_topics(&[&topic], &AdminOptions::new()).await;
 }
