@@ -239,7 +239,9 @@ fn table(o: &Options, results: &[(System, Vec<Figures>)]) -> String {
          100 updates) read by each streaming side; latency: {} one-row transactions/s for {} s; \
          {} rounds after one discarded warm-up, alternating order; median (min–max)\n\
          baselines: streaming = pg_recvlogical -P pgoutput (same publication) into a discarding \
-         pipe; snapshot = COPY (SELECT ...) TO STDOUT read by a client\n",
+         pipe; snapshot = COPY (SELECT ...) TO STDOUT read by a client\n\
+         CDC rates: first to last broker append time (LogAppendTime) of the records, which the \
+         harness reads only once all are appended (it does not consume alongside)\n",
         o.rows, o.changes, o.latency_rate, o.latency_secs, o.rounds
     );
     let debezium = o.debezium_home.is_some();
@@ -645,7 +647,10 @@ async fn cdc(ctx: &Ctx, client: &Client, n: &Names, system: System) -> Result<Fi
     let mut f = Figures::default();
 
     let first = start(ctx, n, system)?;
-    let snap = tokio::task::block_in_place(|| collect(&consumer, ctx.o.rows, long, "r", None))?;
+    let snap = tokio::task::block_in_place(|| {
+        appended(&consumer, &topic, 0, ctx.o.rows, long)?;
+        collect(&consumer, ctx.o.rows, long, "r", None)
+    })?;
     f.snapshot_rows_per_s = ctx.o.rows as f64 / window_s(&snap);
     // Streaming from the slot (Debezium streams only once its snapshot is committed).
     wait_streaming(client, &n.slot).await?;
@@ -654,8 +659,12 @@ async fn cdc(ctx: &Ctx, client: &Client, n: &Names, system: System) -> Result<Fi
     wait_inactive(client, &n.slot).await?;
 
     let changes = write_backlog(client, ctx.o.rows, ctx.o.changes).await?;
+    let before = tokio::task::block_in_place(|| high_watermark(&consumer, &topic))?;
     let second = start(ctx, n, system)?;
-    let burst = tokio::task::block_in_place(|| collect(&consumer, changes, long, "c", Some("u")))?;
+    let burst = tokio::task::block_in_place(|| {
+        appended(&consumer, &topic, before, changes, long)?;
+        collect(&consumer, changes, long, "c", Some("u"))
+    })?;
     f.changes_per_s = changes as f64 / window_s(&burst);
     f.cpu_s_per_100k = cpu_seconds(second.pid()) * 100_000.0 / changes as f64;
 
@@ -737,6 +746,30 @@ fn consumer(bootstrap: &str, topic: &str) -> Result<BaseConsumer> {
     tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
     c.assign(&tpl)?;
     Ok(c)
+}
+
+fn high_watermark(c: &BaseConsumer, topic: &str) -> Result<i64> {
+    Ok(c.fetch_watermarks(topic, 0, Duration::from_secs(10))?.1)
+}
+
+/// Waits (asking the broker for the high watermark every 20 ms) until `want` records were
+/// appended after offset `from`. The records are read only afterwards: a consumer reading
+/// them as they come would take CPU from the system under test on the two shared cores, and
+/// the window is taken from the broker's append times anyway.
+fn appended(c: &BaseConsumer, topic: &str, from: i64, want: u64, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let high = high_watermark(c, topic)?;
+        if high - from >= want as i64 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {want} records were appended",
+            high - from
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn has(hay: &[u8], needle: &[u8]) -> bool {
