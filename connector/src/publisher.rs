@@ -202,10 +202,10 @@ impl Publisher {
         headers: &[(&str, &[u8])],
         out: &mut Deliveries,
     ) -> Result<()> {
-        let group = out.group().clone();
+        let group = out.group();
         let send = || {
             let mut record: BaseRecord<'_, [u8], [u8], Arc<Group>> =
-                BaseRecord::with_opaque_to(topic, group.clone());
+                BaseRecord::with_opaque_to(topic, Arc::clone(group));
             if let Some(k) = key {
                 record = record.key(k);
             }
