@@ -4,9 +4,7 @@
 use chrono::{DateTime, SecondsFormat};
 use projectors::digest::Digest;
 use projectors::Projection;
-use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use topics::events::{ConnectionMandateChanged, Event};
 
 /// What the IoT platform knows about a connection.
@@ -30,6 +28,7 @@ pub struct MandatesProjection;
 
 impl Projection for MandatesProjection {
     type Event = ConnectionMandateChanged;
+    type Document = ConnectionMandate;
 
     fn name(&self) -> &str {
         "mandates"
@@ -39,51 +38,18 @@ impl Projection for MandatesProjection {
         event.key().to_owned()
     }
 
-    fn fold(&self, state: Option<&Value>, event: &ConnectionMandateChanged) -> Option<Value> {
-        // Deserialized from the borrowed document: no copy of it per event.
-        let history = state
-            .and_then(|s| ConnectionMandate::deserialize(s).ok())
-            .map(|previous| previous.history)
-            .unwrap_or_default();
-        serde_json::to_value(next(history, event)).ok()
+    fn fold(
+        &self,
+        state: Option<&ConnectionMandate>,
+        event: &ConnectionMandateChanged,
+    ) -> Option<ConnectionMandate> {
+        let history = state.map(|previous| &previous.history);
+        Some(next(history, event))
     }
-
-    fn folds_json(&self) -> bool {
-        true
-    }
-
-    /// [`Projection::fold`] from and to the stored text: only the history is read from the
-    /// previous document (which must still be a whole [`ConnectionMandate`], as for `fold`),
-    /// and the new one is written straight from the struct.
-    fn fold_json(&self, state: Option<&str>, event: &ConnectionMandateChanged) -> Option<String> {
-        let history = state
-            .and_then(|s| serde_json::from_str::<Previous>(s).ok())
-            .map(|previous| previous.history)
-            .unwrap_or_default();
-        serde_json::to_string(&next(history, event)).ok()
-    }
-}
-
-/// The history of a stored [`ConnectionMandate`]; the other fields are checked to be there
-/// (a document `fold` would not read is not read here either) but not kept.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Previous {
-    #[serde(rename = "connectionId")]
-    _connection_id: IgnoredAny,
-    #[serde(rename = "mandate")]
-    _mandate: IgnoredAny,
-    #[serde(rename = "customerId")]
-    _customer_id: IgnoredAny,
-    #[serde(rename = "changedAt")]
-    _changed_at: IgnoredAny,
-    #[serde(rename = "eventId")]
-    _event_id: IgnoredAny,
-    history: Digest,
 }
 
 /// The connection's mandate after `event`, given the history before it.
-fn next(history: Digest, event: &ConnectionMandateChanged) -> ConnectionMandate {
+fn next(history: Option<&Digest>, event: &ConnectionMandateChanged) -> ConnectionMandate {
     let event_id = event.event_id.to_string();
     let changed_at = DateTime::from_timestamp_millis(event.occurred_at)
         .map(|at| at.to_rfc3339_opts(SecondsFormat::Millis, true))
@@ -93,7 +59,7 @@ fn next(history: Digest, event: &ConnectionMandateChanged) -> ConnectionMandate 
         mandate: event.mandate.level(),
         customer_id: event.customer_id,
         changed_at,
-        history: history.push(&event_id),
+        history: history.map_or_else(|| Digest::default().push(&event_id), |h| h.push(&event_id)),
         event_id,
     }
 }
@@ -115,7 +81,7 @@ mod tests {
         };
         assert_eq!(MandatesProjection.key(&event), "871685900000000001");
         let first = MandatesProjection.fold(None, &event).unwrap();
-        let mandate: ConnectionMandate = serde_json::from_value(first.clone()).unwrap();
+        let mandate = first.clone();
         assert_eq!(mandate.mandate, 1);
         assert_eq!(mandate.customer_id, 7);
         assert_eq!(mandate.changed_at, "2025-11-21T18:33:20.123Z");
@@ -129,8 +95,7 @@ mod tests {
             mandate: MandateLevel::RealTime,
             ..event.clone()
         };
-        let folded = MandatesProjection.fold(Some(&first), &second).unwrap();
-        let mandate: ConnectionMandate = serde_json::from_value(folded).unwrap();
+        let mandate = MandatesProjection.fold(Some(&first), &second).unwrap();
         assert_eq!(mandate.mandate, 2);
         assert_eq!(
             mandate.history,
@@ -143,7 +108,7 @@ mod tests {
     }
 
     #[test]
-    fn the_json_fold_makes_the_same_documents() {
+    fn a_document_folds_the_same_after_a_trip_through_its_stored_text() {
         let first = ConnectionMandateChanged {
             event_id: "6f1c2a3e-0000-4000-8000-000000000001".parse().unwrap(),
             connection_id: "871685900000000001".parse().unwrap(),
@@ -156,24 +121,18 @@ mod tests {
             mandate: MandateLevel::RealTime,
             ..first.clone()
         };
-        let by_value = MandatesProjection.fold(None, &first);
-        let by_json = MandatesProjection.fold_json(None, &first).unwrap();
-        assert_eq!(by_value, serde_json::from_str(&by_json).ok());
-        let by_value = MandatesProjection.fold(by_value.as_ref(), &second);
-        let by_json = MandatesProjection
-            .fold_json(Some(&by_json), &second)
-            .unwrap();
-        assert_eq!(by_value, serde_json::from_str(&by_json).ok());
-        // A document neither fold can read starts a new history in both.
-        let unreadable = r#"{"history":{"events":5,"chain":"00"}}"#;
+        let kept = MandatesProjection.fold(None, &first).unwrap();
+        let stored: ConnectionMandate =
+            serde_json::from_str(&serde_json::to_string(&kept).unwrap()).unwrap();
+        assert_eq!(stored, kept);
         assert_eq!(
-            MandatesProjection.fold(serde_json::from_str(unreadable).ok().as_ref(), &first),
-            serde_json::from_str(
-                &MandatesProjection
-                    .fold_json(Some(unreadable), &first)
-                    .unwrap()
-            )
-            .ok()
+            MandatesProjection.fold(Some(&stored), &second),
+            MandatesProjection.fold(Some(&kept), &second)
         );
+        // A stored text that is not a whole document does not parse; the projector folds it
+        // as no document, which starts a new history.
+        let unreadable = r#"{"history":{"events":5,"chain":"00"}}"#;
+        assert!(serde_json::from_str::<ConnectionMandate>(unreadable).is_err());
+        assert_eq!(kept.history.events, 1);
     }
 }

@@ -1,5 +1,7 @@
 //! What a read model makes of an event.
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 use topics::events::Event;
 
@@ -10,7 +12,7 @@ pub enum Change {
         key: String,
         document: Value,
     },
-    /// A put of a document already serialized to JSON text (by [`Projection::fold_json`]).
+    /// A put of a document already serialized to JSON text (the projector's writes).
     PutJson {
         key: String,
         json: String,
@@ -33,6 +35,14 @@ impl Change {
 pub trait Projection: Send + Sync + 'static {
     type Event: Event;
 
+    /// A document as the fold works on it: the read model's own type, or
+    /// `serde_json::Value` for a fold on untyped JSON. The projector keeps documents in this
+    /// form between events and batches: it parses a stored document's JSON text once, when
+    /// it first loads it, and writes a document as text once per batch, however many of the
+    /// batch's events folded into it. A stored text that does not parse as a `Document` is
+    /// folded as no document.
+    type Document: Serialize + DeserializeOwned + Send + Sync + 'static;
+
     /// The read model's name, for logs.
     fn name(&self) -> &str;
 
@@ -42,26 +52,17 @@ pub trait Projection: Send + Sync + 'static {
 
     /// Folds `event` into the document's state: `None` in means no document yet, `None` out
     /// deletes it.
-    fn fold(&self, state: Option<&Value>, event: &Self::Event) -> Option<Value>;
+    fn fold(&self, state: Option<&Self::Document>, event: &Self::Event) -> Option<Self::Document>;
 
     /// Whether [`Projection::fold`] looks at the state. A read model whose document is the
     /// last event's alone says `false`, which spares the store a read per batch.
     fn reads_state(&self) -> bool {
         true
     }
+}
 
-    /// Whether the projector folds with [`Projection::fold_json`] instead of
-    /// [`Projection::fold`]: documents then go from the store's text to the store's text
-    /// without a `serde_json::Value` in between, which is most of a simple fold's cost.
-    fn folds_json(&self) -> bool {
-        false
-    }
-
-    /// [`Projection::fold`] on the documents' JSON text; must make the same document. A
-    /// stored text that does not parse is folded as no document, as `fold` does with a
-    /// document it cannot read.
-    fn fold_json(&self, state: Option<&str>, event: &Self::Event) -> Option<String> {
-        let state: Option<Value> = state.and_then(|s| serde_json::from_str(s).ok());
-        self.fold(state.as_ref(), event).map(|d| d.to_string())
-    }
+/// The JSON text of a document, as stores hold it.
+pub(crate) fn to_json<D: Serialize>(document: &D) -> std::result::Result<String, String> {
+    serde_json::to_string(document)
+        .map_err(|e| format!("the document does not serialize to JSON: {e}"))
 }

@@ -31,7 +31,7 @@
 //! with the reason: bytes that are not the wire format or do not decode with the registry's
 //! schema, and changes the store refuses (beyond its limits, SQL data and constraint errors).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,7 +48,6 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use serde_json::Value;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Notify;
 use topics::codec::Decoder;
@@ -58,7 +57,7 @@ use topics::settings::KafkaSettings;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
-use crate::projection::{Change, Projection};
+use crate::projection::{to_json, Change, Projection};
 use crate::store::{PartitionBatch, Store, Write};
 
 /// How long to wait after a consumer error before polling again.
@@ -135,7 +134,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// What the consumer's rebalance callback and the projector's loop share.
-struct Shared<S> {
+struct Shared<S, D> {
     store: Arc<S>,
     topic: String,
     status: Arc<ProjectorStatus>,
@@ -150,7 +149,7 @@ struct Shared<S> {
     /// The documents of owned partitions as the store holds them after this instance's last
     /// write (or load) of them, so a state-reading fold loads a document from the store only
     /// the first time; see [`Shared::keep`].
-    documents: Mutex<HashMap<String, Cached>>,
+    documents: Mutex<HashMap<String, Cached<D>>>,
     /// Whether documents are kept in [`Shared::documents`]: until a document is folded from a
     /// record with another key. A document keyed by its records' key lives in one partition,
     /// so no other instance writes it while this one owns that partition; one folded from
@@ -170,20 +169,20 @@ struct Shared<S> {
 /// take it beyond (documents are then loaded from the store again).
 const MAX_CACHED_DOCUMENTS: usize = 200_000;
 
-/// A document as the store holds it, kept between batches.
-struct Cached {
+/// A document as the store holds it, kept between batches in the fold's own form.
+struct Cached<D> {
     /// The partition (and its epoch) whose write left it so: valid while that partition is
     /// owned and was not sought elsewhere since.
     partition: i32,
     epoch: u64,
-    state: Option<Document>,
+    state: Option<D>,
     sequence: Option<i64>,
 }
 
-impl<S: Store> Shared<S> {
+impl<S: Store, D: Send + Sync + 'static> Shared<S, D> {
     /// Takes the kept documents of `keys` out of the cache (`None` for those not kept, which
     /// the caller loads from the store).
-    fn take_cached(&self, keys: &[&str]) -> Vec<Option<(Option<Document>, Option<i64>)>> {
+    fn take_cached(&self, keys: &[&str]) -> Vec<Option<(Option<D>, Option<i64>)>> {
         if !self.caching.load(Ordering::Relaxed) {
             return keys.iter().map(|_| None).collect();
         }
@@ -200,12 +199,7 @@ impl<S: Store> Shared<S> {
 
     /// Keeps `documents`, which a write of `partition` in `epoch` just left in the store,
     /// unless the partition was revoked or sought elsewhere meanwhile.
-    fn keep(
-        &self,
-        partition: i32,
-        epoch: u64,
-        documents: Vec<(String, Option<Document>, Option<i64>)>,
-    ) {
+    fn keep(&self, partition: i32, epoch: u64, documents: Vec<(String, Option<D>, Option<i64>)>) {
         if documents.is_empty() || !self.caching.load(Ordering::Relaxed) {
             return;
         }
@@ -282,7 +276,7 @@ impl<S: Store> Shared<S> {
     /// thread (the runtime is multi-threaded: the store's connections keep being driven).
     fn position(
         &self,
-        consumer: &BaseConsumer<Membership<S>>,
+        consumer: &BaseConsumer<Membership<S, D>>,
         assignment: &mut TopicPartitionList,
     ) -> Result<()> {
         let partitions: Vec<i32> = assignment
@@ -333,13 +327,13 @@ struct Held {
 
 /// The consumer's context: positions assigned partitions from the store and keeps
 /// [`ProjectorStatus::assigned`] in step with the group's rebalances.
-struct Membership<S> {
-    shared: Arc<Shared<S>>,
+struct Membership<S, D> {
+    shared: Arc<Shared<S, D>>,
 }
 
-impl<S: Store> ClientContext for Membership<S> {}
+impl<S: Store, D: Send + Sync + 'static> ClientContext for Membership<S, D> {}
 
-impl<S: Store> ConsumerContext for Membership<S> {
+impl<S: Store, D: Send + Sync + 'static> ConsumerContext for Membership<S, D> {
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -416,10 +410,10 @@ impl<S: Store> ConsumerContext for Membership<S> {
 pub struct Projector<P: Projection, S: Store> {
     projection: P,
     settings: ProjectorSettings,
-    consumer: Arc<StreamConsumer<Membership<S>>>,
+    consumer: Arc<StreamConsumer<Membership<S, P::Document>>>,
     dead_letters: FutureProducer,
     decoder: Decoder<P::Event>,
-    shared: Arc<Shared<S>>,
+    shared: Arc<Shared<S, P::Document>>,
 }
 
 /// A record taken from the topic, with what became of it.
@@ -458,12 +452,23 @@ struct PartitionWork<'c, E> {
 }
 
 /// A document while a batch folds into it.
-struct Working {
-    state: Option<Document>,
+struct Working<D> {
+    state: Option<D>,
     /// The highest per-key sequence the document has seen.
     sequence: Option<i64>,
     /// The offset of the last event folded into it in this batch; `None`: untouched.
     offset: Option<i64>,
+}
+
+impl<D> Working<D> {
+    /// A document as loaded or kept, before the batch folds into it.
+    fn new(state: Option<D>, sequence: Option<i64>) -> Self {
+        Self {
+            state,
+            sequence,
+            offset: None,
+        }
+    }
 }
 
 impl<P: Projection, S: Store> Projector<P, S> {
@@ -491,7 +496,7 @@ impl<P: Projection, S: Store> Projector<P, S> {
             stopping: Arc::default(),
             runtime,
         });
-        let consumer: StreamConsumer<Membership<S>> =
+        let consumer: StreamConsumer<Membership<S, P::Document>> =
             topics::kafka::consumer_config(&settings.kafka, &settings.group_id)
                 .create_with_context(Membership {
                     shared: shared.clone(),
@@ -915,21 +920,14 @@ impl<P: Projection, S: Store> Projector<P, S> {
     /// when written, `None` when the partition was sought back to the store (or moved away).
     async fn apply_partition(&self, w: &PartitionWork<'_, P::Event>) -> Result<Option<(i32, i64)>> {
         let partition = w.partition;
-        // Records dead-lettered while folding, so the event-by-event path does not send
-        // them twice.
-        let mut dead = HashSet::new();
         let written = match self
-            .write(
-                partition, w.epoch, w.expected, &w.records, &w.keys, &mut dead,
-            )
+            .write(partition, w.epoch, w.expected, &w.records, &w.keys)
             .await
         {
             Err(e @ Error::Rejected { .. }) => {
                 warn!(error = %e, partition, "the store refused part of a batch; writing it event by event");
-                self.write_one_by_one(
-                    partition, w.epoch, w.expected, &w.records, &w.keys, &mut dead,
-                )
-                .await
+                self.write_one_by_one(partition, w.epoch, w.expected, &w.records, &w.keys)
+                    .await
             }
             written => written,
         };
@@ -959,10 +957,8 @@ impl<P: Projection, S: Store> Projector<P, S> {
 
     /// Folds one partition's records into their documents and writes them with the
     /// partition's last offset, waiting out store outages. Returns the recorded offset.
-    /// `keys[i]` is the document key of `records[i]` (`None`: not decoded). Records whose
-    /// document the store refuses are dead-lettered (before the write, so a crash never
-    /// records their offset without them) and added to `dead`.
-    #[allow(clippy::too_many_arguments)]
+    /// `keys[i]` is the document key of `records[i]` (`None`: not decoded). A document the
+    /// store would refuse fails the call with [`Error::Rejected`] before anything is written.
     async fn write(
         &self,
         partition: i32,
@@ -970,12 +966,12 @@ impl<P: Projection, S: Store> Projector<P, S> {
         expected: Option<i64>,
         records: &[Taken<'_, P::Event>],
         keys: &[Option<String>],
-        dead: &mut HashSet<i64>,
     ) -> Result<i64> {
         let started = Instant::now();
-        let json = self.projection.folds_json();
-        let mut documents: HashMap<&str, Working> = HashMap::with_capacity(records.len());
-        if self.projection.reads_state() {
+        let reads_state = self.projection.reads_state();
+        let mut documents: HashMap<&str, Working<P::Document>> =
+            HashMap::with_capacity(records.len());
+        if reads_state {
             let mut wanted: Vec<&str> = keys.iter().flatten().map(String::as_str).collect();
             wanted.sort_unstable();
             wanted.dedup();
@@ -985,42 +981,23 @@ impl<P: Projection, S: Store> Projector<P, S> {
             for (key, cached) in wanted.into_iter().zip(cached) {
                 match cached {
                     Some((state, sequence)) => {
-                        documents.insert(
-                            key,
-                            Working {
-                                state,
-                                sequence,
-                                offset: None,
-                            },
-                        );
+                        documents.insert(key, Working::new(state, sequence));
                     }
                     None => missing.push(key),
                 }
             }
-            let stored: Vec<(Option<Document>, Option<i64>)> = if missing.is_empty() {
-                Vec::new()
-            } else if json {
-                self.patiently(partition, || self.store().load_json(&missing))
-                    .await?
-                    .into_iter()
-                    .map(|s| (s.json.map(Document::Json), s.sequence))
-                    .collect()
-            } else {
-                self.patiently(partition, || self.store().load(&missing))
-                    .await?
-                    .into_iter()
-                    .map(|s| (s.document.map(Document::Value), s.sequence))
-                    .collect()
-            };
-            for (key, (state, sequence)) in missing.into_iter().zip(stored) {
-                documents.insert(
-                    key,
-                    Working {
-                        state,
-                        sequence,
-                        offset: None,
-                    },
-                );
+            if !missing.is_empty() {
+                let stored = self
+                    .patiently(partition, || self.store().load_json(&missing))
+                    .await?;
+                for (key, stored) in missing.into_iter().zip(stored) {
+                    let state = stored.json.and_then(|text| {
+                        serde_json::from_str(&text)
+                            .inspect_err(|e| warn!(key, error = %e, projection = self.projection.name(), "a stored document does not parse as the read model's document; folding it as none"))
+                            .ok()
+                    });
+                    documents.insert(key, Working::new(state, stored.sequence));
+                }
             }
         }
         let (mut applied, mut duplicates) = (0, 0);
@@ -1032,14 +1009,9 @@ impl<P: Projection, S: Store> Projector<P, S> {
             if !own_key {
                 self.shared.stop_caching();
             }
-            if dead.contains(&record.offset()) {
-                continue;
-            }
-            let document = documents.entry(key.as_str()).or_insert(Working {
-                state: None,
-                sequence: None,
-                offset: None,
-            });
+            let document = documents
+                .entry(key.as_str())
+                .or_insert_with(|| Working::new(None, None));
             // A sequence speaks for the record's key only.
             let sequence = record.sequence().filter(|_| own_key);
             if let (Some(sequence), Some(seen)) = (sequence, document.sequence) {
@@ -1048,44 +1020,44 @@ impl<P: Projection, S: Store> Projector<P, S> {
                     continue;
                 }
             }
-            let (folded, refused) = if json {
-                let state = match &document.state {
-                    Some(Document::Json(text)) => Some(text.as_str()),
-                    _ => None,
-                };
-                let folded = self.projection.fold_json(state, event);
-                let refused = self.store().refuses_json(key, folded.as_deref());
-                (folded.map(Document::Json), refused)
-            } else {
-                let state = match &document.state {
-                    Some(Document::Value(value)) => Some(value),
-                    _ => None,
-                };
-                let folded = self.projection.fold(state, event);
-                let refused = self.store().refuses_document(key, folded.as_ref());
-                (folded.map(Document::Value), refused)
-            };
-            if let Some(reason) = refused {
-                self.dead_letter(&record.message, &reason).await?;
-                dead.insert(record.offset());
-                continue;
-            }
-            document.state = folded;
+            document.state = self.projection.fold(document.state.as_ref(), event);
             document.sequence = sequence.or(document.sequence);
             document.offset = Some(record.offset());
             applied += 1;
         }
-        // Documents loaded but left as they were are kept as loaded.
-        let mut untouched = Vec::new();
+        // Each changed document's text, made once however many events folded into it, and
+        // checked against the store's limits. A document the store refuses (or that cannot
+        // be JSON) fails the batch, which is then written event by event: there the record
+        // that made it is dead-lettered with the reason and the fold goes on without it.
+        // What the store holds afterwards (changed and untouched) is kept in the fold's form.
+        let mut kept = Vec::with_capacity(documents.len());
         let mut changes = Vec::with_capacity(documents.len());
         for (key, document) in documents {
-            match document.offset {
-                Some(offset) => changes.push(Write {
+            if let Some(offset) = document.offset {
+                let json = document.state.as_ref().map(to_json).transpose();
+                let refused = match &json {
+                    Ok(json) => self.store().refuses_json(key, json.as_deref()),
+                    Err(reason) => Some(reason.clone()),
+                };
+                if let Some(message) = refused {
+                    return Err(Error::Rejected {
+                        backend: "projector",
+                        message,
+                    });
+                }
+                let key = key.to_owned();
+                let change = match json {
+                    Ok(Some(json)) => Change::PutJson { key, json },
+                    _ => Change::Delete { key },
+                };
+                changes.push(Write {
                     offset,
                     sequence: document.sequence,
-                    change: change(key, document.state),
-                }),
-                None => untouched.push((key.to_owned(), document.state, document.sequence)),
+                    change,
+                });
+            }
+            if reads_state {
+                kept.push((key.to_owned(), document.state, document.sequence));
             }
         }
         let batch = PartitionBatch {
@@ -1105,17 +1077,7 @@ impl<P: Projection, S: Store> Projector<P, S> {
         let recorded = self
             .patiently(partition, || self.store().write(&batch))
             .await?;
-        if self.projection.reads_state() {
-            // What the store now holds: the changes as written, and the documents unchanged.
-            let mut kept = untouched;
-            kept.extend(batch.changes.into_iter().map(|write| {
-                let (key, state) = match write.change {
-                    Change::Put { key, document } => (key, Some(Document::Value(document))),
-                    Change::PutJson { key, json } => (key, Some(Document::Json(json))),
-                    Change::Delete { key } => (key, None),
-                };
-                (key, state, write.sequence)
-            }));
+        if reads_state {
             self.shared.keep(partition, epoch, kept);
         }
         let group = self.settings.group_id.clone();
@@ -1138,17 +1100,15 @@ impl<P: Projection, S: Store> Projector<P, S> {
         mut expected: Option<i64>,
         records: &[Taken<'_, P::Event>],
         keys: &[Option<String>],
-        dead: &mut HashSet<i64>,
     ) -> Result<i64> {
         for (i, record) in records.iter().enumerate() {
             let one = &records[i..=i];
             let recorded = match self
-                .write(partition, epoch, expected, one, &keys[i..=i], dead)
+                .write(partition, epoch, expected, one, &keys[i..=i])
                 .await
             {
                 Err(Error::Rejected { message, .. }) => {
                     self.dead_letter(&record.message, &message).await?;
-                    dead.insert(record.offset());
                     // Past the refused record, with nothing changed.
                     let empty = PartitionBatch {
                         topic: self.settings.topic.clone(),
@@ -1167,6 +1127,7 @@ impl<P: Projection, S: Store> Projector<P, S> {
         // Callers pass at least one record, so something was recorded.
         Ok(expected.unwrap_or(-1))
     }
+
     /// Seeks `partition` to where the store stands, after the store's offset moved.
     async fn reposition(&self, partition: i32) -> Result<()> {
         let topic = self.settings.topic.clone();
@@ -1224,21 +1185,6 @@ impl<P: Projection, S: Store> Projector<P, S> {
     /// The offsets as Kafka has them committed, for tests and operators.
     pub fn committed(&self) -> Result<TopicPartitionList> {
         Ok(self.consumer.committed(KAFKA_TIMEOUT)?)
-    }
-}
-
-/// A document as the fold made it: a `Value`, or JSON text from [`Projection::fold_json`].
-enum Document {
-    Value(Value),
-    Json(String),
-}
-
-fn change(key: &str, state: Option<Document>) -> Change {
-    let key = key.to_owned();
-    match state {
-        Some(Document::Value(document)) => Change::Put { key, document },
-        Some(Document::Json(json)) => Change::PutJson { key, json },
-        None => Change::Delete { key },
     }
 }
 

@@ -32,6 +32,7 @@ struct Counts;
 
 impl Projection for Counts {
     type Event = ConnectionMandateChanged;
+    type Document = Value;
 
     fn name(&self) -> &str {
         "counts"

@@ -40,6 +40,7 @@ pub struct PackagesProjection;
 
 impl Projection for PackagesProjection {
     type Event = DeliveryEvent;
+    type Document = PackageView;
 
     fn name(&self) -> &str {
         "packages"
@@ -50,9 +51,8 @@ impl Projection for PackagesProjection {
         event.package_id.to_string()
     }
 
-    fn fold(&self, state: Option<&Value>, event: &DeliveryEvent) -> Option<Value> {
-        let previous = state.and_then(|s| serde_json::from_value::<PackageView>(s.clone()).ok());
-        let mut view = previous.unwrap_or_else(|| PackageView {
+    fn fold(&self, state: Option<&PackageView>, event: &DeliveryEvent) -> Option<PackageView> {
+        let mut view = state.cloned().unwrap_or_else(|| PackageView {
             id: event.package_id.to_string(),
             order_id: event.order_id.to_string(),
             customer_id: event.customer_id,
@@ -71,7 +71,7 @@ impl Projection for PackagesProjection {
             DeliveryEventKind::PackageDelivered => view.delivered_at = time(event.occurred_at),
         }
         view.history = view.history.push(&event.event_id.to_string());
-        serde_json::to_value(view).ok()
+        Some(view)
     }
 }
 

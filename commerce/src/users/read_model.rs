@@ -173,6 +173,7 @@ pub struct UsersProjection;
 
 impl Projection for UsersProjection {
     type Event = UserChange;
+    type Document = Value;
 
     fn name(&self) -> &str {
         "users"

@@ -71,6 +71,7 @@ pub struct TrackingProjection;
 
 impl Projection for TrackingProjection {
     type Event = OrderEvent;
+    type Document = OrderView;
 
     fn name(&self) -> &str {
         "order-tracking"
@@ -81,9 +82,8 @@ impl Projection for TrackingProjection {
         event.order_id.to_string()
     }
 
-    fn fold(&self, state: Option<&Value>, event: &OrderEvent) -> Option<Value> {
-        let previous = state.and_then(|s| serde_json::from_value::<OrderView>(s.clone()).ok());
-        let mut view = previous.unwrap_or_else(|| OrderView {
+    fn fold(&self, state: Option<&OrderView>, event: &OrderEvent) -> Option<OrderView> {
+        let mut view = state.cloned().unwrap_or_else(|| OrderView {
             order_id: event.order_id,
             customer_id: event.customer_id,
             product_id: event.product_id,
@@ -99,7 +99,7 @@ impl Projection for TrackingProjection {
             view.placed_at = Some(event.occurred_at);
         }
         view.history = view.history.push(&event.event_id.to_string());
-        serde_json::to_value(view).ok()
+        Some(view)
     }
 }
 

@@ -117,6 +117,7 @@ pub struct ProductDocuments;
 
 impl Projection for ProductDocuments {
     type Event = ProductCatalogueChange;
+    type Document = Value;
 
     fn name(&self) -> &str {
         "catalogue-products"
@@ -140,6 +141,8 @@ pub struct CatalogueIndex;
 
 impl Projection for CatalogueIndex {
     type Event = ProductCatalogueChange;
+    /// Product id → its row.
+    type Document = BTreeMap<String, Value>;
 
     fn name(&self) -> &str {
         "catalogue-index"
@@ -149,15 +152,17 @@ impl Projection for CatalogueIndex {
         INDEX_KEY.to_owned()
     }
 
-    fn fold(&self, state: Option<&Value>, change: &ProductCatalogueChange) -> Option<Value> {
-        let mut rows: BTreeMap<String, Value> = state
-            .and_then(|s| serde_json::from_value(s.clone()).ok())
-            .unwrap_or_default();
+    fn fold(
+        &self,
+        state: Option<&BTreeMap<String, Value>>,
+        change: &ProductCatalogueChange,
+    ) -> Option<BTreeMap<String, Value>> {
+        let mut rows = state.cloned().unwrap_or_default();
         match &change.after {
             Some(row) => rows.insert(change.key.clone(), json!(row)),
             None => rows.remove(&change.key),
         };
-        Some(json!(rows))
+        Some(rows)
     }
 }
 
@@ -313,7 +318,7 @@ mod tests {
         let state = CatalogueIndex
             .fold(state.as_ref(), &change("1", None))
             .unwrap();
-        assert_eq!(state.as_object().unwrap().len(), 1);
+        assert_eq!(state.len(), 1);
         assert_eq!(state["2"]["stock"], 4);
         assert_eq!(ProductDocuments.fold(None, &change("1", None)), None);
     }
