@@ -39,7 +39,8 @@ pub trait Projection: Send + Sync + 'static {
     /// `serde_json::Value` for a fold on untyped JSON. The projector keeps documents in this
     /// form between events and batches: it parses a stored document's JSON text once, when
     /// it first loads it, and writes a document as text once per batch, however many of the
-    /// batch's events folded into it. A stored text that does not parse as a `Document` is
+    /// batch's events folded into it (a store with limits judges each folded document's
+    /// text). A stored text that does not parse as a `Document` is
     /// folded as no document.
     type Document: Serialize + DeserializeOwned + Send + Sync + 'static;
 

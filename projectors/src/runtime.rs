@@ -31,7 +31,7 @@
 //! with the reason: bytes that are not the wire format or do not decode with the registry's
 //! schema, and changes the store refuses (beyond its limits, SQL data and constraint errors).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -454,6 +454,8 @@ struct PartitionWork<'c, E> {
 /// A document while a batch folds into it.
 struct Working<D> {
     state: Option<D>,
+    /// The JSON text of `state` when the store judged it already (a store with limits).
+    text: Option<String>,
     /// The highest per-key sequence the document has seen.
     sequence: Option<i64>,
     /// The offset of the last event folded into it in this batch; `None`: untouched.
@@ -465,6 +467,7 @@ impl<D> Working<D> {
     fn new(state: Option<D>, sequence: Option<i64>) -> Self {
         Self {
             state,
+            text: None,
             sequence,
             offset: None,
         }
@@ -920,14 +923,21 @@ impl<P: Projection, S: Store> Projector<P, S> {
     /// when written, `None` when the partition was sought back to the store (or moved away).
     async fn apply_partition(&self, w: &PartitionWork<'_, P::Event>) -> Result<Option<(i32, i64)>> {
         let partition = w.partition;
+        // Records dead-lettered while folding, so the event-by-event path does not send
+        // them twice.
+        let mut dead = HashSet::new();
         let written = match self
-            .write(partition, w.epoch, w.expected, &w.records, &w.keys)
+            .write(
+                partition, w.epoch, w.expected, &w.records, &w.keys, &mut dead,
+            )
             .await
         {
             Err(e @ Error::Rejected { .. }) => {
                 warn!(error = %e, partition, "the store refused part of a batch; writing it event by event");
-                self.write_one_by_one(partition, w.epoch, w.expected, &w.records, &w.keys)
-                    .await
+                self.write_one_by_one(
+                    partition, w.epoch, w.expected, &w.records, &w.keys, &mut dead,
+                )
+                .await
             }
             written => written,
         };
@@ -957,8 +967,10 @@ impl<P: Projection, S: Store> Projector<P, S> {
 
     /// Folds one partition's records into their documents and writes them with the
     /// partition's last offset, waiting out store outages. Returns the recorded offset.
-    /// `keys[i]` is the document key of `records[i]` (`None`: not decoded). A document the
-    /// store would refuse fails the call with [`Error::Rejected`] before anything is written.
+    /// `keys[i]` is the document key of `records[i]` (`None`: not decoded). Records whose
+    /// document the store refuses are dead-lettered (before the write, so a crash never
+    /// records their offset without them) and added to `dead`.
+    #[allow(clippy::too_many_arguments)]
     async fn write(
         &self,
         partition: i32,
@@ -966,6 +978,7 @@ impl<P: Projection, S: Store> Projector<P, S> {
         expected: Option<i64>,
         records: &[Taken<'_, P::Event>],
         keys: &[Option<String>],
+        dead: &mut HashSet<i64>,
     ) -> Result<i64> {
         let started = Instant::now();
         let reads_state = self.projection.reads_state();
@@ -1000,6 +1013,11 @@ impl<P: Projection, S: Store> Projector<P, S> {
                 }
             }
         }
+        // A store with limits judges every folded document, so which records are
+        // dead-lettered never depends on where batches split; the text it judged is the one
+        // written when no later event of the batch changes the document. A store without
+        // limits gets each document's text once, for the write.
+        let measured = self.store().limits_documents();
         let (mut applied, mut duplicates) = (0, 0);
         for (record, key) in records.iter().zip(keys) {
             let (Some(event), Some(key)) = (&record.event, key) else {
@@ -1008,6 +1026,9 @@ impl<P: Projection, S: Store> Projector<P, S> {
             let own_key = record.message.key() == Some(key.as_bytes());
             if !own_key {
                 self.shared.stop_caching();
+            }
+            if dead.contains(&record.offset()) {
+                continue;
             }
             let document = documents
                 .entry(key.as_str())
@@ -1020,35 +1041,56 @@ impl<P: Projection, S: Store> Projector<P, S> {
                     continue;
                 }
             }
-            document.state = self.projection.fold(document.state.as_ref(), event);
+            let folded = self.projection.fold(document.state.as_ref(), event);
+            let text = if measured {
+                let judged = folded.as_ref().map(to_json).transpose().and_then(|text| {
+                    match self.store().refuses_json(key, text.as_deref()) {
+                        Some(reason) => Err(reason),
+                        None => Ok(text),
+                    }
+                });
+                match judged {
+                    Ok(text) => text,
+                    Err(reason) => {
+                        self.dead_letter(&record.message, &reason).await?;
+                        dead.insert(record.offset());
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            document.state = folded;
+            document.text = text;
             document.sequence = sequence.or(document.sequence);
             document.offset = Some(record.offset());
             applied += 1;
         }
-        // Each changed document's text, made once however many events folded into it, and
-        // checked against the store's limits. A document the store refuses (or that cannot
-        // be JSON) fails the batch, which is then written event by event: there the record
-        // that made it is dead-lettered with the reason and the fold goes on without it.
-        // What the store holds afterwards (changed and untouched) is kept in the fold's form.
+        // Each changed document as text, made once per batch unless the store judged it
+        // already; what the store holds afterwards (changed and untouched) is kept in the
+        // fold's own form.
         let mut kept = Vec::with_capacity(documents.len());
         let mut changes = Vec::with_capacity(documents.len());
         for (key, document) in documents {
             if let Some(offset) = document.offset {
-                let json = document.state.as_ref().map(to_json).transpose();
-                let refused = match &json {
-                    Ok(json) => self.store().refuses_json(key, json.as_deref()),
-                    Err(reason) => Some(reason.clone()),
-                };
-                if let Some(message) = refused {
-                    return Err(Error::Rejected {
-                        backend: "projector",
-                        message,
-                    });
-                }
-                let key = key.to_owned();
-                let change = match json {
-                    Ok(Some(json)) => Change::PutJson { key, json },
-                    _ => Change::Delete { key },
+                let change = match (&document.state, document.text) {
+                    (None, _) => Change::Delete {
+                        key: key.to_owned(),
+                    },
+                    (Some(_), Some(json)) => Change::PutJson {
+                        key: key.to_owned(),
+                        json,
+                    },
+                    // A document type that cannot always be JSON fails here (a store without
+                    // limits only): the batch is then written event by event, where the
+                    // record that made such a document is dead-lettered with the reason.
+                    (Some(state), None) => Change::PutJson {
+                        key: key.to_owned(),
+                        json: to_json(state).map_err(|message| Error::Rejected {
+                            backend: "projector",
+                            message,
+                        })?,
+                    },
                 };
                 changes.push(Write {
                     offset,
@@ -1100,15 +1142,17 @@ impl<P: Projection, S: Store> Projector<P, S> {
         mut expected: Option<i64>,
         records: &[Taken<'_, P::Event>],
         keys: &[Option<String>],
+        dead: &mut HashSet<i64>,
     ) -> Result<i64> {
         for (i, record) in records.iter().enumerate() {
             let one = &records[i..=i];
             let recorded = match self
-                .write(partition, epoch, expected, one, &keys[i..=i])
+                .write(partition, epoch, expected, one, &keys[i..=i], dead)
                 .await
             {
                 Err(Error::Rejected { message, .. }) => {
                     self.dead_letter(&record.message, &message).await?;
+                    dead.insert(record.offset());
                     // Past the refused record, with nothing changed.
                     let empty = PartitionBatch {
                         topic: self.settings.topic.clone(),

@@ -61,11 +61,18 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the offset recorded afterwards.
     fn write(&self, batch: &PartitionBatch) -> impl Future<Output = Result<i64>> + Send;
 
+    /// Whether the store has limits a key or document can be beyond ([`Store::refuses`]):
+    /// the projector then asks [`Store::refuses_json`] for every event it folds, which makes
+    /// each folded document's text; otherwise it makes a document's text once per batch.
+    fn limits_documents(&self) -> bool {
+        true
+    }
+
     /// Why the store could never hold `change` (a key or document beyond its limits), if so.
     fn refuses(&self, change: &Change) -> Option<String>;
 
     /// [`Store::refuses`] for the put (`Some`) or delete (`None`) of `key`, without building
-    /// the change: the projector asks it for every event it folds.
+    /// the change.
     fn refuses_document(&self, key: &str, document: Option<&Value>) -> Option<String> {
         let key = key.to_owned();
         self.refuses(&match document {
@@ -77,7 +84,8 @@ pub trait Store: Send + Sync + 'static {
         })
     }
 
-    /// [`Store::refuses_document`] for a document as JSON text.
+    /// [`Store::refuses_document`] for a document as JSON text: what the projector asks for
+    /// every event it folds, when the store [`limits_documents`](Store::limits_documents).
     fn refuses_json(&self, key: &str, json: Option<&str>) -> Option<String> {
         self.refuses(&match json {
             Some(json) => Change::PutJson {

@@ -116,6 +116,13 @@ impl Store for AnyStore {
         }
     }
 
+    fn limits_documents(&self) -> bool {
+        match self {
+            AnyStore::Redis(s) => s.limits_documents(),
+            AnyStore::Mysql(s) => s.limits_documents(),
+        }
+    }
+
     fn refuses_json(&self, key: &str, json: Option<&str>) -> Option<String> {
         match self {
             AnyStore::Redis(s) => s.refuses_json(key, json),

@@ -175,6 +175,10 @@ impl Store for RedisStore {
     }
 
     /// Redis takes keys and values up to 512 MB: nothing a read model writes is refused.
+    fn limits_documents(&self) -> bool {
+        false
+    }
+
     fn refuses(&self, _change: &Change) -> Option<String> {
         None
     }
