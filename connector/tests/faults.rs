@@ -292,10 +292,11 @@ async fn resilient_writer(url: String, rows: i64, done: Arc<AtomicUsize>) {
     }
 }
 
-/// `up` right after a `kill -9` of the postmaster can find its backends still
-/// exiting ("lock file postmaster.pid already exists"): try again until they
+/// `up` right after a stop can find the old server's backends still exiting: after a
+/// `kill -9` ("lock file postmaster.pid already exists"), and for a moment even after a
+/// clean stop ("pre-existing shared memory block is still in use"). Try again until they
 /// are gone.
-async fn restart_after_crash(pg: &testkit::Isolated) {
+async fn start_until_up(pg: &testkit::Isolated) {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/infra");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -344,13 +345,13 @@ async fn postgres_restarted_mid_stream_resumes_and_loses_nothing() {
         .await;
         if crash {
             pg.kill();
-            restart_after_crash(&pg).await;
+            start_until_up(&pg).await;
         } else {
             pg.down_async().await;
             // A backend can outlive its postmaster's clean exit by a moment and keep the
             // shared memory block attached; PostgreSQL then refuses to start until it is
             // gone, so the start is retried as after a crash.
-            restart_after_crash(&pg).await;
+            start_until_up(&pg).await;
         }
         assert!(conn.child.try_wait().unwrap().is_none(), "{}", conn.log());
     }
